@@ -1,0 +1,191 @@
+"""The `tandem` command: one subcommand per process, plus config and routing tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from tandem import __version__, bus, telemetry
+from tandem.config import Config, ConfigError, load_config
+from tandem.http import InsecureApiError
+
+DEFAULT_CONFIG = "examples/tandem.yaml"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("TANDEM_CONFIG", DEFAULT_CONFIG),
+        help="the YAML config file (env TANDEM_CONFIG)",
+    )
+    parser.add_argument(
+        "--nats",
+        default=os.environ.get("TANDEM_NATS_URL"),
+        help="NATS URL; default: the config's (env TANDEM_NATS_URL)",
+    )
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    parser.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
+
+
+def _service(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument(
+        "--api",
+        default=os.environ.get("TANDEM_API_LISTEN"),
+        help="API listen host:port; default: the config's (env TANDEM_API_LISTEN)",
+    )
+    parser.add_argument("--grace", type=float, default=30.0, help="drain time on SIGTERM (s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tandem {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run the whole system locally (NATS, router, callstate, edges)")
+    _common(p)
+    p.add_argument("--data-dir", default=".tandem", help="where the local NATS keeps its data")
+
+    _service(sub.add_parser("router", help="run one router replica"))
+    _service(sub.add_parser("callstate", help="run the call-state service"))
+    p = sub.add_parser("edge", help="run one edge")
+    _service(p)
+    p.add_argument(
+        "--id", default=os.environ.get("TANDEM_EDGE_ID"), help="edge id (env TANDEM_EDGE_ID)"
+    )
+    p.add_argument(
+        "--sip", default=os.environ.get("TANDEM_SIP_LISTEN"), help="SIP listen host:port"
+    )
+    p.add_argument(
+        "--advertise",
+        default=os.environ.get("TANDEM_EDGE_ADVERTISE"),
+        help="the address trunks reach this edge at (env TANDEM_EDGE_ADVERTISE)",
+    )
+
+    p = sub.add_parser("check-config", help="validate a config file and summarise it")
+    p.add_argument("file")
+
+    p = sub.add_parser("config", help="the routing policy in the configuration store")
+    config_sub = p.add_subparsers(dest="action", required=True)
+    p = config_sub.add_parser("import", help="store the config file's routing policy")
+    _common(p)
+    p.add_argument("--if-empty", action="store_true", help="only when no policy is stored")
+    return parser
+
+
+def summary(config: Config) -> str:
+    lines = [
+        f"nats       {config.nats}",
+        f"router     {config.router.api}",
+        f"callstate  {config.callstate.api}",
+        *(f"edge       {e.id}: sip {e.sip}, api {e.api}" for e in config.edges),
+        f"usages     {', '.join(sorted(config.usages)) or '(none)'}",
+        *(
+            f"trunk      {t.id} on {t.edge} -> {t.peer}/{t.transport}, "
+            f"usages [{', '.join(t.pstn_usages)}]" + ("" if t.enabled else " (disabled)")
+            for t in config.trunks
+        ),
+        *(
+            f"route      {r.id}: {r.number_pattern} [{', '.join(r.pstn_usages)}] "
+            f"-> {', '.join(r.trunks)} (priority {r.priority}, {r.spread})"
+            for r in config.routes
+        ),
+    ]
+    return "\n".join(lines)
+
+
+async def _import(config: Config, nats_url: str, if_empty: bool) -> bool:
+    from tandem.router.store import import_policy
+
+    nc = await bus.connect(nats_url, "tandem-config")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_stores(js)
+        return await import_policy(js, config.policy, if_empty)
+    finally:
+        await nc.close()
+
+
+def _run_service(args: argparse.Namespace, config: Config) -> int:
+    from tandem import process
+
+    nats_url = args.nats or config.nats
+    creds = os.environ.get("TANDEM_NATS_CREDS")
+    if args.command == "edge":
+        from tandem.edge.service import Service as EdgeService
+
+        if not args.id:
+            raise ConfigError("edge", ["  --id: required (or TANDEM_EDGE_ID)"])
+        try:
+            edge = config.edge(args.id)
+        except KeyError:
+            raise ConfigError(args.config, [f"  edges: no edge with id {args.id!r}"]) from None
+        overrides = {"sip": args.sip, "api": args.api, "advertise": args.advertise}
+        edge = edge.model_copy(update={k: v for k, v in overrides.items() if v})
+        return asyncio.run(
+            process.run(
+                f"edge:{edge.id}",
+                config,
+                nats_url,
+                edge.api,
+                lambda ctx: EdgeService(ctx, edge),
+                creds,
+                args.grace,
+            )
+        )
+    if args.command == "router":
+        from tandem.router.service import Service as RouterService
+
+        return asyncio.run(
+            process.run(
+                "router",
+                config,
+                nats_url,
+                args.api or config.router.api,
+                RouterService,
+                creds,
+                args.grace,
+            )
+        )
+    from tandem.callstate.service import Service as CallstateService
+
+    return asyncio.run(
+        process.run(
+            "callstate",
+            config,
+            nats_url,
+            args.api or config.callstate.api,
+            CallstateService,
+            creds,
+            args.grace,
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            print(summary(load_config(args.file)))
+            return 0
+        config = load_config(args.config)
+        telemetry.setup_logging(args.log_format, args.log_level)
+        if args.command == "up":
+            from tandem.up import up
+
+            return up(config, args.config, args.nats, args.data_dir, args.log_format)
+        if args.command == "config":
+            written = asyncio.run(_import(config, args.nats or config.nats, args.if_empty))
+            print("policy stored" if written else "a policy is already stored: left as it is")
+            return 0
+        return _run_service(args, config)
+    except (ConfigError, InsecureApiError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The edge process: a placeholder until its issue lands (health, readiness, metrics)."""
+
+from __future__ import annotations
+
+from tandem.config import Edge
+from tandem.http import create_app
+from tandem.process import Context
+
+
+class Service:
+    def __init__(self, ctx: Context, edge: Edge) -> None:
+        self.ctx = ctx
+        self.edge = edge
+        self.app = create_app(f"edge {edge.id}", ready=lambda: ctx.nc.is_connected, token=ctx.token)
+
+    async def start(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass

