@@ -1,0 +1,77 @@
+"""`tandem up`: the whole system from one config, every API healthy, nothing left behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, free_port
+from tests.support import TandemUp, system_config
+
+
+def urls(config: dict) -> list[str]:  # type: ignore[type-arg]
+    apis = [config["router"]["api"], config["callstate"]["api"]]
+    apis += [edge["api"] for edge in config["edges"]]
+    return [f"http://{api}/healthz" for api in apis]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_up_starts_everything_and_stops_cleanly(tmp_path: Path, sig: int) -> None:
+    config = system_config(f"nats://127.0.0.1:{free_port()}")  # nothing answers: started here
+    up = TandemUp(config, tmp_path)
+    up.start()
+    try:
+        out = up.output()
+        for edge in config["edges"]:
+            assert f"sip:{edge['sip']}" in out
+        for url in urls(config):
+            reply = httpx.get(url, timeout=5)
+            assert reply.status_code == 200, url
+            assert reply.json()["status"] == "ok"
+        assert len(up.descendants()) == 5  # nats-server, router, callstate, two edges
+    finally:
+        code = up.stop(sig)
+    assert code == 0, up.output()
+    time.sleep(0.2)
+    assert up.descendants() == [], up.output()
+    assert "everything stopped" in up.output()
+
+
+def test_up_stops_everything_when_a_child_dies(tmp_path: Path) -> None:
+    config = system_config(f"nats://127.0.0.1:{free_port()}")
+    up = TandemUp(config, tmp_path)
+    up.start()
+    try:
+        router = next(
+            p for p in up.descendants() if b"router" in Path(f"/proc/{p}/cmdline").read_bytes()
+        )
+        subprocess.run(["kill", "-KILL", str(router)], check=True)
+        assert up.proc is not None
+        code = up.proc.wait(60)
+    finally:
+        up.stop()
+    assert code == 1
+    assert "router killed by SIGKILL: stopping the rest" in up.output()
+    time.sleep(0.2)
+    assert up.descendants() == []
+
+
+def test_a_bad_config_starts_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trunks: [{id: t, edge: e, peer: '1.2.3.4:99999', sources: []}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tandem.cli", "up", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "trunks.0.peer: bad port '99999'" in result.stderr
+    assert "trunks.0.sources: List should have at least 1 item" in result.stderr
