@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
 from tandem.router.patterns import PatternError, compile_pattern
 
 DEFAULT_SIP_PORT = 5060
@@ -51,6 +52,8 @@ def split_host_port(text: str, default_port: int | None = None) -> tuple[str, in
         host, port = text, ""
     if not host:
         raise ValueError(f"missing host in {text!r}")
+    if not port and text.endswith(":"):
+        raise ValueError(f"missing port after ':' in {text!r}")
     if not port:
         if default_port is None:
             raise ValueError(f"missing port in {text!r}")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from tandem import __version__
 from tandem.config import split_host_port
 

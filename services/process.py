@@ -15,6 +15,7 @@ from typing import Protocol
 from fastapi import FastAPI
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+
 from tandem import bus, telemetry
 from tandem.config import Config
 from tandem.http import ApiServer, api_token, check_exposure

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+
 from tandem import bus
 from tandem.config import Config
 from tandem.http import is_loopback

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+
 from tandem import bus
 from tandem.up import nats_server_command
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+
 from tandem import bus, telemetry
 from tandem.pb import tandem_pb2 as pb
 

@@ -13,6 +13,7 @@ import time
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
+
 from tandem import bus
 from tandem.config import Policy
 
