@@ -312,23 +312,34 @@ class TrunkHealth(_message.Message):
     def __init__(self, trunk: _Optional[str] = ..., edge: _Optional[str] = ..., up: _Optional[bool] = ..., reason: _Optional[str] = ..., last_probe_unix_ms: _Optional[int] = ..., failed_probes: _Optional[int] = ...) -> None: ...
 
 class TrunkCounters(_message.Message):
-    __slots__ = ("trunk", "active_in", "active_out", "attempts", "answered", "updated_unix_ms")
+    __slots__ = ("trunk", "active_in", "active_out", "attempts", "answered", "updated_unix_ms", "failures", "peak_active")
+    class FailuresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     TRUNK_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_IN_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_OUT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     trunk: str
     active_in: int
     active_out: int
     attempts: int
     answered: int
     updated_unix_ms: int
-    def __init__(self, trunk: _Optional[str] = ..., active_in: _Optional[int] = ..., active_out: _Optional[int] = ..., attempts: _Optional[int] = ..., answered: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ...) -> None: ...
+    failures: _containers.ScalarMap[int, int]
+    peak_active: int
+    def __init__(self, trunk: _Optional[str] = ..., active_in: _Optional[int] = ..., active_out: _Optional[int] = ..., attempts: _Optional[int] = ..., answered: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., failures: _Optional[_Mapping[int, int]] = ..., peak_active: _Optional[int] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("leg_id", "trunk", "sip_call_id", "called", "calling", "status", "reason", "start_unix_ms", "end_unix_ms")
+    __slots__ = ("leg_id", "trunk", "sip_call_id", "called", "calling", "status", "reason", "start_unix_ms", "end_unix_ms", "answer_unix_ms", "attempt")
     LEG_ID_FIELD_NUMBER: _ClassVar[int]
     TRUNK_FIELD_NUMBER: _ClassVar[int]
     SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +349,8 @@ class Attempt(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     START_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     END_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     trunk: str
     sip_call_id: str
@@ -347,7 +360,9 @@ class Attempt(_message.Message):
     reason: str
     start_unix_ms: int
     end_unix_ms: int
-    def __init__(self, leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ...) -> None: ...
+    answer_unix_ms: int
+    attempt: int
+    def __init__(self, leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class ActiveCall(_message.Message):
     __slots__ = ("call_id", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "state", "invite_unix_ms", "answer_unix_ms", "attempts", "trace_id", "last_seq", "timeline", "normalized_called", "usage", "route")
