@@ -243,6 +243,10 @@ class ApiService(Strict):
         return _host_port(value, None)
 
 
+class Callstate(ApiService):
+    edge_lost_s: float = Field(default=10.0, gt=0, le=3600)  # no heartbeat this long: edge lost
+
+
 class Edge(ApiService):
     id: Id
     sip: str
@@ -264,7 +268,7 @@ class Config(Policy):
     nats: str = "nats://127.0.0.1:4222"
     api_token: str | None = Field(default=None, repr=False)
     router: ApiService = ApiService(api="127.0.0.1:8081")
-    callstate: ApiService = ApiService(api="127.0.0.1:8082")
+    callstate: Callstate = Callstate(api="127.0.0.1:8082")
     edges: list[Edge] = []
     telemetry: Telemetry = Telemetry()
 
