@@ -1,0 +1,59 @@
+"""Cutting a TCP/TLS byte stream into SIP messages by Content-Length (RFC 3261 18.3)."""
+
+from __future__ import annotations
+
+import re
+
+from tandem.sip.message import ParseError
+
+# A header line giving the length, in full or compact form, at the start of a line.
+_CONTENT_LENGTH = re.compile(
+    rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)", re.I
+)
+
+MAX_MESSAGE = 65_535  # octets, headers and body; larger is a broken or hostile peer
+
+
+class StreamFramer:
+    """Feed it stream bytes; it returns each complete message's bytes, for `parse`.
+
+    CRLF keep-alives (RFC 5626 3.5.1) between messages are swallowed. A message with no
+    Content-Length has an empty body. A length that cannot be read, or a message above
+    `max_message` octets, raises ParseError(None): the stream can no longer be framed and
+    the connection must be closed.
+    """
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        frames: list[bytes] = []
+        buffer = self._buffer
+        while True:
+            start = 0
+            while buffer[start : start + 2] == b"\r\n":
+                start += 2
+            if start:
+                del buffer[:start]
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > self.max_message:
+                    raise ParseError(None, "header section too large")
+                return frames
+            lengths = _CONTENT_LENGTH.findall(buffer, 0, end + 2)
+            if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
+                raise ParseError(None, "unreadable Content-Length on a stream")
+            total = end + 4 + (int(lengths[0]) if lengths else 0)
+            if total > self.max_message:
+                raise ParseError(None, "message too large")
+            if len(buffer) < total:
+                return frames
+            frames.append(bytes(buffer[:total]))
+            del buffer[:total]
+
+    @property
+    def pending(self) -> int:
+        """Octets received but not yet part of a complete message."""
+        return len(self._buffer)
