@@ -43,7 +43,9 @@ def _renderer() -> Path:
     if go is None:
         raise ToolMissing("`go` not found: apt-get install golang-go")
     if not (GOCODE / "src/github.com/Masterminds/sprig").is_dir():
-        raise ToolMissing("sprig source not found: apt-get install golang-github-masterminds-sprig-dev")
+        raise ToolMissing(
+            "sprig source not found: apt-get install golang-github-masterminds-sprig-dev"
+        )
     digest = hashlib.sha256(RENDERER_SRC.read_bytes()).hexdigest()[:16]
     binary = CACHE / f"helmrender-{digest}"
     if binary.exists():
@@ -175,7 +177,7 @@ BASE_CONFIG = DEPLOY / "base" / "tandem.yaml"
 BASE_WORKLOADS = DEPLOY / "base" / "tandem-workloads.yaml"
 BASE_HEADER = (
     "# Generated from helm/tandem with its default values by\n"
-    "# `python tests/deploy/regen_manifests.py`; edit the chart, then regenerate.\n"
+    "# `python -m tests.deploy.regen_manifests`; edit the chart, then regenerate.\n"
 )
 
 

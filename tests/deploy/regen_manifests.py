@@ -1,13 +1,8 @@
-"""Writes deploy/base's generated files from the chart: `python tests/deploy/regen_manifests.py`."""
+"""Writes deploy/base's generated files from the chart: `python -m tests.deploy.regen_manifests`."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from deploy_render import REPO, base_files  # noqa: E402
+from tests.deploy.deploy_render import REPO, base_files
 
 if __name__ == "__main__":
     for path, text in base_files().items():

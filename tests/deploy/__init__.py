@@ -1,0 +1,1 @@
+"""Checks of the container image, the helm chart and the plain Kubernetes manifests."""

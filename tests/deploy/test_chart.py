@@ -1,0 +1,479 @@
+"""The helm chart, rendered by a real Go text/template engine with sprig, in every mode.
+
+Each render validates against the strict Kubernetes schemas; the tests then check what the
+deployment of a SIP service depends on: where the edges' advertised address comes from,
+the drain on SIGTERM, the policy import, secrets, probes and the NATS switch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.deploy.deploy_render import (
+    CHART,
+    Manifest,
+    containers,
+    deep_merge,
+    env_of,
+    find,
+    helm_template,
+    one,
+    pod_spec,
+    render_chart,
+    validation_errors,
+)
+
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
+
+
+@pytest.fixture(scope="module")
+def default() -> list[Manifest]:
+    return render_chart()
+
+
+@pytest.fixture(scope="module")
+def loadbalancer() -> list[Manifest]:
+    return render_chart(CHART / "ci" / "loadbalancer-values.yaml")
+
+
+@pytest.fixture(scope="module")
+def full() -> list[Manifest]:
+    return render_chart(CHART / "ci" / "full-values.yaml")
+
+
+def workloads(manifests: list[Manifest]) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] in WORKLOAD_KINDS]
+
+
+# --- values and schema ---
+
+
+def test_values_yaml_matches_the_schema() -> None:
+    jsonschema.Draft7Validator.check_schema(SCHEMA)
+    jsonschema.Draft7Validator(SCHEMA).validate(DEFAULTS)
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_ci_values_match_the_schema(values_file: Path) -> None:
+    merged = deep_merge(DEFAULTS, yaml.safe_load(values_file.read_text()))
+    jsonschema.Draft7Validator(SCHEMA).validate(merged)
+
+
+def _schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for key, sub in schema.get("properties", {}).items():
+        paths.add(prefix + key)
+        paths |= _schema_paths(sub, f"{prefix}{key}.")
+    return paths
+
+
+def _value_paths(values: dict[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for key, value in values.items():
+        paths.add(prefix + key)
+        # Free-form Kubernetes objects and string maps are typed as a whole by the schema.
+        if isinstance(value, dict) and key not in (
+            "resources",
+            "podSecurityContext",
+            "securityContext",
+            "fileStore",
+        ):
+            paths |= _value_paths(value, f"{prefix}{key}.")
+    return paths
+
+
+def test_schema_describes_every_value() -> None:
+    missing = _value_paths(DEFAULTS) - _schema_paths(SCHEMA)
+    assert not missing, f"values without a schema entry: {sorted(missing)}"
+
+
+@pytest.mark.parametrize(
+    ("override", "why"),
+    [
+        ({"edges": {"mode": "nodePort"}}, "unknown edge mode"),
+        ({"router": {"replicaCount": 3}}, "unknown key (a typo)"),
+        ({"callstate": {"replicas": 3}}, "more callstate replicas than are useful"),
+        ({"edges": {"instances": [{"id": "router", "sipPort": 5060, "apiPort": 8091}]}}, "name"),
+        ({"edges": {"instances": [{"id": "e1", "sipPort": 70000, "apiPort": 8091}]}}, "port"),
+        ({"nats": {"config": {"jetstream": {"enabled": False}}}}, "tandem needs JetStream"),
+        ({"bus": {"url": "http://nats:4222"}}, "not a NATS URL"),
+        ({"policy": {"trunks": [{"id": "t1"}]}}, "a trunk without edge and peer"),
+    ],
+)
+def test_schema_refuses_bad_values(override: dict[str, Any], why: str) -> None:
+    merged = deep_merge(DEFAULTS, override)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(SCHEMA).validate(merged)
+
+
+# --- every render is valid Kubernetes ---
+
+
+@pytest.mark.parametrize(
+    "values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "default"
+)
+def test_chart_renders_valid_kubernetes_objects(values_file: Path | None) -> None:
+    manifests = render_chart(*([values_file] if values_file else []))
+    assert workloads(manifests), "no workloads rendered"
+    assert validation_errors(manifests) == []
+
+
+def test_validation_catches_a_broken_object(default: list[Manifest]) -> None:
+    router = json.loads(json.dumps(one(default, "Deployment", "tandem-router")))
+    pod_spec(router)["containers"][0]["ports"][0]["containerPort"] = "eighty"
+    pod_spec(router)["restartPolicy"] = "Sometimes"
+    assert validation_errors([router])
+
+
+def test_chart_declares_the_nats_chart_as_a_switchable_dependency() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    (nats,) = [d for d in chart["dependencies"] if d["name"] == "nats"]
+    assert nats["repository"] == "https://nats-io.github.io/k8s/helm/charts/"
+    assert nats["condition"] == "nats.enabled"
+    assert DEFAULTS["nats"]["enabled"] is True
+    assert DEFAULTS["nats"]["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    assert DEFAULTS["nats"]["config"]["jetstream"]["enabled"] is True
+
+
+# --- router, callstate ---
+
+
+def test_router_scales_with_an_autoscaler_and_a_disruption_budget(
+    default: list[Manifest],
+) -> None:
+    router = one(default, "Deployment", "tandem-router")
+    assert "replicas" not in router["spec"], "the HPA owns the replica count"
+    hpa = one(default, "HorizontalPodAutoscaler", "tandem-router")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "tandem-router",
+    }
+    assert hpa["spec"]["minReplicas"] >= 2
+    pdb = one(default, "PodDisruptionBudget", "tandem-router")
+    assert pdb["spec"]["selector"]["matchLabels"] == router["spec"]["selector"]["matchLabels"]
+
+
+def test_router_without_autoscaling_sets_replicas(full: list[Manifest]) -> None:
+    assert one(full, "Deployment", "tandem-router")["spec"]["replicas"] == 3
+    assert find(full, "HorizontalPodAutoscaler") == []
+
+
+def test_callstate_runs_one_replica_by_default(default: list[Manifest]) -> None:
+    assert one(default, "Deployment", "tandem-callstate")["spec"]["replicas"] == 1
+    assert DEFAULTS["callstate"]["replicas"] == 1
+
+
+def test_the_router_imports_the_policy_once(loadbalancer: list[Manifest]) -> None:
+    router = one(loadbalancer, "Deployment", "tandem-router")
+    (init,) = pod_spec(router)["initContainers"]
+    assert init["args"][:2] == ["config", "import"]
+    assert "--if-empty" in init["args"]
+    config_path = init["args"][init["args"].index("--config") + 1]
+    config = yaml.safe_load(one(loadbalancer, "ConfigMap", "tandem-config")["data"]["tandem.yaml"])
+    assert [t["id"] for t in config["trunks"]] == ["pbx-hq", "pstn-gw1"]
+    assert [r["id"] for r in config["routes"]] == ["redmond-local"]
+    assert config["routes"][0]["number_pattern"] == r"^\+1(425|206)\d{7}$"
+    assert [e["id"] for e in config["edges"]] == ["edge-pbx", "edge-pstn"]
+    mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    assert config_path == mounts["config"] + "/tandem.yaml"
+
+
+def test_policy_import_can_be_turned_off(full: list[Manifest]) -> None:
+    assert "initContainers" not in pod_spec(one(full, "Deployment", "tandem-router"))
+
+
+# --- edges: host network (default) ---
+
+
+def test_edges_run_on_the_host_network_of_labelled_nodes(default: list[Manifest]) -> None:
+    (edge,) = find(default, "DaemonSet")
+    spec = pod_spec(edge)
+    assert spec["hostNetwork"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet", "NATS is found by its Service name"
+    assert spec["nodeSelector"] == {"tandem.io/edge": "edge-1"}
+    ports = {(p["name"], p["protocol"]): p for p in spec["containers"][0]["ports"]}
+    assert ports["sip-udp", "UDP"]["hostPort"] == ports["sip-tcp", "TCP"]["hostPort"] == 5060
+    assert find(default, "StatefulSet") == []
+    assert not [s for s in find(default, "Service") if s["spec"].get("type") == "LoadBalancer"]
+
+
+def test_hostnetwork_edges_advertise_the_node_address(default: list[Manifest]) -> None:
+    env = env_of(pod_spec(one(default, "DaemonSet", "tandem-edge-1"))["containers"][0])
+    assert env["TANDEM_EDGE_ADVERTISE"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    assert env["TANDEM_EDGE_ID"] == "edge-1"
+
+
+def test_an_edge_can_advertise_a_configured_address(full: list[Manifest]) -> None:
+    edge = one(full, "DaemonSet", "tandem-edge-pstn")
+    env = env_of(pod_spec(edge)["containers"][0])
+    assert env["TANDEM_EDGE_ADVERTISE"] == "198.51.100.7"
+    assert pod_spec(edge)["nodeSelector"] == {
+        "voice.example.com/edge": "edge-pstn",
+        "topology.kubernetes.io/zone": "a",
+    }
+
+
+@pytest.mark.parametrize(
+    "values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "default"
+)
+def test_no_edge_ever_advertises_the_pod_ip(values_file: Path | None) -> None:
+    manifests = render_chart(*([values_file] if values_file else []))
+    text = yaml.safe_dump_all(manifests)
+    assert "status.podIP" not in text
+    for edge in workloads(manifests):
+        if edge["metadata"]["labels"]["app.kubernetes.io/component"] == "edge":
+            assert "TANDEM_EDGE_ADVERTISE" in env_of(pod_spec(edge)["containers"][0])
+
+
+# --- edges: StatefulSet behind LoadBalancer Services ---
+
+
+def test_loadbalancer_mode_runs_one_pod_per_edge_behind_udp_and_tcp(
+    loadbalancer: list[Manifest],
+) -> None:
+    assert find(loadbalancer, "DaemonSet") == []
+    for edge_id, port, address in [
+        ("edge-pbx", 5060, "203.0.113.10"),
+        ("edge-pstn", 5080, "203.0.113.11"),
+    ]:
+        sts = one(loadbalancer, "StatefulSet", f"tandem-{edge_id}")
+        assert sts["spec"]["replicas"] == 1
+        spec = pod_spec(sts)
+        assert "hostNetwork" not in spec
+        env = env_of(spec["containers"][0])
+        assert env["TANDEM_EDGE_ADVERTISE"] == address
+        assert env["TANDEM_EDGE_ID"] == edge_id
+        svc = one(loadbalancer, "Service", f"tandem-{edge_id}")
+        assert svc["spec"]["type"] == "LoadBalancer"
+        assert svc["spec"]["externalTrafficPolicy"] == "Local", "trunk ACLs need the source"
+        assert {(p["protocol"], p["port"]) for p in svc["spec"]["ports"]} == {
+            ("UDP", port),
+            ("TCP", port),
+        }
+        assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+        assert svc["spec"]["loadBalancerSourceRanges"] == ["10.1.0.0/24", "10.2.0.0/24"]
+        governing = one(loadbalancer, "Service", sts["spec"]["serviceName"])
+        assert governing["spec"]["clusterIP"] == "None"
+    assert one(loadbalancer, "Service", "tandem-edge-pbx")["spec"]["loadBalancerIP"] == (
+        "203.0.113.10"
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {
+                "edges": {
+                    "mode": "loadBalancer",
+                    "instances": [{"id": "e1", "sipPort": 5060, "apiPort": 8091}],
+                }
+            },
+            "needs advertise or loadBalancerIP",
+        ),
+        (
+            {
+                "edges": {
+                    "instances": [
+                        {"id": "e1", "sipPort": 5060, "apiPort": 8091},
+                        {"id": "e1", "sipPort": 5080, "apiPort": 8092},
+                    ]
+                }
+            },
+            'edge id "e1" appears twice',
+        ),
+        ({"nats": {"enabled": False}}, "bus.url is required when nats.enabled=false"),
+    ],
+)
+def test_the_chart_refuses_unusable_values(values: dict[str, Any], message: str) -> None:
+    result = helm_template(values=values)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+# --- draining, probes, security ---
+
+
+def test_edges_drain_on_prestop_within_their_grace_period(default: list[Manifest]) -> None:
+    edge = one(default, "DaemonSet", "tandem-edge-1")
+    container = pod_spec(edge)["containers"][0]
+    grace = int(container["args"][container["args"].index("--grace") + 1])
+    assert grace == DEFAULTS["edges"]["drainSeconds"] >= 600, "calls need time to end"
+    assert pod_spec(edge)["terminationGracePeriodSeconds"] > grace
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    assert "kill -TERM 1" in command[2]
+    assert edge["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 1
+
+
+def test_router_and_callstate_stop_after_their_endpoints_are_gone(
+    default: list[Manifest],
+) -> None:
+    for name in ("tandem-router", "tandem-callstate"):
+        spec = pod_spec(one(default, "Deployment", name))
+        container = spec["containers"][0]
+        assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+        grace = int(container["args"][container["args"].index("--grace") + 1])
+        assert spec["terminationGracePeriodSeconds"] > grace + 5
+
+
+@pytest.mark.parametrize(
+    "values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "default"
+)
+def test_every_container_is_probed_limited_and_locked_down(values_file: Path | None) -> None:
+    manifests = render_chart(*([values_file] if values_file else []))
+    for workload in workloads(manifests):
+        spec = pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        for c in containers(workload):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert c["resources"]["requests"]["memory"]
+            assert c["resources"]["limits"]["memory"]
+        main = spec["containers"][0]
+        assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
+        assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
+        assert "api" in {p["name"] for p in main["ports"]}
+
+
+# --- configuration, secrets, rollouts ---
+
+
+def _checksums(manifests: list[Manifest]) -> dict[str, dict[str, str]]:
+    return {
+        w["metadata"]["name"]: {
+            k: v
+            for k, v in w["spec"]["template"]["metadata"]["annotations"].items()
+            if k.startswith("checksum/")
+        }
+        for w in workloads(manifests)
+    }
+
+
+def test_pods_roll_when_the_config_or_secrets_change(default: list[Manifest]) -> None:
+    before = _checksums(default)
+    assert set(before) == {"tandem-router", "tandem-callstate", "tandem-edge-1"}
+    assert all(set(c) == {"checksum/config", "checksum/secret"} for c in before.values())
+    again = _checksums(render_chart())
+    assert again == before, "an unchanged release must not roll its pods"
+    trunk = {"id": "t1", "edge": "edge-1", "peer": "10.0.0.9:5060"}
+    changed = _checksums(render_chart(values={"policy": {"trunks": [trunk]}}))
+    token = _checksums(render_chart(values={"apiToken": {"value": "other"}}))
+    for name in before:
+        assert changed[name]["checksum/config"] != before[name]["checksum/config"]
+        assert token[name]["checksum/secret"] != before[name]["checksum/secret"]
+
+
+def test_api_token_is_generated_or_taken_from_values_or_a_secret(
+    default: list[Manifest], full: list[Manifest]
+) -> None:
+    generated = one(default, "Secret", "tandem-api-token")["data"]["token"]
+    assert len(generated) >= 40
+    assert one(full, "Secret", "tandem-api-token")["data"]["token"] == "czNjcjN0LXRva2Vu"
+    external = render_chart(values={"apiToken": {"existingSecret": "voice-api"}})
+    assert find(external, "Secret") == []
+    for manifests, secret in [(default, "tandem-api-token"), (external, "voice-api")]:
+        for workload in workloads(manifests):
+            for c in containers(workload):
+                ref = env_of(c)["TANDEM_API_TOKEN"]["secretKeyRef"]
+                assert ref == {"name": secret, "key": "token"}
+
+
+def test_nats_credentials_are_mounted_from_a_secret(full: list[Manifest]) -> None:
+    secret = one(full, "Secret", "tandem-nats-creds")
+    assert set(secret["data"]) == {"nats.creds"}
+    for workload in workloads(full):
+        spec = pod_spec(workload)
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["nats-creds"]["secret"]["secretName"] == "tandem-nats-creds"
+        for c in containers(workload):
+            mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+            assert env_of(c)["TANDEM_NATS_CREDS"] == mounts["nats-creds"] + "/nats.creds"
+
+
+def test_without_credentials_nothing_is_mounted(default: list[Manifest]) -> None:
+    for workload in workloads(default):
+        assert "nats-creds" not in {v["name"] for v in pod_spec(workload)["volumes"]}
+        assert "TANDEM_NATS_CREDS" not in env_of(pod_spec(workload)["containers"][0])
+
+
+def _nats_urls(manifests: list[Manifest]) -> set[str]:
+    urls = set()
+    for workload in workloads(manifests):
+        for c in containers(workload):
+            urls.add(env_of(c)["TANDEM_NATS_URL"])
+    (config_map,) = find(manifests, "ConfigMap")
+    urls.add(yaml.safe_load(config_map["data"]["tandem.yaml"])["nats"])
+    return urls
+
+
+def test_the_nats_switch_only_changes_the_nats_url(default: list[Manifest]) -> None:
+    external_url = "nats://nats.messaging:4222"
+    external = render_chart(values={"nats": {"enabled": False}, "bus": {"url": external_url}})
+    assert _nats_urls(default) == {"nats://tandem-nats:4222"}
+    assert _nats_urls(external) == {external_url}
+
+    def normalized(manifests: list[Manifest], url: str) -> list[Manifest]:
+        kept = [m for m in manifests if m["kind"] != "Secret"]  # a fresh random token
+        text = yaml.safe_dump_all(kept).replace(url, "NATS_URL")
+        out = list(yaml.safe_load_all(text))
+        for w in workloads(out):
+            w["spec"]["template"]["metadata"]["annotations"].pop("checksum/config")
+        return out
+
+    assert normalized(default, "nats://tandem-nats:4222") == normalized(external, external_url)
+
+
+def test_the_nats_service_name_follows_the_release_name() -> None:
+    assert _nats_urls(render_chart(name="voice")) == {"nats://voice-nats:4222"}
+    assert _nats_urls(render_chart(name="nats-voice")) == {"nats://nats-voice:4222"}
+
+
+# --- observability ---
+
+
+def test_traces_go_to_the_configured_otlp_endpoint(full: list[Manifest]) -> None:
+    for workload in workloads(full):
+        component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+        env = env_of(pod_spec(workload)["containers"][0])
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+        assert env["OTEL_SERVICE_NAME"] == f"tandem-{component}"
+        assert "deployment.environment=prod" in env["OTEL_RESOURCE_ATTRIBUTES"]
+        assert "k8s.pod.name=$(POD_NAME)" in env["OTEL_RESOURCE_ATTRIBUTES"]
+
+
+def test_no_otlp_endpoint_by_default(default: list[Manifest]) -> None:
+    for workload in workloads(default):
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env_of(pod_spec(workload)["containers"][0])
+
+
+def test_service_monitor_scrapes_every_process(
+    default: list[Manifest], full: list[Manifest]
+) -> None:
+    assert find(default, "ServiceMonitor") == []
+    monitor = one(full, "ServiceMonitor", "tandem")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint == {"port": "api", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    scraped = {
+        s["metadata"]["labels"]["app.kubernetes.io/component"]
+        for s in find(full, "Service")
+        if selector.items() <= s["metadata"]["labels"].items()
+        and "api" in {p["name"] for p in s["spec"]["ports"]}
+    }
+    assert scraped == {"router", "callstate", "edge"}
