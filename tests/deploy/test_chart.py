@@ -15,9 +15,11 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.deploy import deploy_render
 from tests.deploy.deploy_render import (
     CHART,
     Manifest,
+    ToolMissing,
     containers,
     deep_merge,
     env_of,
@@ -132,6 +134,24 @@ def test_validation_catches_a_broken_object(default: list[Manifest]) -> None:
     pod_spec(router)["containers"][0]["ports"][0]["containerPort"] = "eighty"
     pod_spec(router)["restartPolicy"] = "Sometimes"
     assert validation_errors([router])
+
+
+def test_a_missing_go_toolchain_fails_rather_than_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy_render.shutil, "which", lambda _: None)
+    with pytest.raises(ToolMissing, match="golang-go"):
+        render_chart()
+    with pytest.raises(ToolMissing, match="kubectl"):
+        deploy_render.kustomize(deploy_render.DEPLOY / "overlays" / "dev")
+
+
+def test_numeric_looking_edge_ids_stay_strings() -> None:
+    manifests = render_chart(
+        values={"edges": {"instances": [{"id": "123", "sipPort": 5060, "apiPort": 8091}]}}
+    )
+    edge = one(manifests, "DaemonSet", "tandem-123")
+    assert edge["metadata"]["labels"]["tandem.io/edge-id"] == "123"
+    assert pod_spec(edge)["nodeSelector"] == {"tandem.io/edge": "123"}
+    assert validation_errors(manifests) == []
 
 
 def test_chart_declares_the_nats_chart_as_a_switchable_dependency() -> None:

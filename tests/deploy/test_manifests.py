@@ -93,6 +93,9 @@ def test_dev_is_small_and_has_its_api_token() -> None:
     assert find(manifests, "PodDisruptionBudget") == []
     edge = one(manifests, "DaemonSet", "tandem-edge-1")
     assert "nodeSelector" not in pod_spec(edge)
+    args = pod_spec(edge)["containers"][0]["args"]
+    assert args[0] == "edge" and args[args.index("--grace") + 1] == "60"
+    assert pod_spec(edge)["terminationGracePeriodSeconds"] > 60
     (secret,) = find(manifests, "Secret")
     token_ref = env_of(pod_spec(edge)["containers"][0])["TANDEM_API_TOKEN"]["secretKeyRef"]
     assert token_ref == {"name": secret["metadata"]["name"], "key": "token"}
