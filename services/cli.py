@@ -65,8 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="the address trunks reach this edge at (env TANDEM_EDGE_ADVERTISE)",
     )
 
+    p = sub.add_parser("sim", help="run a simulated trunk (PBX or PSTN gateway) on pjsua2")
+    p.add_argument("kind", choices=["pbx", "gateway"])
+    p.add_argument("--config", default="examples/sim.yaml", help="the sims' YAML file")
+    p.add_argument("--id", help="which sim of that kind; needed when the file has several")
+    p.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
+    p.add_argument("--pjsip-log-level", type=int, default=1, help="5 prints SIP messages")
+
     p = sub.add_parser("check-config", help="validate a config file and summarise it")
     p.add_argument("file")
+
+    p = sub.add_parser("route-test", help="what a call would get, offline from a config file")
+    p.add_argument("--config", default=os.environ.get("TANDEM_CONFIG", DEFAULT_CONFIG))
+    p.add_argument("--trunk", required=True, help="the ingress trunk's id")
+    p.add_argument("--called", required=True, help="the called number as received")
+    p.add_argument("--calling", default="", help="the calling number as received")
+    p.add_argument("--json", action="store_true", help="answer as JSON (as POST /v1/route-test)")
 
     p = sub.add_parser("config", help="the routing policy in the configuration store")
     config_sub = p.add_subparsers(dest="action", required=True)
@@ -165,13 +179,33 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
     )
 
 
+def _run_sim(args: argparse.Namespace) -> int:
+    from tandem.sim.config import load_sims
+    from tandem.sim.service import run
+
+    telemetry.setup_logging("text", args.log_level)
+    try:
+        sim = load_sims(args.config).pick(args.kind, args.id)
+    except KeyError as exc:
+        print(f"{args.config}: {exc.args[0]}", file=sys.stderr)
+        return 2
+    return run(sim, args.kind, args.pjsip_log_level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check-config":
             print(summary(load_config(args.file)))
             return 0
+        if args.command == "sim":
+            return _run_sim(args)
         config = load_config(args.config)
+        if args.command == "route-test":
+            from tandem.router.table import route_test
+
+            print(route_test(config.policy, args.trunk, args.called, args.calling, args.json))
+            return 0
         telemetry.setup_logging(args.log_format, args.log_level)
         if args.command == "up":
             from tandem.up import up

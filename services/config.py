@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from tandem.router.patterns import PatternError, compile_pattern
+from tandem.router.patterns import PatternError, check_translation, compile_pattern
 
 DEFAULT_SIP_PORT = 5060
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -104,6 +104,14 @@ class Rule(Strict):
         except PatternError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _groups(self) -> Rule:
+        try:
+            check_translation(self.translation, compile_pattern(self.pattern))
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class Trunk(Strict):

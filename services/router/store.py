@@ -1,24 +1,39 @@
 """The routing policy in the TANDEM_CONFIG bucket: one key per object, and a commit marker.
 
-Keys are `usages`, `trunk.<id>` and `route.<id>` (JSON). A writer puts every changed object,
-deletes what is gone, then puts `commit`; readers rebuild their policy when `commit` moves,
-so an import of the whole policy is seen all at once.
+Keys are `usages`, `trunk.<id>` and `route.<id>` (JSON). A writer takes the `lock` key,
+puts every changed object, deletes what is gone, then puts `commit` and frees the lock;
+readers rebuild their policy when `commit` moves, so an import of the whole policy is seen
+all at once, and two writers (API calls on two replicas, `tandem config import`) never
+interleave their keys.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
-from nats.js.kv import KeyValue
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import BaseModel
 
 from tandem import bus
-from tandem.config import Policy
+from tandem.config import Policy, Route, Trunk
 
 COMMIT_KEY = "commit"
 USAGES_KEY = "usages"
+LOCK_KEY = "lock"
+LOCK_WAIT_S = 10.0
+LOCK_STALE_S = 30.0  # a writer that died holding the lock loses it after this long
+LOCK_RETRY_S = 0.05
+SNAPSHOT_TIMEOUT_S = 10.0
+
+
+class PolicyBusyError(Exception):
+    """Another writer held the policy lock for longer than we could wait."""
 
 
 def policy_entries(policy: Policy) -> dict[str, bytes]:
@@ -28,14 +43,54 @@ def policy_entries(policy: Policy) -> dict[str, bytes]:
     return entries
 
 
+def is_policy_key(key: str) -> bool:
+    return key == USAGES_KEY or key.startswith(("trunk.", "route."))
+
+
+class PolicyState:
+    """The policy's keys as last seen, each parsed once: a commit re-reads only what changed."""
+
+    def __init__(self) -> None:
+        self.raw: dict[str, bytes] = {}
+        self._parsed: dict[str, BaseModel | list[str]] = {}
+
+    def put(self, key: str, value: bytes) -> None:
+        if is_policy_key(key) and self.raw.get(key) != value:
+            self.raw[key] = value
+            self._parsed.pop(key, None)
+
+    def delete(self, key: str) -> None:
+        self.raw.pop(key, None)
+        self._parsed.pop(key, None)
+
+    def policy(self) -> Policy:
+        """The policy these keys describe (pydantic ValidationError if it is inconsistent)."""
+        for key, value in self.raw.items():
+            if key not in self._parsed:
+                self._parsed[key] = _parse(key, value)
+        usages = self._parsed.get(USAGES_KEY, [])
+        trunks = [v for k, v in self._parsed.items() if k.startswith("trunk.")]
+        routes = [v for k, v in self._parsed.items() if k.startswith("route.")]
+        # already-validated objects are taken as they are: only the cross-checks run again
+        return Policy.model_validate({"pstn_usages": usages, "trunks": trunks, "routes": routes})
+
+
+def _parse(key: str, value: bytes) -> BaseModel | list[str]:
+    if key.startswith("trunk."):
+        return Trunk.model_validate_json(value)
+    if key.startswith("route."):
+        return Route.model_validate_json(value)
+    usages = json.loads(value)
+    if not isinstance(usages, list) or not all(isinstance(u, str) for u in usages):
+        raise ValueError(f"{USAGES_KEY}: expected a list of usage names")
+    return usages
+
+
 def policy_from_entries(entries: dict[str, bytes]) -> Policy:
-    return Policy.model_validate(
-        {
-            "pstn_usages": json.loads(entries.get(USAGES_KEY, b"[]")),
-            "trunks": [json.loads(v) for k, v in entries.items() if k.startswith("trunk.")],
-            "routes": [json.loads(v) for k, v in entries.items() if k.startswith("route.")],
-        }
-    )
+    state = PolicyState()
+    for key, value in entries.items():
+        state.put(key, value)
+    return state.policy()
 
 
 async def config_bucket(js: JetStreamContext) -> KeyValue:
@@ -43,18 +98,15 @@ async def config_bucket(js: JetStreamContext) -> KeyValue:
 
 
 async def read_entries(kv: KeyValue) -> dict[str, bytes]:
+    """Every key's current value, read as one watcher snapshot (quicker than a get per key)."""
+    watcher = await kv.watchall(ignore_deletes=True)
+    entries: dict[str, bytes] = {}
     try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return {}
-    entries = {}
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:  # deleted since keys() listed it
-            continue
-        if entry.value is not None:
-            entries[key] = entry.value
+        while (entry := await watcher.updates(SNAPSHOT_TIMEOUT_S)) is not None:
+            if entry.value is not None:
+                entries[entry.key] = entry.value
+    finally:
+        await watcher.stop()
     return entries
 
 
@@ -62,31 +114,78 @@ async def read_policy(kv: KeyValue) -> Policy | None:
     entries = await read_entries(kv)
     if COMMIT_KEY not in entries:
         return None
-    entries.pop(COMMIT_KEY)
-    return policy_from_entries(entries)
+    return policy_from_entries({k: v for k, v in entries.items() if is_policy_key(k)})
 
 
-async def write_policy(kv: KeyValue, policy: Policy) -> None:
-    """Replace the stored policy with this one: changed keys put, stale keys deleted, commit."""
-    old = await read_entries(kv)
+@asynccontextmanager
+async def write_lock(kv: KeyValue, owner: str = "") -> AsyncIterator[None]:
+    """Hold the policy's write lock; PolicyBusyError if it stays taken for LOCK_WAIT_S."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    mine = json.dumps({"owner": owner, "time": time.time()}).encode()
+    while True:
+        try:
+            await kv.create(LOCK_KEY, mine)
+            break
+        except KeyWrongLastSequenceError:
+            if await _take_stale_lock(kv, mine):
+                break
+        if time.monotonic() > deadline:
+            raise PolicyBusyError("the policy is being changed by another writer: try again")
+        await asyncio.sleep(LOCK_RETRY_S)
+    try:
+        yield
+    finally:
+        await kv.delete(LOCK_KEY)
+
+
+async def _take_stale_lock(kv: KeyValue, mine: bytes) -> bool:
+    try:
+        entry = await kv.get(LOCK_KEY)
+    except (KeyNotFoundError, KeyDeletedError):  # freed since: the next create may win
+        return False
+    try:
+        taken = float(json.loads(entry.value or b"{}").get("time", 0))
+    except (ValueError, AttributeError):
+        taken = 0.0
+    if time.time() - taken < LOCK_STALE_S:
+        return False
+    try:
+        await kv.update(LOCK_KEY, mine, last=entry.revision)
+    except KeyWrongLastSequenceError:
+        return False
+    return True
+
+
+async def write_policy(kv: KeyValue, policy: Policy, old: dict[str, bytes] | None = None) -> int:
+    """Replace the stored policy with this one (call under write_lock); the commit revision.
+
+    `old` is what the caller knows to be stored (a watcher's state): saves reading it back.
+    """
+    if old is None:
+        old = {k: v for k, v in (await read_entries(kv)).items() if is_policy_key(k)}
     new = policy_entries(policy)
     for key, value in new.items():
         if old.get(key) != value:
             await kv.put(key, value)
-    for key in old.keys() - new.keys() - {COMMIT_KEY}:
+    for key in old.keys() - new.keys():
         await kv.delete(key)
     marker = {"time": time.time(), "trunks": len(policy.trunks), "routes": len(policy.routes)}
-    await kv.put(COMMIT_KEY, json.dumps(marker).encode())
+    return await kv.put(COMMIT_KEY, json.dumps(marker).encode())
 
 
 async def import_policy(js: JetStreamContext, policy: Policy, if_empty: bool = False) -> bool:
     """Store the policy; with if_empty, only when the bucket holds none. True if written."""
     kv = await config_bucket(js)
-    if if_empty:
-        try:
-            await kv.get(COMMIT_KEY)
-            return False
-        except KeyNotFoundError:
-            pass
-    await write_policy(kv, policy)
+    async with write_lock(kv, "import"):
+        if if_empty:
+            try:
+                await kv.get(COMMIT_KEY)
+                return False
+            except KeyNotFoundError:
+                pass
+        await write_policy(kv, policy)
     return True
+
+
+def is_delete(operation: str | None) -> bool:
+    return operation in (KV_DEL, KV_PURGE)

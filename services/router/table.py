@@ -1,0 +1,343 @@
+"""The route decision: a policy compiled into per-usage prefix indexes, and the Lync walk over it.
+
+Normalize the called and calling numbers with the ingress trunk's rules; walk the trunk's
+PSTN usages in order; in each usage take the matching voice routes by priority, expand each
+route's trunks by its spread, skip disabled trunks, trunks at their call limit and the
+ingress trunk; translate for each target trunk and apply the route's caller-ID policy. The
+first usage with a matching route gives the primary targets, later usages the backups, and
+trunks that are down go after every trunk believed up (a down trunk would most likely cost
+a failover timer). No matching route: 403 (Lync's ms-diagnostics 12004); matching routes
+but no usable trunk: 503 (12000).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tandem.config import Policy, Route, Trunk
+from tandem.pb import tandem_pb2 as pb
+from tandem.router.patterns import (
+    CompiledRule,
+    Pattern,
+    apply_rules,
+    compile_pattern,
+    compile_rules,
+    literal_prefixes,
+)
+
+NO_ROUTE_STATUS = 403
+NO_TRUNK_STATUS = 503
+NO_ROUTE_DIAGNOSTIC = 12004
+NO_TRUNK_DIAGNOSTIC = 12000
+RESULT_NAMES = {pb.RouteDecision.ROUTED: "routed", pb.RouteDecision.NO_ROUTE: "no_route"}
+RESULT_NAMES[pb.RouteDecision.NO_TRUNK] = "no_trunk"
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledTrunk:
+    config: Trunk
+    inbound_rules: tuple[CompiledRule, ...]
+    inbound_calling_rules: tuple[CompiledRule, ...]
+    outbound_called_rules: tuple[CompiledRule, ...]
+    outbound_calling_rules: tuple[CompiledRule, ...]
+
+    @classmethod
+    def build(cls, trunk: Trunk) -> CompiledTrunk:
+        return cls(
+            trunk,
+            compile_rules(trunk.inbound_rules),
+            compile_rules(trunk.inbound_calling_rules),
+            compile_rules(trunk.outbound_called_rules),
+            compile_rules(trunk.outbound_calling_rules),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledRoute:
+    config: Route
+    pattern: Pattern
+    rank: tuple[int, str]  # (priority, id): lower first; ids break ties the same on every replica
+
+
+@dataclass
+class UsageIndex:
+    """The routes of one PSTN usage, by the literal prefix their pattern needs ('' if none)."""
+
+    by_prefix: dict[str, list[CompiledRoute]] = field(default_factory=dict)
+    longest: int = 0
+
+    def add(self, route: CompiledRoute, prefixes: tuple[str, ...] | None) -> None:
+        for prefix in prefixes or ("",):
+            self.by_prefix.setdefault(prefix, []).append(route)
+            self.longest = max(self.longest, len(prefix))
+
+    def matching(self, number: str) -> list[CompiledRoute]:
+        """The routes whose pattern matches the number, by priority."""
+        found: dict[int, CompiledRoute] = {}
+        by_prefix = self.by_prefix
+        for length in range(min(len(number), self.longest) + 1):
+            for route in by_prefix.get(number[:length], ()):
+                if id(route) not in found and route.pattern.matches(number):
+                    found[id(route)] = route
+        return sorted(found.values(), key=lambda r: r.rank)
+
+
+class Spreader:
+    """How a route spreads calls over its trunks; round-robin turns are per replica."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()
+        self.turns: dict[str, int] = {}
+
+    def order(self, route: Route, trunks: list[str]) -> list[str]:
+        if len(trunks) < 2 or route.spread == "ordered":
+            return trunks
+        if route.spread == "round_robin":  # Lync
+            turn = self.turns.get(route.id, 0)
+            self.turns[route.id] = turn + 1
+            turn %= len(trunks)
+            return trunks[turn:] + trunks[:turn]
+        if route.spread == "random":  # Teams
+            shuffled = list(trunks)
+            self.rng.shuffle(shuffled)
+            return shuffled
+        # weighted: each trunk comes first with probability weight / total (Efraimidis-Spirakis)
+        weights = route.weights
+        return sorted(trunks, key=lambda t: self.rng.random() ** (1.0 / weights[t]), reverse=True)
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What the bus says about trunks at decision time: down by health, active calls."""
+
+    down: Collection[str] = frozenset()
+    active_calls: Mapping[str, int] = field(default_factory=dict)
+
+
+class RoutingTable:
+    """A policy compiled for deciding; rebuilt whole on each policy commit."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.trunks = {t.id: CompiledTrunk.build(t) for t in policy.trunks}
+        self.usages: dict[str, UsageIndex] = {}
+        for route in policy.routes:
+            compiled = CompiledRoute(
+                route, compile_pattern(route.number_pattern), (route.priority, route.id)
+            )
+            prefixes = literal_prefixes(route.number_pattern)
+            for usage in route.pstn_usages:
+                self.usages.setdefault(usage, UsageIndex()).add(compiled, prefixes)
+
+    def decide(
+        self,
+        ingress: str,
+        called: str,
+        calling: str = "",
+        conditions: Conditions | None = None,
+        spreader: Spreader | None = None,
+    ) -> pb.RouteDecision:
+        conditions = conditions or Conditions()
+        spreader = spreader or Spreader()
+        decision = pb.RouteDecision()
+        explain = decision.explain
+        trunk = self.trunks.get(ingress)
+        if trunk is None:
+            explain.append(f"ingress trunk {ingress!r} is not in the policy")
+            return _refuse(decision, NO_ROUTE_STATUS, f"unknown ingress trunk {ingress}")
+        if not trunk.config.enabled:
+            explain.append(f"ingress trunk {ingress} is disabled (draining): no new calls")
+            return _refuse(decision, NO_TRUNK_STATUS, f"trunk {ingress} is disabled")
+
+        called = _normalize(trunk.inbound_rules, called, "called", "inbound_rules", explain)
+        if calling:
+            calling = _normalize(
+                trunk.inbound_calling_rules, calling, "calling", "inbound_calling_rules", explain
+            )
+        decision.normalized_called = called
+        decision.normalized_calling = calling
+
+        usages = trunk.config.pstn_usages
+        if not usages:
+            explain.append(f"trunk {ingress} has no PSTN usages: it may not route calls")
+        up: list[pb.RouteTarget] = []
+        down: list[pb.RouteTarget] = []
+        taken: set[str] = set()
+        for usage in usages:
+            index = self.usages.get(usage)
+            routes = index.matching(called) if index is not None else []
+            if not routes:
+                explain.append(f"usage {usage}: no voice route matches {called}")
+                continue
+            names = ", ".join(f"{r.config.id} (priority {r.config.priority})" for r in routes)
+            explain.append(f"usage {usage}: {names} match {called}")
+            if not decision.usage:
+                decision.usage, decision.route = usage, routes[0].config.id
+            for route in routes:
+                usable = self._usable(route.config, ingress, conditions, taken, explain)
+                for trunk_id in spreader.order(route.config, usable):
+                    taken.add(trunk_id)
+                    target = self._target(trunk_id, route.config, usage, called, calling)
+                    target.trunk_down = trunk_id in conditions.down
+                    (down if target.trunk_down else up).append(target)
+
+        if not decision.usage:
+            return _refuse(
+                decision,
+                NO_ROUTE_STATUS,
+                f"no voice route for {called} in usages [{', '.join(usages)}] "
+                f"(ms-diagnostics {NO_ROUTE_DIAGNOSTIC})",
+            )
+        if not up and not down:
+            return _refuse(
+                decision,
+                NO_TRUNK_STATUS,
+                f"no usable trunk on the routes for {called} "
+                f"(ms-diagnostics {NO_TRUNK_DIAGNOSTIC})",
+            )
+        if down:
+            explain.append(f"down trunks go last: {', '.join(t.trunk for t in down)}")
+        decision.targets.extend(up + down)
+        first = decision.targets[0]
+        decision.usage, decision.route = first.usage, first.route
+        decision.result = pb.RouteDecision.ROUTED
+        explain.append(
+            "targets in order: " + ", ".join(f"{t.trunk} ({t.route})" for t in decision.targets)
+        )
+        return decision
+
+    def _usable(
+        self,
+        route: Route,
+        ingress: str,
+        conditions: Conditions,
+        taken: set[str],
+        explain: Any,
+    ) -> list[str]:
+        usable = []
+        for trunk_id in route.trunks:
+            trunk = self.trunks[trunk_id].config
+            active = conditions.active_calls.get(trunk_id, 0)
+            if trunk_id == ingress:
+                why = "it is the ingress trunk"
+            elif not trunk.enabled:
+                why = "it is disabled"
+            elif trunk.max_concurrent_calls is not None and active >= trunk.max_concurrent_calls:
+                why = f"it is at its limit ({active} of {trunk.max_concurrent_calls} calls)"
+            elif trunk_id in taken:
+                why = "it is already a target"
+            else:
+                usable.append(trunk_id)
+                continue
+            explain.append(f"route {route.id}: trunk {trunk_id} skipped: {why}")
+        return usable
+
+    def _target(
+        self, trunk_id: str, route: Route, usage: str, called: str, calling: str
+    ) -> pb.RouteTarget:
+        trunk = self.trunks[trunk_id]
+        config = trunk.config
+        if route.suppress_caller_id and route.alternate_caller_id:
+            calling = route.alternate_caller_id
+        called, _ = apply_rules(trunk.outbound_called_rules, called)
+        if calling:
+            calling, _ = apply_rules(trunk.outbound_calling_rules, calling)
+        return pb.RouteTarget(
+            trunk=trunk_id,
+            edge=config.edge,
+            called=called,
+            calling=calling,
+            usage=usage,
+            route=route.id,
+            suppress_caller_id=route.suppress_caller_id,
+            failover_timer_s=config.failover_timer_s,
+            failover_response_codes=config.failover_response_codes,
+            forward_pai=config.forward_pai,
+            forward_call_history=config.forward_call_history,
+        )
+
+
+def _normalize(
+    rules: tuple[CompiledRule, ...], number: str, which: str, field_name: str, explain: Any
+) -> str:
+    normalized, index = apply_rules(rules, number)
+    if index is None:
+        if rules:
+            explain.append(f"{which} {number}: no rule of {field_name} matches; kept as is")
+        return number
+    rule = rules[index]
+    explain.append(
+        f"{which} {number} -> {normalized} by {field_name}[{index}] "
+        f"{rule.pattern.text!r} -> {rule.translation!r}"
+    )
+    return normalized
+
+
+def _refuse(decision: pb.RouteDecision, status: int, reason: str) -> pb.RouteDecision:
+    decision.result = (
+        pb.RouteDecision.NO_ROUTE if status == NO_ROUTE_STATUS else pb.RouteDecision.NO_TRUNK
+    )
+    decision.status = status
+    decision.reason = reason
+    decision.explain.append(f"{status}: {reason}")
+    return decision
+
+
+def decision_dict(decision: pb.RouteDecision) -> dict[str, Any]:
+    """The route-test answer (Test-CsInterTrunkRouting's equivalent) as plain JSON data."""
+    return {
+        "result": RESULT_NAMES.get(decision.result, "unspecified"),
+        "status": decision.status or None,
+        "reason": decision.reason or None,
+        "normalized_called": decision.normalized_called,
+        "normalized_calling": decision.normalized_calling or None,
+        "usage": decision.usage or None,
+        "route": decision.route or None,
+        "targets": [
+            {
+                "trunk": t.trunk,
+                "edge": t.edge,
+                "called": t.called,
+                "calling": t.calling or None,
+                "usage": t.usage,
+                "route": t.route,
+                "suppress_caller_id": t.suppress_caller_id,
+                "trunk_down": t.trunk_down,
+            }
+            for t in decision.targets
+        ],
+        "explain": list(decision.explain),
+    }
+
+
+def route_test(policy: Policy, trunk: str, called: str, calling: str, as_json: bool) -> str:
+    """`tandem route-test`: the decision for one number, from a policy alone (all trunks up)."""
+    decision = RoutingTable(policy).decide(trunk, called, calling)
+    if as_json:
+        return json.dumps(decision_dict(decision), indent=2)
+    return decision_text(decision)
+
+
+def decision_text(decision: pb.RouteDecision) -> str:
+    """The route-test answer for a terminal."""
+    data = decision_dict(decision)
+    lines = [
+        f"result      {data['result']}" + (f" ({data['status']})" if data["status"] else ""),
+        f"called      {data['normalized_called']}",
+    ]
+    if data["reason"]:
+        lines.append(f"reason      {data['reason']}")
+    if data["usage"]:
+        lines.append(f"usage       {data['usage']}, route {data['route']}")
+    for n, t in enumerate(data["targets"], 1):
+        note = " (down)" if t["trunk_down"] else ""
+        lines.append(
+            f"target {n:<4} {t['trunk']} on {t['edge']}: called {t['called']}, "
+            f"calling {t['calling'] or '-'}, usage {t['usage']}, route {t['route']}{note}"
+        )
+    lines += [f"  . {line}" for line in data["explain"]]
+    return "\n".join(lines)
