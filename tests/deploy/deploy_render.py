@@ -71,6 +71,9 @@ def _renderer() -> Path:
             text=True,
         )
         out.replace(binary)  # atomic: a concurrent build just wins the same name
+    for stale in CACHE.glob("helmrender-*"):
+        if stale != binary:
+            stale.unlink(missing_ok=True)
     return binary
 
 

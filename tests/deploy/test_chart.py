@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tandem.config import parse_config
 from tests.deploy import deploy_render
 from tests.deploy.deploy_render import (
     CHART,
@@ -208,6 +209,20 @@ def test_the_router_imports_the_policy_once(loadbalancer: list[Manifest]) -> Non
     assert config_path == mounts["config"] + "/tandem.yaml"
 
 
+@pytest.mark.parametrize(
+    "values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "default"
+)
+def test_the_config_file_is_one_tandem_accepts(values_file: Path | None) -> None:
+    manifests = render_chart(*([values_file] if values_file else []))
+    (config_map,) = find(manifests, "ConfigMap")
+    config = parse_config(yaml.safe_load(config_map["data"]["tandem.yaml"]), "chart")
+    values = deep_merge(DEFAULTS, yaml.safe_load(values_file.read_text()) if values_file else {})
+    assert [e.id for e in config.edges] == [e["id"] for e in values["edges"]["instances"]]
+    assert [t.id for t in config.trunks] == [t["id"] for t in values["policy"]["trunks"]]
+    assert config.callstate.edge_lost_s == values["callstate"]["edgeLostSeconds"]
+    assert config.telemetry.mask_numbers is values["telemetry"]["maskNumbers"]
+
+
 def test_policy_import_can_be_turned_off(full: list[Manifest]) -> None:
     assert "initContainers" not in pod_spec(one(full, "Deployment", "tandem-router"))
 
@@ -276,6 +291,7 @@ def test_loadbalancer_mode_runs_one_pod_per_edge_behind_udp_and_tcp(
         svc = one(loadbalancer, "Service", f"tandem-{edge_id}")
         assert svc["spec"]["type"] == "LoadBalancer"
         assert svc["spec"]["externalTrafficPolicy"] == "Local", "trunk ACLs need the source"
+        assert svc["spec"]["publishNotReadyAddresses"] is True, "in-dialog requests while draining"
         assert {(p["protocol"], p["port"]) for p in svc["spec"]["ports"]} == {
             ("UDP", port),
             ("TCP", port),

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 import yaml
 
+from tandem.config import parse_config
 from tests.deploy.deploy_render import (
     DEPLOY,
     Manifest,
@@ -117,10 +118,16 @@ def test_prod_runs_a_nats_cluster_and_keeps_secrets_out_of_git() -> None:
     assert all(route in conf for route in routes)
 
 
+@pytest.mark.parametrize("path", ["base/tandem.yaml", "overlays/prod/tandem.yaml"])
+def test_config_files_are_ones_tandem_accepts(path: str) -> None:
+    config = parse_config(yaml.safe_load((DEPLOY / path).read_text()), path)
+    assert [e.id for e in config.edges] == ["edge-1"]
+
+
 def test_prod_policy_keeps_the_process_layout_of_base() -> None:
     base = yaml.safe_load((DEPLOY / "base" / "tandem.yaml").read_text())
     prod = yaml.safe_load((DEPLOY / "overlays" / "prod" / "tandem.yaml").read_text())
-    for key in ("nats", "router", "callstate", "edges"):
+    for key in ("nats", "router", "callstate", "edges", "telemetry"):
         assert prod[key] == base[key], key
     edges = {e["id"] for e in prod["edges"]}
     assert prod["trunks"] and all(t["edge"] in edges for t in prod["trunks"])

@@ -81,7 +81,12 @@ every pod, edges on the host network included, resolves it in its own namespace)
 {{- range .Values.edges.instances -}}
 {{- $edges = append $edges (dict "id" .id "sip" (printf "0.0.0.0:%d" (int .sipPort)) "api" (printf "0.0.0.0:%d" (int .apiPort))) -}}
 {{- end -}}
-{{- $config := dict "nats" (include "tandem.natsUrl" .) "router" (dict "api" "0.0.0.0:8080") "callstate" (dict "api" "0.0.0.0:8080") "edges" $edges "trunks" .Values.policy.trunks "routes" .Values.policy.routes -}}
+{{- $callstate := dict "api" "0.0.0.0:8080" "edge_lost_s" .Values.callstate.edgeLostSeconds -}}
+{{- $config := dict "nats" (include "tandem.natsUrl" .) "router" (dict "api" "0.0.0.0:8080") "callstate" $callstate "edges" $edges -}}
+{{- $_ := set $config "telemetry" (dict "mask_numbers" .Values.telemetry.maskNumbers) -}}
+{{- $_ = set $config "pstn_usages" .Values.policy.pstnUsages -}}
+{{- $_ = set $config "trunks" .Values.policy.trunks -}}
+{{- $_ = set $config "routes" .Values.policy.routes -}}
 {{- toYaml $config -}}
 {{- end -}}
 
