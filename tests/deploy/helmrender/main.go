@@ -6,10 +6,10 @@
 //
 // Usage: helmrender -chart DIR [-f values.yaml]... [-name RELEASE] [-namespace NS]
 //
-//	[-api-versions a/v1,b/v1] [-show-values]
+//	[-api-versions a/v1,b/v1]
 //
-// Prints the manifests as helm does ("---\n# Source: <chart>/templates/<file>\n..."), or with
-// -show-values the merged values as JSON. Subcharts are not rendered.
+// Prints the manifests as helm does ("---\n# Source: <chart>/templates/<file>\n...").
+// Subcharts are not rendered.
 package main
 
 import (
@@ -193,8 +193,7 @@ func required(msg string, v interface{}) (interface{}, error) {
 }
 
 type renderer struct {
-	chartName string
-	root      *template.Template
+	root *template.Template
 }
 
 func (r *renderer) funcs() template.FuncMap {
@@ -258,17 +257,16 @@ func main() {
 	release := flag.String("name", "tandem", "release name")
 	namespace := flag.String("namespace", "default", "release namespace")
 	apiVersions := flag.String("api-versions", "", "comma-separated extra API versions")
-	showValues := flag.Bool("show-values", false, "print the merged values as JSON")
 	var valueFiles stringList
 	flag.Var(&valueFiles, "f", "values file (repeatable)")
 	flag.Parse()
-	if err := run(*chartDir, *release, *namespace, *apiVersions, *showValues, valueFiles); err != nil {
+	if err := run(*chartDir, *release, *namespace, *apiVersions, valueFiles); err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)
 	}
 }
 
-func run(chartDir, release, namespace, apiVersions string, showValues bool, valueFiles []string) error {
+func run(chartDir, release, namespace, apiVersions string, valueFiles []string) error {
 	if chartDir == "" {
 		return errors.New("-chart is required")
 	}
@@ -286,10 +284,6 @@ func run(chartDir, release, namespace, apiVersions string, showValues bool, valu
 			return err
 		}
 		values = mergeValues(values, extra)
-	}
-	if showValues {
-		fmt.Println(toJSON(values))
-		return nil
 	}
 	chartName, _ := chartMeta["name"].(string)
 	if chartName == "" {
@@ -318,7 +312,7 @@ func run(chartDir, release, namespace, apiVersions string, showValues bool, valu
 		"Files": map[string]interface{}{},
 	}
 
-	r := &renderer{chartName: chartName}
+	r := &renderer{}
 	r.root = template.New("gotpl").Option("missingkey=zero").Funcs(r.funcs())
 	tplDir := filepath.Join(chartDir, "templates")
 	var names []string
