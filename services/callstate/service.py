@@ -1,21 +1,396 @@
-"""The callstate process: a placeholder until its issue lands (health, readiness, metrics)."""
+"""The callstate process: applies call events to records, writes CDRs and counters, serves the API.
+
+One replica leads at a time (the lease in `lease.py`); any other waits as a hot standby.
+The leader keeps everything it derives in NATS (records in KV, CDRs in a stream, the
+figures of finished calls in a checkpoint), so it can be killed at any moment: the next
+leader reloads that state and re-reads the events from the consumer's ack floor, and
+every event it has already applied is recognised by its per-call seq.
+"""
 
 from __future__ import annotations
 
-from tandem.http import create_app
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from tandem import bus
+from tandem.callstate import lease, records
+from tandem.callstate.api import build_app
+from tandem.callstate.metrics import EVENTS, register
+from tandem.callstate.stats import Figures, Ledger
+from tandem.callstate.store import Checkpoint, Store
+from tandem.pb import tandem_pb2 as pb
 from tandem.process import Context
+
+log = logging.getLogger("tandem.callstate")
+
+EVENT_BATCH = 256
+FETCH_TIMEOUT_S = 0.5
+HOUSEKEEPING_S = 0.2  # the router reads trunk counters: keep them well within a second
+EDGE_CHECK_S = 1.0
+CHECKPOINT_EVERY_S = 5.0
+RECENTLY_ENDED = 100_000  # ended call ids remembered in memory (the KV marker is the truth)
+RETRY_S = 1.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class EdgeSeen:
+    """The last heartbeat of one edge, by our clocks."""
+
+    monotonic: float
+    unix_ms: int
+    calls: set[str] = field(default_factory=set)
+    listed: bool = False  # the heartbeat lists every call the edge owns
 
 
 class Service:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.app = create_app("callstate", ready=lambda: ctx.nc.is_connected, token=ctx.token)
+        self.edge_lost_s = ctx.config.callstate.edge_lost_s
+        self.replica = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        self.store = Store(ctx.js)
+        self.lease: lease.Lease | None = None
+        self.calls: dict[str, pb.ActiveCall] = {}
+        self.live = Ledger()  # calls in progress
+        self.checkpoint = Checkpoint(0, Ledger(), {})  # finished calls
+        self.recently_ended: OrderedDict[str, None] = OrderedDict()
+        self.edges: dict[str, EdgeSeen] = {}
+        self.missing_since: dict[str, float] = {}  # calls their edge's heartbeat did not list
+        self.dirty_trunks: set[str] = set()
+        self.lock = asyncio.Lock()
+        self.leading = False
+        self.stopping = False
+        self.cdrs_written = 0
+        self._task: asyncio.Task[None] | None = None
+        self._heartbeats: Subscription | None = None
+        self.app = build_app(self)
+
+    # ---- life cycle -------------------------------------------------------------------------
+    def ready(self) -> bool:
+        return self.leading and bool(self.ctx.nc.is_connected)
 
     async def start(self) -> None:
-        pass
+        await self.store.open()
+        self.lease = lease.Lease(self.store.state, self.replica, lease.LEASE_TTL_S)
+        self._heartbeats = await self.ctx.nc.subscribe(
+            bus.edge_heartbeat("*"), cb=self._on_heartbeat
+        )
+        register(self)
+        self._task = asyncio.create_task(self._run())
 
     async def drain(self) -> None:
-        pass
+        """Finish the batch in hand, save the checkpoint, and hand the lease on at once."""
+        self.stopping = True
+        if self._task is not None:
+            await asyncio.wait({self._task})
 
     async def stop(self) -> None:
-        pass
+        self.stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+        if self._heartbeats is not None:
+            await self._heartbeats.unsubscribe()
+        register(self, remove=True)
+
+    async def _run(self) -> None:
+        assert self.lease is not None
+        while not self.stopping:
+            try:
+                if not await self.lease.try_acquire():
+                    await asyncio.sleep(self.lease.ttl_s / 3)
+                    continue
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # NATS gone or slow: drop what is in memory and rebuild it from NATS
+                log.exception("callstate stopped leading; recovering in %ss", RETRY_S)
+                await asyncio.sleep(RETRY_S)
+            finally:
+                self.leading = False
+        if self.lease.revision:
+            try:
+                await self.lease.release()
+            except Exception:  # the lease then simply expires
+                log.warning("could not release the leader lease", exc_info=True)
+
+    async def _lead(self) -> None:
+        await self._recover()
+        sub = await self.store.subscribe_events()
+        self.leading = True
+        log.info("callstate leading: %d calls in progress", len(self.calls))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._consume(sub))
+                group.create_task(self._housekeeping())
+        finally:
+            self.leading = False
+            await sub.unsubscribe()
+        await self.store.save_checkpoint(self.checkpoint)
+
+    # ---- recovery ----------------------------------------------------------------------------
+    async def _recover(self) -> None:
+        """Rebuild memory from NATS: records, finished-call figures, CDRs past the checkpoint."""
+        self.checkpoint = await self.store.load_checkpoint()
+        self.calls = await self.store.load_calls()
+        self.recently_ended.clear()
+        async for seq, cdr in self.store.read_cdrs(after_seq=self.checkpoint.cdr_seq):
+            self.checkpoint.finished.add(cdr)
+            self.checkpoint.cdr_seq = seq
+            self._remember_ended(cdr.call_id)
+            if self.calls.pop(cdr.call_id, None) is not None:
+                # written just before a crash, the record not yet deleted: the call is over
+                await self.store.delete_call(cdr.call_id)
+        self.live = Ledger()
+        for call in self.calls.values():
+            self.live.add(call)
+        now = time.monotonic()
+        for call in self.calls.values():  # an edge we never hear from must still time out
+            self.edges.setdefault(call.edge, EdgeSeen(now, _now_ms()))
+        self.dirty_trunks = self.live.trunks() | self.checkpoint.finished.trunks()
+        await self._publish_counters()
+        await self.store.save_checkpoint(self.checkpoint)
+
+    # ---- events ------------------------------------------------------------------------------
+    async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self.stopping:
+            try:
+                msgs = await sub.fetch(EVENT_BATCH, timeout=FETCH_TIMEOUT_S)
+            except TimeoutError:
+                continue
+            self._check_lease()
+            async with self.lock:
+                await self._process(msgs)
+
+    def _check_lease(self) -> None:
+        if self.lease is None or not self.lease.held:
+            raise LeaseLostError("the leader lease was not renewed in time")
+
+    async def _process(self, msgs: list[Msg]) -> None:
+        events: list[pb.CallEvent] = []
+        for msg in msgs:
+            try:
+                event = pb.CallEvent.FromString(msg.data)
+            except DecodeError:
+                log.warning("undecodable call event on %s: dropped", msg.subject)
+                EVENTS.labels("undecodable").inc()
+                continue
+            event.call_id = event.call_id or msg.subject.split(".")[2]
+            events.append(event)
+        await self._skip_finished({e.call_id for e in events})
+        updated: dict[str, pb.ActiveCall] = {}
+        ended: list[pb.Cdr] = []
+        for event in events:
+            call = self._apply(event)
+            if call is None:
+                continue
+            if call.state == records.ENDED:
+                updated.pop(call.call_id, None)
+                ended.append(records.cdr(call, event))
+            else:
+                updated[call.call_id] = call
+        await asyncio.gather(*(self.store.put_call(call) for call in updated.values()))
+        await self._finish(ended)
+        for msg in msgs:
+            await msg.ack()
+
+    async def _skip_finished(self, call_ids: set[str]) -> None:
+        """Remember which unknown calls already ended (their events are replays)."""
+        unknown = [c for c in call_ids if c not in self.calls and c not in self.recently_ended]
+        finished = await asyncio.gather(*(self.store.is_finished(c) for c in unknown))
+        for call_id, done in zip(unknown, finished, strict=True):
+            if done:
+                self._remember_ended(call_id)
+
+    def _apply(self, event: pb.CallEvent) -> pb.ActiveCall | None:
+        """Apply one event in memory; the call's record, or None when the event changed nothing."""
+        if event.call_id in self.recently_ended:
+            EVENTS.labels("after_end").inc()
+            return None
+        call = self.calls.get(event.call_id)
+        if call is None:
+            call = self.calls[event.call_id] = records.new_call(event)
+        elif records.is_duplicate(call, event):
+            EVENTS.labels("duplicate").inc()
+            return None
+        else:
+            self.dirty_trunks |= self.live.add(call, -1)
+        seen = self.edges.get(call.edge)
+        if seen is not None:  # an edge that sends events is alive, heartbeat or not
+            seen.monotonic = max(seen.monotonic, time.monotonic())
+        records.apply(call, event)
+        EVENTS.labels("applied").inc()
+        if call.state == records.ENDED:
+            del self.calls[call.call_id]
+            self.missing_since.pop(call.call_id, None)
+            self._remember_ended(call.call_id)
+        else:
+            touched = self.live.add(call)
+            for trunk in touched:
+                self.peak(trunk)
+            self.dirty_trunks |= touched
+        return call
+
+    async def _finish(self, cdrs: list[pb.Cdr]) -> None:
+        """Write the CDRs, then delete the records: a crash in between is repaired at recovery."""
+        if not cdrs:
+            return
+        seqs = await asyncio.gather(*(self.store.publish_cdr(cdr) for cdr in cdrs))
+        await asyncio.gather(*(self.store.delete_call(cdr.call_id) for cdr in cdrs))
+        for seq, cdr in sorted(zip(seqs, cdrs, strict=True), key=lambda pair: pair[0]):
+            if seq > self.checkpoint.cdr_seq:  # not a repeat of a CDR already counted
+                self.dirty_trunks |= self.checkpoint.finished.add(cdr)
+                self.checkpoint.cdr_seq = seq
+                self.cdrs_written += 1
+
+    def _remember_ended(self, call_id: str) -> None:
+        self.recently_ended[call_id] = None
+        while len(self.recently_ended) > RECENTLY_ENDED:
+            self.recently_ended.popitem(last=False)
+
+    # ---- edges -------------------------------------------------------------------------------
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = pb.EdgeHeartbeat.FromString(msg.data)
+        except DecodeError:
+            return
+        edge = beat.edge or msg.subject.split(".")[2]
+        calls = set(beat.calls)
+        self.edges[edge] = EdgeSeen(
+            time.monotonic(), _now_ms(), calls, listed=len(calls) == beat.active_calls
+        )
+        for call_id in calls:
+            self.missing_since.pop(call_id, None)
+
+    def _lost_calls(self) -> list[tuple[pb.ActiveCall, int]]:
+        """Calls whose edge went silent, or that their edge stopped listing, for too long."""
+        now = time.monotonic()
+        lost = []
+        for call in self.calls.values():
+            seen = self.edges.setdefault(call.edge, EdgeSeen(now, _now_ms()))
+            if now - seen.monotonic > self.edge_lost_s:
+                lost.append((call, seen.unix_ms))
+            elif seen.listed and call.call_id not in seen.calls:
+                # an edge that restarted has forgotten the call: it will never send its end
+                since = self.missing_since.setdefault(call.call_id, now)
+                if now - since > self.edge_lost_s:
+                    lost.append((call, _now_ms()))
+        return lost
+
+    async def _close_lost_calls(self) -> None:
+        async with self.lock:
+            lost = self._lost_calls()
+            cdrs = []
+            for call, heard_ms in lost:
+                last_ms = max((e.time_unix_ms for e in call.timeline), default=0)
+                end = records.ended_event(
+                    call, max(heard_ms, last_ms), records.EDGE_LOST, records.EDGE_LOST_REASON
+                )
+                log.warning("call %s closed: edge %s lost", call.call_id, call.edge)
+                closed = self._apply(end)
+                if closed is not None:
+                    cdrs.append(records.cdr(closed, end))
+            await self._finish(cdrs)
+
+    # ---- housekeeping: counters for the router, edge timeouts, lease, checkpoint -------------
+    async def _housekeeping(self) -> None:
+        assert self.lease is not None
+        next_renew = next_checkpoint = next_edge_check = time.monotonic()
+        while not self.stopping:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            now = time.monotonic()
+            if now >= next_renew:
+                if not await self.lease.renew():
+                    raise LeaseLostError("another replica holds the leader lease")
+                next_renew = now + self.lease.ttl_s / 3
+            if now >= next_edge_check:
+                await self._close_lost_calls()
+                next_edge_check = now + EDGE_CHECK_S
+            await self._publish_counters()
+            if now >= next_checkpoint:
+                self.dirty_trunks |= self.live.trunks() | self.checkpoint.finished.trunks()
+                await self.store.save_checkpoint(self.checkpoint)
+                next_checkpoint = now + CHECKPOINT_EVERY_S
+
+    async def _publish_counters(self) -> None:
+        trunks, self.dirty_trunks = self.dirty_trunks, set()
+        counters = [self.counters(trunk) for trunk in sorted(trunks) if trunk]
+        try:
+            await self.store.put_counters(counters)
+        except Exception:
+            self.dirty_trunks |= trunks
+            raise
+
+    # ---- figures -----------------------------------------------------------------------------
+    def figures(self, trunk: str) -> dict[str, Figures]:
+        out = {}
+        for direction in ("in", "out"):
+            total = Figures()
+            total.add(self.checkpoint.finished.get(trunk, direction))
+            total.add(self.live.get(trunk, direction))
+            out[direction] = total
+        return out
+
+    def active(self, trunk: str) -> tuple[int, int]:
+        return self.live.get(trunk, "in").active, self.live.get(trunk, "out").active
+
+    def peak(self, trunk: str) -> int:
+        active = sum(self.active(trunk))
+        peak = max(self.checkpoint.peak.get(trunk, 0), active)
+        self.checkpoint.peak[trunk] = peak
+        return peak
+
+    def trunks(self) -> list[str]:
+        return sorted(t for t in self.live.trunks() | self.checkpoint.finished.trunks() if t)
+
+    def counters(self, trunk: str) -> pb.TrunkCounters:
+        figures = self.figures(trunk)
+        both = Figures()
+        for part in figures.values():
+            both.add(part)
+        active_in, active_out = self.active(trunk)
+        return pb.TrunkCounters(
+            trunk=trunk,
+            active_in=active_in,
+            active_out=active_out,
+            attempts=both.attempts,
+            answered=both.answered,
+            updated_unix_ms=_now_ms(),
+            failures=both.failures,
+            peak_active=self.peak(trunk),
+        )
+
+    def trunk_stats(self, trunk: str) -> dict[str, object]:
+        figures = self.figures(trunk)
+        both = Figures()
+        for part in figures.values():
+            both.add(part)
+        active_in, active_out = self.active(trunk)
+        return {
+            "trunk": trunk,
+            **both.summary(),
+            "active_in": active_in,
+            "active_out": active_out,
+            "active": active_in + active_out,
+            "peak": self.peak(trunk),
+            "inbound": figures["in"].summary(),
+            "outbound": figures["out"].summary(),
+        }
+
+
+class LeaseLostError(Exception):
+    """This replica may no longer apply events: another one leads, or may lead, now."""

@@ -1,0 +1,302 @@
+"""callstate's HTTP API: active calls (list, inspect, hang up), CDRs (JSON and CSV), statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import io
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Annotated, Any
+
+import nats.errors
+from fastapi import FastAPI, HTTPException, Query, Response
+
+from tandem import bus
+from tandem.http import AUTH, create_app
+from tandem.pb import tandem_pb2 as pb
+
+if TYPE_CHECKING:
+    from tandem.callstate.service import Service
+
+HANGUP_TIMEOUT_S = 2.0
+PAGE_DEFAULT = 100
+PAGE_MAX = 1000
+CSV_MAX_ROWS = 100_000
+SCAN_MAX = 200_000  # CDRs read for one request at most; the cursor continues from there
+LONGEST_CALL = datetime.timedelta(days=1)  # a CDR is written this long after `until`, at most
+
+CSV_COLUMNS = [
+    "call_id",
+    "invite_time",
+    "answer_time",
+    "end_time",
+    "duration_s",
+    "ingress_trunk",
+    "egress_trunk",
+    "calling_received",
+    "called_received",
+    "calling_sent",
+    "called_sent",
+    "final_status",
+    "final_reason",
+    "ended_by",
+    "failover_count",
+    "attempts",
+    "sip_call_ids",
+    "usage",
+    "route",
+    "edge",
+    "trace_id",
+]
+
+
+def attempt_json(a: pb.Attempt) -> dict[str, Any]:
+    return {
+        "attempt": a.attempt,
+        "leg_id": a.leg_id,
+        "trunk": a.trunk,
+        "sip_call_id": a.sip_call_id,
+        "called": a.called,
+        "calling": a.calling,
+        "status": a.status,
+        "reason": a.reason,
+        "start_unix_ms": a.start_unix_ms,
+        "answer_unix_ms": a.answer_unix_ms or None,
+        "end_unix_ms": a.end_unix_ms or None,
+    }
+
+
+def event_json(e: pb.CallEvent) -> dict[str, Any]:
+    fields = ("leg_id", "trunk", "status", "reason", "ended_by", "sip_call_id", "called")
+    out: dict[str, Any] = {"seq": e.seq, "kind": e.kind, "time_unix_ms": e.time_unix_ms}
+    out.update({name: getattr(e, name) for name in fields if getattr(e, name)})
+    return out
+
+
+def call_json(call: pb.ActiveCall, timeline: bool = False) -> dict[str, Any]:
+    out = {
+        "call_id": call.call_id,
+        "state": call.state,
+        "edge": call.edge,
+        "ingress_trunk": call.ingress_trunk,
+        "sip_call_id": call.sip_call_id,
+        "calling": call.calling,
+        "called": call.called,
+        "normalized_called": call.normalized_called,
+        "usage": call.usage,
+        "route": call.route,
+        "invite_unix_ms": call.invite_unix_ms,
+        "answer_unix_ms": call.answer_unix_ms or None,
+        "trace_id": call.trace_id,
+        "legs": [attempt_json(a) for a in call.attempts],
+    }
+    if timeline:
+        out["timeline"] = [event_json(e) for e in call.timeline]
+    return out
+
+
+def cdr_json(cdr: pb.Cdr) -> dict[str, Any]:
+    return {
+        "call_id": cdr.call_id,
+        "sip_call_ids": list(cdr.sip_call_ids),
+        "edge": cdr.edge,
+        "ingress_trunk": cdr.ingress_trunk,
+        "egress_trunk": cdr.egress_trunk,
+        "calling_received": cdr.calling_received,
+        "called_received": cdr.called_received,
+        "calling_sent": cdr.calling_sent,
+        "called_sent": cdr.called_sent,
+        "usage": cdr.usage,
+        "route": cdr.route,
+        "invite_unix_ms": cdr.invite_unix_ms,
+        "answer_unix_ms": cdr.answer_unix_ms or None,
+        "end_unix_ms": cdr.end_unix_ms,
+        "duration_s": cdr.duration_s,
+        "final_status": cdr.final_status,
+        "final_reason": cdr.final_reason,
+        "ended_by": cdr.ended_by,
+        "failover_count": cdr.failover_count,
+        "attempts": [attempt_json(a) for a in cdr.attempts],
+        "trace_id": cdr.trace_id,
+    }
+
+
+def _iso(ms: int) -> str:
+    if not ms:
+        return ""
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(
+        timespec="milliseconds"
+    )
+
+
+def cdr_row(cdr: pb.Cdr) -> list[Any]:
+    return [
+        cdr.call_id,
+        _iso(cdr.invite_unix_ms),
+        _iso(cdr.answer_unix_ms),
+        _iso(cdr.end_unix_ms),
+        f"{cdr.duration_s:.3f}",
+        cdr.ingress_trunk,
+        cdr.egress_trunk,
+        cdr.calling_received,
+        cdr.called_received,
+        cdr.calling_sent,
+        cdr.called_sent,
+        cdr.final_status,
+        cdr.final_reason,
+        cdr.ended_by,
+        cdr.failover_count,
+        " ".join(f"{a.trunk}:{a.status}" for a in cdr.attempts),
+        " ".join(cdr.sip_call_ids),
+        cdr.usage,
+        cdr.route,
+        cdr.edge,
+        cdr.trace_id,
+    ]
+
+
+def _ms(when: datetime.datetime | None) -> int | None:
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return int(when.timestamp() * 1000)
+
+
+class CdrQuery:
+    """The CDR filters: invite time in [since, until), a trunk the call used, final status."""
+
+    def __init__(
+        self,
+        since: datetime.datetime | None,
+        until: datetime.datetime | None,
+        trunk: str | None,
+        status: int | None,
+    ) -> None:
+        self.since, self.until = since, until
+        self.since_ms, self.until_ms = _ms(since), _ms(until)
+        self.trunk, self.status = trunk, status
+
+    def matches(self, cdr: pb.Cdr) -> bool:
+        if self.since_ms is not None and cdr.invite_unix_ms < self.since_ms:
+            return False
+        if self.until_ms is not None and cdr.invite_unix_ms >= self.until_ms:
+            return False
+        if self.status is not None and cdr.final_status != self.status:
+            return False
+        trunks = {cdr.ingress_trunk, *(a.trunk for a in cdr.attempts)}
+        return self.trunk is None or self.trunk in trunks
+
+    def past_the_end(self, cdr: pb.Cdr) -> bool:
+        """CDRs are in end-time order: past this one, none can have started before `until`."""
+        if self.until_ms is None:
+            return False
+        return cdr.end_unix_ms >= self.until_ms + LONGEST_CALL.total_seconds() * 1000
+
+
+def build_app(service: Service) -> FastAPI:
+    app = create_app("callstate", ready=service.ready, token=service.ctx.token)
+
+    def leading() -> None:
+        if not service.leading:
+            raise HTTPException(503, "this replica is a standby: ask the leader")
+
+    async def scan(query: CdrQuery, after: int, limit: int) -> AsyncGenerator[tuple[int, pb.Cdr]]:
+        """Matching CDRs in order after the cursor, up to `limit`; stops at SCAN_MAX read."""
+        found = scanned = 0
+        reader = service.store.read_cdrs(after_seq=after, since=None if after else query.since)
+        async with contextlib.aclosing(reader) as cdrs:
+            async for seq, cdr in cdrs:
+                scanned += 1
+                if query.past_the_end(cdr) or scanned > SCAN_MAX:
+                    return
+                if query.matches(cdr):
+                    yield seq, cdr
+                    found += 1
+                    if found >= limit:
+                        return
+
+    Since = Annotated[datetime.datetime | None, Query(description="invite time from (ISO 8601)")]
+    Until = Annotated[datetime.datetime | None, Query(description="invite time before")]
+    Trunk = Annotated[str | None, Query(description="ingress or attempted trunk")]
+    Status = Annotated[int | None, Query(ge=0, le=699, description="final SIP status")]
+
+    @app.get("/v1/calls", dependencies=AUTH, tags=["calls"])
+    def list_calls(trunk: Trunk = None) -> dict[str, Any]:
+        """Calls in progress, oldest first; with `trunk`, those that entered or left by it."""
+        leading()
+        calls = sorted(service.calls.values(), key=lambda c: c.invite_unix_ms)
+        if trunk is not None:
+            calls = [
+                c
+                for c in calls
+                if c.ingress_trunk == trunk or any(a.trunk == trunk for a in c.attempts)
+            ]
+        return {"calls": [call_json(c) for c in calls], "count": len(calls)}
+
+    @app.get("/v1/calls/{call_id}", dependencies=AUTH, tags=["calls"])
+    def get_call(call_id: str) -> dict[str, Any]:
+        """One call in progress with its legs and the timeline of its events."""
+        leading()
+        call = service.calls.get(call_id)
+        if call is None:
+            raise HTTPException(404, f"no call {call_id} in progress")
+        return call_json(call, timeline=True)
+
+    @app.delete("/v1/calls/{call_id}", dependencies=AUTH, tags=["calls"], status_code=202)
+    async def hang_up(call_id: str) -> dict[str, Any]:
+        """Ask the ingress edge to end the call (CANCEL before answer, BYE after)."""
+        leading()
+        if call_id not in service.calls:
+            raise HTTPException(404, f"no call {call_id} in progress")
+        try:
+            reply = await bus.request(
+                service.ctx.nc,
+                bus.call_hangup(call_id),
+                pb.Hangup(call_id=call_id, reason="api"),
+                pb.CommandReply,
+                HANGUP_TIMEOUT_S,
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            raise HTTPException(504, "no edge answered the hang-up request") from None
+        if not reply.ok:
+            raise HTTPException(409, f"the edge refused: {reply.error}")
+        return {"call_id": call_id, "hangup": "requested"}
+
+    @app.get("/v1/cdrs", dependencies=AUTH, tags=["cdrs"])
+    async def list_cdrs(
+        since: Since = None,
+        until: Until = None,
+        trunk: Trunk = None,
+        status: Status = None,
+        after: Annotated[int, Query(ge=0, description="cursor: `next` of the previous page")] = 0,
+        limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+    ) -> dict[str, Any]:
+        """Finished calls, oldest end first, a page at a time."""
+        query = CdrQuery(since, until, trunk, status)
+        page = [pair async for pair in scan(query, after, limit)]
+        return {
+            "cdrs": [cdr_json(cdr) for _, cdr in page],
+            "next": page[-1][0] if len(page) == limit else None,
+        }
+
+    @app.get("/v1/cdrs.csv", dependencies=AUTH, tags=["cdrs"])
+    async def cdrs_csv(
+        since: Since = None, until: Until = None, trunk: Trunk = None, status: Status = None
+    ) -> Response:
+        """The same CDRs as CSV, one row per call (attempts as `trunk:status` pairs)."""
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        async for _, cdr in scan(CdrQuery(since, until, trunk, status), 0, CSV_MAX_ROWS):
+            writer.writerow(cdr_row(cdr))
+        return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
+
+    @app.get("/v1/stats", dependencies=AUTH, tags=["stats"])
+    def stats() -> dict[str, Any]:
+        """Per trunk, both directions together and apart: attempts, answers, ASR, NER, ACD."""
+        leading()
+        return {"trunks": [service.trunk_stats(t) for t in service.trunks()]}
+
+    return app

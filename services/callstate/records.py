@@ -1,0 +1,149 @@
+"""How call events become an active-call record and, when the call ends, its CDR (no I/O).
+
+A record keeps the per-call `seq` of the last event it took, so an event seen again (a
+redelivery, a duplicate publish) is recognised and changes nothing.
+"""
+
+from __future__ import annotations
+
+from tandem.pb import tandem_pb2 as pb
+
+ROUTING, RINGING, ANSWERED = "routing", "ringing", "answered"
+ENDED = "ended"
+EDGE_LOST = "edge_lost"
+EDGE_LOST_REASON = "edge lost"
+
+
+def is_duplicate(call: pb.ActiveCall, event: pb.CallEvent) -> bool:
+    if event.seq:
+        return event.seq <= call.last_seq
+    # an edge that numbers nothing: fall back to "this exact event is already recorded"
+    return any(seen == event for seen in call.timeline)
+
+
+def new_call(event: pb.CallEvent) -> pb.ActiveCall:
+    return pb.ActiveCall(
+        call_id=event.call_id,
+        edge=event.edge,
+        ingress_trunk=event.ingress_trunk,
+        state=ROUTING,
+        invite_unix_ms=event.time_unix_ms,
+    )
+
+
+def _attempt(call: pb.ActiveCall, event: pb.CallEvent) -> pb.Attempt:
+    for attempt in call.attempts:
+        if attempt.leg_id == event.leg_id:
+            break
+    else:  # a leg event whose leg_attempt we never saw: record the leg anyway
+        attempt = call.attempts.add(
+            leg_id=event.leg_id, start_unix_ms=event.time_unix_ms, attempt=len(call.attempts) + 1
+        )
+    if event.trunk:
+        attempt.trunk = event.trunk
+    if event.sip_call_id:
+        attempt.sip_call_id = event.sip_call_id
+    return attempt
+
+
+def apply(call: pb.ActiveCall, event: pb.CallEvent) -> None:
+    """Fold one new event into the record (the caller has checked it is not a duplicate)."""
+    call.timeline.append(event)
+    if event.seq:
+        call.last_seq = event.seq
+    call.edge = call.edge or event.edge
+    call.ingress_trunk = call.ingress_trunk or event.ingress_trunk
+    call.trace_id = call.trace_id or event.trace_id
+    kind = event.kind
+    if kind == "started":
+        call.invite_unix_ms = event.time_unix_ms or call.invite_unix_ms
+        call.sip_call_id = event.sip_call_id
+        call.called, call.calling = event.called, event.calling
+    elif kind == "routed":
+        call.usage, call.route = event.usage, event.route
+        call.normalized_called = event.normalized_called
+    elif kind == "leg_attempt":
+        attempt = _attempt(call, event)
+        attempt.start_unix_ms = event.time_unix_ms
+        attempt.called, attempt.calling = event.called, event.calling
+        attempt.attempt = event.attempt or attempt.attempt
+    elif kind == "leg_progress":
+        attempt = _attempt(call, event)
+        attempt.status, attempt.reason = event.status, event.reason
+        if call.state == ROUTING:
+            call.state = RINGING
+    elif kind == "leg_answered":
+        attempt = _attempt(call, event)
+        attempt.status, attempt.reason = event.status or 200, event.reason or "OK"
+        attempt.answer_unix_ms = event.time_unix_ms
+    elif kind == "leg_failed":
+        attempt = _attempt(call, event)
+        attempt.status, attempt.reason = event.status, event.reason
+        attempt.end_unix_ms = event.time_unix_ms
+    elif kind == "answered":
+        call.state = ANSWERED
+        call.answer_unix_ms = event.time_unix_ms
+        if event.leg_id:
+            leg = _attempt(call, event)
+            leg.answer_unix_ms = leg.answer_unix_ms or event.time_unix_ms
+            leg.status = leg.status if leg.status >= 200 else 200
+    elif kind == ENDED:
+        call.state = ENDED
+
+
+def ended_event(call: pb.ActiveCall, time_unix_ms: int, ended_by: str, reason: str) -> pb.CallEvent:
+    """The `ended` event callstate writes itself when it closes a call (edge lost)."""
+    return pb.CallEvent(
+        call_id=call.call_id,
+        kind=ENDED,
+        seq=call.last_seq + 1,
+        time_unix_ms=time_unix_ms,
+        edge=call.edge,
+        ingress_trunk=call.ingress_trunk,
+        ended_by=ended_by,
+        reason=reason,
+    )
+
+
+def cdr(call: pb.ActiveCall, end: pb.CallEvent) -> pb.Cdr:
+    """The finished-call record, after Lync's VoipDetails/SessionDetails and Teams' report."""
+    end_ms = end.time_unix_ms
+    attempts = [pb.Attempt() for _ in call.attempts]
+    for copy, leg in zip(attempts, call.attempts, strict=True):
+        copy.CopyFrom(leg)
+        copy.end_unix_ms = copy.end_unix_ms or end_ms  # a leg still up ends with the call
+    answered = next((a for a in attempts if a.answer_unix_ms), None)
+    sent = answered or (attempts[-1] if attempts else None)
+    record = pb.Cdr(
+        call_id=call.call_id,
+        sip_call_ids=[s for s in [call.sip_call_id, *(a.sip_call_id for a in attempts)] if s],
+        ingress_trunk=call.ingress_trunk,
+        egress_trunk=answered.trunk if answered else "",
+        attempts=attempts,
+        called_received=call.called,
+        calling_received=call.calling,
+        called_sent=sent.called if sent else "",
+        calling_sent=sent.calling if sent else "",
+        invite_unix_ms=call.invite_unix_ms,
+        answer_unix_ms=call.answer_unix_ms,
+        end_unix_ms=end_ms,
+        ended_by=end.ended_by,
+        failover_count=max(0, len(attempts) - 1),
+        trace_id=call.trace_id,
+        edge=call.edge,
+        usage=call.usage,
+        route=call.route,
+    )
+    if call.answer_unix_ms:
+        record.duration_s = max(0, end_ms - call.answer_unix_ms) / 1000
+        record.final_status, record.final_reason = 200, "OK"
+        if end.ended_by == EDGE_LOST:
+            record.final_reason = end.reason
+    elif end.ended_by == EDGE_LOST:  # nobody saw how the call ended
+        record.final_status, record.final_reason = 0, end.reason
+    else:
+        # the caller got the ended event's status; failing that, the last leg's failure
+        last = attempts[-1] if attempts else None
+        record.final_status = end.status or (last.status if last and last.status >= 300 else 0)
+        record.final_reason = end.reason or (last.reason if last else "")
+    return record
