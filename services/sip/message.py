@@ -190,7 +190,7 @@ class Message:
 
 
 class Request(Message):
-    __slots__ = ("method", "uri")
+    __slots__ = ("_version", "method", "uri")
 
     def __init__(
         self,
@@ -201,6 +201,7 @@ class Request(Message):
     ) -> None:
         self.method = method
         self.uri = str(uri)
+        self._version = "SIP/2.0"
         self.headers = headers.copy() if isinstance(headers, Headers) else Headers(headers)
         self.body = body
 
@@ -298,6 +299,9 @@ def parse(data: bytes) -> Request | Response:
             raise ParseError(None, str(exc)) from None
         raise ParseError(400, str(exc), partial=msg) from None
     msg.body = body
+    if isinstance(msg, Request) and msg._version != "SIP/2.0":
+        # Checked last so that the 505 can be sent: it needs the Via, From, To...
+        raise ParseError(505, f"version {msg._version} not supported", partial=msg)
     return msg
 
 
@@ -367,11 +371,11 @@ def _start(line: str, is_response: bool) -> Request | Response:
     method, uri, version = parts
     if grammar.TOKEN.fullmatch(method) is None or grammar.REQUEST_URI.fullmatch(uri) is None:
         raise _Invalid("malformed request line")
-    if version != "SIP/2.0":
-        if grammar.SIP_VERSION.fullmatch(version):
-            raise ParseError(505, f"version {version} not supported")
+    if version != "SIP/2.0" and grammar.SIP_VERSION.fullmatch(version) is None:
         raise _Invalid("malformed request line")
-    return Request(method, uri)
+    request = Request(method, uri)
+    request._version = version
+    return request
 
 
 # Every header listed here is checked; CSeq again after the loop (with the method).
