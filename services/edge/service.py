@@ -1,23 +1,505 @@
-"""The edge process: a placeholder until its issue lands (health, readiness, metrics)."""
+"""The edge process: SIP sockets for its trunks, admission, the dispatch of every message to
+its call or leg, the NATS side (leg commands, hangups, heartbeat, live policy), and its API.
+"""
 
 from __future__ import annotations
 
-from tandem.config import Edge
-from tandem.http import create_app
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+from fastapi import FastAPI
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from tandem import bus, telemetry
+from tandem.config import DEFAULT_SIP_PORT, Edge, Policy, Trunk, split_host_port
+from tandem.edge.admission import Admission, RejectLimiter
+from tandem.edge.dialog import ACCEPT, ALLOW, SUPPORTED, USER_AGENT, Local
+from tandem.edge.egress import Leg
+from tandem.edge.health import Probe
+from tandem.edge.ingress import Call, now_ms
+from tandem.edge.metrics import EdgeMetrics
+from tandem.edge.transactions import ServerTransaction, Transactions
+from tandem.edge.transport import Peer, Transports
+from tandem.http import AUTH, create_app
+from tandem.pb import tandem_pb2 as pb
 from tandem.process import Context
+from tandem.router.store import COMMIT_KEY, read_policy
+from tandem.sip import ParseError, Request, Response, make_response, parse, validate_request
+
+log = logging.getLogger("tandem.edge")
+
+METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO")
+BODY_TYPES = ("application/sdp", "multipart/mixed", "application/dtmf-relay", "application/dtmf")
+HEARTBEAT_S = 2.0
+RETRY_AFTER_S = 5
+# Overload: more calls in setup than this, or an event loop running this late, and new
+# INVITEs get 503 + Retry-After at once rather than time out in a queue.
+MAX_CALLS_IN_SETUP = 3000
+LAG_CHECK_S = 0.1
+OVERLOAD_LAG_S = 0.3
+TERMINATED = ("INVITE", "ACK", "CANCEL")
 
 
 class Service:
+    """One edge: `tandem edge --id ID`."""
+
     def __init__(self, ctx: Context, edge: Edge) -> None:
         self.ctx = ctx
         self.edge = edge
-        self.app = create_app(f"edge {edge.id}", ready=lambda: ctx.nc.is_connected, token=ctx.token)
+        self.edge_id = edge.id
+        self.nc = ctx.nc
+        self.js = ctx.js
+        self.mask = ctx.config.telemetry.mask_numbers
+        self.tracer = telemetry.tracer("tandem.edge")
+        self.metrics = EdgeMetrics(edge.id)
+        host, port = split_host_port(edge.sip, DEFAULT_SIP_PORT)
+        self.transports = Transports(host, port, self.receive, self.transport_failed)
+        self.transactions = Transactions(self.transports.send)
+        self.trunks: dict[str, Trunk] = {}
+        self.admission = Admission(())
+        self.probes: dict[str, Probe] = {}
+        self.calls: dict[str, Call] = {}
+        self.legs: dict[str, Leg] = {}
+        self.dialogs: dict[tuple[str, str], Call | Leg] = {}
+        self.ringing: dict[tuple[str, str], Call] = {}  # calls by INVITE transaction, for CANCEL
+        self.active_in: Counter[str] = Counter()
+        self.in_setup = 0
+        self.rejects = RejectLimiter()
+        self.draining = False
+        self.overloaded = False
+        self.started = False
+        self._locals: dict[str, Local] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._subs: list[Subscription] = []
+        self._loops: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()  # set when the last call and leg end (for drain)
+        self.app = self._build_app(ctx.token)
+
+    # ---- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        pass
+        kv = await self.js.key_value(bus.CONFIG_BUCKET)
+        try:
+            seen = (await kv.get(COMMIT_KEY)).revision or 0
+        except KeyNotFoundError:
+            seen = 0
+        self.apply_policy(await read_policy(kv) or self.ctx.config.policy)
+        self.transactions.start()
+        await self.transports.start()
+        self._subs.append(await self.nc.subscribe(bus.edge_cmd(self.edge_id), cb=self.on_command))
+        self._subs.append(await self.nc.subscribe(bus.call_hangup("*"), cb=self.on_hangup))
+        for probe in self.probes.values():
+            probe.start()
+        self._loops += [
+            asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._watch_policy(kv, seen)),
+            asyncio.create_task(self._watch_lag()),
+        ]
+        self.started = True
+        log.info("edge %s listening on %s", self.edge_id, ", ".join(self.transports.listeners))
+
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.nc.is_connected
 
     async def drain(self) -> None:
-        pass
+        """New INVITEs get 503 from now on; return when the last call has ended."""
+        self.draining = True
+        await self._send_heartbeat()
+        if self.calls or self.legs:
+            self._idle.clear()
+            await self._idle.wait()
 
     async def stop(self) -> None:
-        pass
+        for call in list(self.calls.values()):
+            call.hangup("system", "edge stopping")
+        for leg in list(self.legs.values()):
+            leg.cancel("edge stopping")
+        await asyncio.sleep(0)  # let the commands and BYEs above leave
+        for task in self._loops:
+            task.cancel()
+        for probe in self.probes.values():
+            probe.stop()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await sub.unsubscribe()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        self.transactions.stop()
+        await self.transports.stop()
+
+    def apply_policy(self, policy: Policy) -> None:
+        """The trunks this edge serves, from the stored policy (live on every commit)."""
+        served = {t.id: t for t in policy.trunks if t.edge == self.edge_id}
+        self.trunks = served
+        self.admission = Admission(served.values())
+        for trunk_id in list(self.probes):
+            probe = self.probes[trunk_id]
+            trunk = served.get(trunk_id)
+            if trunk is None or trunk != probe.trunk:
+                probe.stop()
+                del self.probes[trunk_id]
+        for trunk in served.values():
+            if trunk.id not in self.probes:
+                probe = self.probes[trunk.id] = Probe(self, trunk)
+                if self.started:
+                    probe.start()
+
+    async def _watch_policy(self, kv: KeyValue, seen: int) -> None:
+        watcher = await kv.watch(COMMIT_KEY)
+        async for entry in watcher:
+            if entry is None or (entry.revision or 0) <= seen:
+                continue  # the commit in force at start (or the end-of-history marker)
+            seen = entry.revision or 0
+            try:
+                policy = await read_policy(kv)
+                if policy is not None:
+                    self.apply_policy(policy)
+                    log.info("policy reloaded: %d trunks served", len(self.trunks))
+            except Exception:
+                log.exception("policy reload failed; keeping the previous one")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await self._send_heartbeat()
+            except Exception as exc:
+                log.warning("heartbeat not sent: %r", exc)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _send_heartbeat(self) -> None:
+        beat = pb.EdgeHeartbeat(
+            edge=self.edge_id,
+            time_unix_ms=now_ms(),
+            active_calls=len(self.calls),
+            draining=self.draining,
+            calls=list(self.calls),
+        )
+        await self.nc.publish(bus.edge_heartbeat(self.edge_id), beat.SerializeToString())
+
+    async def _watch_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + LAG_CHECK_S
+            await asyncio.sleep(LAG_CHECK_S)
+            self.overloaded = loop.time() - expected > OVERLOAD_LAG_S
+
+    # ---- helpers for calls and legs ---------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("edge task failed: %r", task.exception())
+
+    def local(self, transport: str) -> Local:
+        local = self._locals.get(transport)
+        if local is None:
+            host, port = split_host_port(self.edge.advertise or self.edge.sip, DEFAULT_SIP_PORT)
+            if self.edge.advertise is None or port == 0:
+                port = self.transports.port
+            local = self._locals[transport] = Local(host, port, transport)
+        return local
+
+    def respond(
+        self,
+        stx: ServerTransaction,
+        status: int,
+        reason: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        to_tag: str | None = None,
+    ) -> None:
+        if stx.final:
+            return
+        response = make_response(
+            stx.request,
+            status,
+            reason,
+            to_tag=to_tag,
+            headers=[("Server", USER_AGENT), *headers],
+            body=body,
+        )
+        self.transactions.respond(stx, response)
+        self.metrics.response("out", status)
+
+    def command(self, edge: str, leg_id: str, call_id: str, **command: Any) -> None:
+        """Send a command to a leg (on whichever edge runs it) without waiting for it."""
+        message = pb.LegCommand(leg_id=leg_id, call_id=call_id, **command)
+        self.spawn(self._command(edge, message))
+
+    async def _command(self, edge: str, message: pb.LegCommand) -> None:
+        reply = await bus.request(self.nc, bus.edge_cmd(edge), message, pb.CommandReply)
+        if not reply.ok:
+            log.debug("leg %s: command refused: %s", message.leg_id, reply.error)
+
+    def call_answered(self, call: Call) -> None:
+        self.in_setup -= 1
+        self.ringing.pop(call.stx.key, None)
+
+    def call_ended(self, call: Call, status: int) -> None:
+        if self.calls.pop(call.id, None) is None:
+            return
+        self.dialogs.pop((call.dialog.call_id, call.dialog.local_tag), None)
+        self.ringing.pop(call.stx.key, None)
+        self.active_in[call.trunk.id] -= 1
+        if not call.answered_ms:
+            self.in_setup -= 1
+        self.metrics.calls_active.dec()
+        self.metrics.call_ended(status)
+        if not self.calls and not self.legs:
+            self._idle.set()
+
+    def leg_ended(self, leg: Leg) -> None:
+        if self.legs.pop(leg.id, None) is not None:
+            self.dialogs.pop((leg.dialog.call_id, leg.dialog.local_tag), None)
+            self.metrics.legs_active.dec()
+            if not self.calls and not self.legs:
+                self._idle.set()
+
+    def transport_failed(self, peer: Peer) -> None:
+        for leg in self.legs.values():
+            if leg.peer == peer:
+                leg.failure = "transport_error"
+        self.transactions.transport_failed(peer)
+
+    # ---- SIP in ---------------------------------------------------------------------------------
+
+    def receive(self, data: bytes, peer: Peer) -> None:
+        """Every datagram and framed stream message; nothing a peer sends may escape from here."""
+        try:
+            message = parse(data)
+        except ParseError as exc:
+            self._unparsable(data, peer, exc)
+            return
+        try:
+            if isinstance(message, Response):
+                self.metrics.response("in", message.status)
+                self.transactions.receive_response(message)
+            else:
+                self.metrics.request(message.method)
+                self._request(message, peer)
+        except Exception:
+            log.exception("edge %s: message from %s:%s failed", self.edge_id, peer.host, peer.port)
+
+    def _unparsable(self, data: bytes, peer: Peer, exc: ParseError) -> None:
+        self.metrics.malformed("request" if exc.status else "response")
+        if exc.status is None or exc.partial is None:
+            return
+        if self.admission.trunk(peer.host, peer.port) is None:
+            self._reject_unknown(exc.partial, peer)
+            return
+        try:
+            response = make_response(
+                exc.partial, exc.status, headers=[("Server", USER_AGENT), *exc.headers]
+            )
+            self.transports.send(bytes(response), peer)
+            self.metrics.response("out", exc.status)
+        except Exception:  # the request is too broken to be answered: drop it
+            log.debug("unanswerable request from %s:%s: %s", peer.host, peer.port, exc.reason)
+
+    def _request(self, request: Request, peer: Peer) -> None:
+        transactions = self.transactions
+        if transactions.absorb(request):
+            return
+        method = request.method
+        if method == "ACK":  # the ACK of a 2xx: the dialog's
+            owner = self.dialogs.get((request.call_id, request.to.tag or ""))
+            if owner is not None:
+                owner.on_request(request, None)
+            return
+        trunk = self.admission.trunk(peer.host, peer.port)
+        if trunk is None:
+            self._reject_unknown(request, peer)
+            return
+        stx = transactions.new_server(request, peer)
+        error = validate_request(request, methods=METHODS, accept=BODY_TYPES)
+        if error is not None:
+            assert error.status is not None
+            self.respond(stx, error.status, None, error.headers)
+            return
+        if method == "CANCEL":
+            self._cancel(request, stx)
+            return
+        to_tag = request.to.tag
+        if to_tag:
+            owner = self.dialogs.get((request.call_id, to_tag))
+            if owner is None:
+                self.respond(stx, 481)
+            else:
+                owner.on_request(request, stx)
+        elif method == "INVITE":
+            self._new_call(request, stx, peer, trunk)
+        elif method == "OPTIONS":
+            self.respond(
+                stx,
+                200,
+                None,
+                [("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED)],
+            )
+        else:
+            self.respond(stx, 481)
+
+    def _reject_unknown(self, request: Request, peer: Peer) -> None:
+        self.metrics.reject("unknown_source")
+        if request.method == "ACK" or not self.rejects.allow(peer.host, time.monotonic()):
+            return
+        response = make_response(
+            request,
+            403,
+            headers=[("Server", USER_AGENT), ("Warning", '399 tandem "unknown source"')],
+        )
+        self.transports.send(bytes(response), peer)
+        self.metrics.response("out", 403)
+
+    def _cancel(self, cancel: Request, stx: ServerTransaction) -> None:
+        invite = self.transactions.invite_for_cancel(cancel)
+        if invite is None:
+            self.respond(stx, 481)
+            return
+        self.respond(stx, 200)
+        call = self.ringing.get(invite.key)
+        if call is not None:
+            call.on_cancel()
+
+    def _new_call(self, invite: Request, stx: ServerTransaction, peer: Peer, trunk: Trunk) -> None:
+        refusal = None
+        if self.draining:
+            refusal = "draining"
+        elif self.overloaded or self.in_setup >= MAX_CALLS_IN_SETUP:
+            refusal = "overload"
+        elif not trunk.enabled:
+            refusal = "trunk_disabled"
+        elif trunk.max_concurrent_calls and self.active_in[trunk.id] >= trunk.max_concurrent_calls:
+            refusal = "trunk_limit"
+        if refusal is not None:
+            self.metrics.reject(refusal)
+            self.respond(
+                stx,
+                503,
+                None,
+                [("Retry-After", str(RETRY_AFTER_S)), ("Warning", f'399 tandem "{refusal}"')],
+            )
+            return
+        self.respond(stx, 100)
+        call = Call(self, invite, stx, peer, trunk)
+        self.calls[call.id] = call
+        self.dialogs[(call.dialog.call_id, call.dialog.local_tag)] = call
+        self.ringing[stx.key] = call
+        self.active_in[trunk.id] += 1
+        self.in_setup += 1
+        self.metrics.calls_active.inc()
+        self.spawn(call.run())
+
+    # ---- NATS in -------------------------------------------------------------------------------
+
+    async def on_command(self, msg: Msg) -> None:
+        reply = pb.CommandReply(ok=True)
+        try:
+            command = pb.LegCommand.FromString(msg.data)
+            which = command.WhichOneof("command")
+            if which == "create":
+                reply = self._create_leg(command, msg.headers)
+            else:
+                leg = self.legs.get(command.leg_id)
+                if leg is None:
+                    reply = pb.CommandReply(ok=False, error="no such leg")
+                elif which is not None:
+                    leg.on_command(which, command)
+        except Exception as exc:
+            log.exception("edge %s: leg command failed", self.edge_id)
+            reply = pb.CommandReply(ok=False, error=repr(exc))
+        if msg.reply:
+            await msg.respond(reply.SerializeToString())
+
+    def _create_leg(
+        self, command: pb.LegCommand, headers: dict[str, str] | None
+    ) -> pb.CommandReply:
+        trunk = self.trunks.get(command.create.target.trunk)
+        if trunk is None:
+            return pb.CommandReply(
+                ok=False, error=f"trunk {command.create.target.trunk} not served here"
+            )
+        if trunk.transport == "tls":
+            return pb.CommandReply(ok=False, error="TLS is not available on this edge yet")
+        if self.draining:
+            return pb.CommandReply(ok=False, error="edge draining")
+        leg = Leg(self, command, trunk, telemetry.extract(headers))
+        self.legs[leg.id] = leg
+        self.dialogs[(leg.dialog.call_id, leg.dialog.local_tag)] = leg
+        self.metrics.legs_active.inc()
+        leg.start()
+        return pb.CommandReply(ok=True)
+
+    async def on_hangup(self, msg: Msg) -> None:
+        call_id = msg.subject.split(".")[2]
+        call = self.calls.get(call_id)
+        if call is None:  # another edge's call: only the owner answers
+            return
+        try:
+            hangup = pb.Hangup.FromString(msg.data)
+            call.hangup("api", hangup.reason or "hangup by api")
+            reply = pb.CommandReply(ok=True)
+        except Exception as exc:
+            reply = pb.CommandReply(ok=False, error=repr(exc))
+        if msg.reply:
+            await msg.respond(reply.SerializeToString())
+
+    # ---- API -------------------------------------------------------------------------------------
+
+    def _build_app(self, token: str | None) -> FastAPI:
+        app = create_app(f"edge {self.edge_id}", ready=self.ready, token=token)
+
+        @app.get("/v1/status", dependencies=AUTH, tags=["edge"])
+        def status() -> dict[str, Any]:
+            return self.status()
+
+        return app
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "edge": self.edge_id,
+            "draining": self.draining,
+            "overloaded": self.overloaded,
+            "listeners": self.transports.listeners if self.started else [],
+            "trunks": [
+                {
+                    "id": trunk.id,
+                    "peer": trunk.peer,
+                    "transport": trunk.transport,
+                    "enabled": trunk.enabled,
+                    "up": self.probes[trunk.id].up if trunk.id in self.probes else None,
+                    "health": self.probes[trunk.id].reason if trunk.id in self.probes else "",
+                    "active_in": self.active_in[trunk.id],
+                    "max_concurrent_calls": trunk.max_concurrent_calls,
+                }
+                for trunk in self.trunks.values()
+            ],
+            "calls": [
+                {
+                    "call_id": call.id,
+                    "state": call.state,
+                    "ingress_trunk": call.trunk.id,
+                    "sip_call_id": call.invite.call_id,
+                    "called": telemetry.mask_number(call.called, self.mask),
+                    "calling": telemetry.mask_number(call.calling, self.mask),
+                    "attempt": call.attempt,
+                    "leg_id": call.leg_id,
+                    "started_unix_ms": call.started_ms,
+                    "answered_unix_ms": call.answered_ms,
+                }
+                for call in self.calls.values()
+            ],
+            "legs": len(self.legs),
+        }

@@ -96,20 +96,22 @@ class SipBody(_message.Message):
     def __init__(self, content_type: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class LegCreate(_message.Message):
-    __slots__ = ("target", "calling_display", "headers", "body", "max_forwards", "attempt")
+    __slots__ = ("target", "calling_display", "headers", "body", "max_forwards", "attempt", "sip_call_id")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CALLING_DISPLAY_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     MAX_FORWARDS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     target: RouteTarget
     calling_display: str
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     body: SipBody
     max_forwards: int
     attempt: int
-    def __init__(self, target: _Optional[_Union[RouteTarget, _Mapping]] = ..., calling_display: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., max_forwards: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    sip_call_id: str
+    def __init__(self, target: _Optional[_Union[RouteTarget, _Mapping]] = ..., calling_display: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., max_forwards: _Optional[int] = ..., attempt: _Optional[int] = ..., sip_call_id: _Optional[str] = ...) -> None: ...
 
 class LegCancel(_message.Message):
     __slots__ = ("reason",)
@@ -176,14 +178,12 @@ class LegCommand(_message.Message):
     def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., create: _Optional[_Union[LegCreate, _Mapping]] = ..., cancel: _Optional[_Union[LegCancel, _Mapping]] = ..., ack: _Optional[_Union[LegAck, _Mapping]] = ..., bye: _Optional[_Union[LegBye, _Mapping]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ...) -> None: ...
 
 class CommandReply(_message.Message):
-    __slots__ = ("ok", "error", "sip_call_id")
+    __slots__ = ("ok", "error")
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
-    SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     error: str
-    sip_call_id: str
-    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., sip_call_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class LegEvent(_message.Message):
     __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq")

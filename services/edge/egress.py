@@ -1,0 +1,360 @@
+"""An egress leg: the UAC dialog this edge runs towards a trunk it serves, for any edge's call.
+
+A leg is created, cancelled, ACKed, ended and given in-dialog requests by LegCommands on
+`tandem.edge.<edge>.cmd`; what happens on it is published as LegEvents on
+`tandem.leg.<leg>.evt`. The leg cleans up after itself whatever order commands and
+responses cross in: a 2xx after a cancel is ACKed and ended with a BYE.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from tandem import bus
+from tandem.config import Trunk
+from tandem.edge.dialog import ALLOW, USER_AGENT, Dialog, new_id, new_tag
+from tandem.edge.ingress import now_ms, relayed_headers
+from tandem.edge.transactions import ClientTransaction, ServerTransaction
+from tandem.edge.transport import Peer
+from tandem.pb import tandem_pb2 as pb
+from tandem.sip import Request, Response
+from tandem.sip.uri import quote_display
+from tandem.telemetry import mask_number
+
+if TYPE_CHECKING:
+    from tandem.edge.service import Service
+
+log = logging.getLogger("tandem.edge.leg")
+Kind = pb.LegEvent.Kind
+ANONYMOUS_FROM = '"Anonymous" <sip:anonymous@anonymous.invalid>'
+
+
+class Leg:
+    """One attempt of a call on one trunk this edge serves."""
+
+    def __init__(
+        self,
+        service: Service,
+        command: pb.LegCommand,
+        trunk: Trunk,
+        parent: otel_context.Context,
+    ) -> None:
+        self.service = service
+        self.id = command.leg_id
+        self.call_id = command.call_id
+        create = command.create
+        target = create.target
+        self.trunk = trunk
+        host, port = trunk.peer_address
+        self.peer = Peer(trunk.transport, host, port)
+        local = service.local(trunk.transport)
+        self.seq = 0
+        self.state = "calling"  # calling, early, answered, ended
+        self.cancelled = False
+        self.acked = False
+        self.ack_data: bytes | None = None
+        self.from_callee: dict[str, ServerTransaction] = {}
+        self.callee_invite: ServerTransaction | None = None
+        self.failure = ""
+
+        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        suffix = ";transport=tcp" if trunk.transport == "tcp" else ""
+        uri = f"sip:{target.called}@{hostport}{suffix}"
+        tag = new_tag()
+        if target.suppress_caller_id:
+            from_ = f"{ANONYMOUS_FROM};tag={tag}"
+        else:
+            display = f"{quote_display(create.calling_display)} " if create.calling_display else ""
+            from_ = f"<sip:{target.calling or 'anonymous'}@{local.host}>;tag={tag}"
+            from_ = display + from_
+        to = f"<sip:{target.called}@{hostport}>"
+        self.dialog = Dialog(
+            create.sip_call_id or new_id(), from_, tag, to, uri, [], 1, self.peer, local
+        )
+        fields = [
+            ("Via", local.via()),
+            ("Max-Forwards", str(create.max_forwards)),
+            ("From", from_),
+            ("To", to),
+            ("Call-ID", self.dialog.call_id),
+            ("CSeq", "1 INVITE"),
+            ("Contact", local.contact),
+            ("Allow", ALLOW),
+            ("User-Agent", USER_AGENT),
+        ]
+        forwarded = [(h.name, h.value) for h in create.headers]
+        if target.forward_pai:
+            pai = [(n, v) for n, v in forwarded if n.lower() == "p-asserted-identity"]
+            fields += pai or [("P-Asserted-Identity", f"<sip:{target.calling}@{local.host}>")]
+        if target.forward_call_history:
+            fields += [(n, v) for n, v in forwarded if n.lower() in ("history-info", "diversion")]
+        if target.suppress_caller_id:
+            fields.append(("Privacy", "id"))
+        if create.body.body:
+            fields.append(("Content-Type", create.body.content_type or "application/sdp"))
+        self.invite = Request("INVITE", uri, fields, create.body.body)
+        self.ctx: ClientTransaction | None = None
+
+        self.span = service.tracer.start_span(
+            "egress leg",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "tandem.call_id": self.call_id,
+                "tandem.leg_id": self.id,
+                "tandem.edge": service.edge_id,
+                "tandem.trunk": trunk.id,
+                "tandem.attempt": create.attempt,
+                "sip.call_id": self.dialog.call_id,
+                "sip.called": mask_number(target.called, service.mask),
+                "sip.calling": mask_number(target.calling, service.mask),
+            },
+        )
+        self.trace_headers = bus.headers()
+
+    @property
+    def sip_call_id(self) -> str:
+        return self.dialog.call_id
+
+    def start(self) -> None:
+        self.ctx = self.service.transactions.send_request(
+            self.invite, self.peer, self.on_invite_response
+        )
+
+    # ---- events -----------------------------------------------------------------------------
+
+    def publish(self, kind: pb.LegEvent.Kind, **fields: object) -> None:
+        self.seq += 1
+        event = pb.LegEvent(
+            leg_id=self.id,
+            call_id=self.call_id,
+            edge=self.service.edge_id,
+            kind=kind,
+            sip_call_id=self.dialog.call_id,
+            time_unix_ms=now_ms(),
+            seq=self.seq,
+            **fields,  # type: ignore[arg-type]
+        )
+        nc = self.service.nc
+        self.service.spawn(
+            nc.publish(
+                bus.leg_event(self.id), event.SerializeToString(), headers=self.trace_headers
+            )
+        )
+
+    # ---- the INVITE -----------------------------------------------------------------------
+
+    def on_invite_response(self, response: Response | None) -> None:
+        if self.state == "ended":
+            if response is not None and 200 <= response.status < 300 and self.ack_data:
+                self.service.transactions.send(self.ack_data, self.peer)
+            return
+        if response is None:
+            failure = "transport_error" if self.failure == "transport_error" else "timeout"
+            self.fail(408, "Request Timeout", failure)
+            return
+        status = response.status
+        if status == 100:
+            return
+        if status < 200:
+            if response.to.tag:
+                self.dialog.established_by(response)
+            first = self.state == "calling"
+            self.state = "early"
+            if self.cancelled:
+                if first:
+                    self._send_cancel()
+                return
+            self.publish(Kind.PROGRESS, status=status, reason=response.reason, body=_body(response))
+        elif status < 300:
+            if self.state == "answered":  # a retransmission: our ACK was lost
+                if self.ack_data is not None:
+                    self.service.transactions.send(self.ack_data, self.peer)
+                return
+            self.dialog.established_by(response)
+            self.state = "answered"
+            if self.cancelled:  # answered as we gave up on it: ACK and hang up at once
+                self.ack()
+                self.bye("cancelled")
+                return
+            self.span.set_attribute("sip.status", status)
+            self.publish(Kind.ANSWERED, status=status, reason=response.reason, body=_body(response))
+        elif self.cancelled:
+            self.end(status, response.reason)
+        else:
+            self.fail(status, response.reason, "response")
+
+    def fail(self, status: int, reason: str, failure: str) -> None:
+        if not self.cancelled:
+            self.publish(Kind.FAILED, status=status, reason=reason, failure=failure)
+        self.span.set_attribute("tandem.failover_reason", failure)
+        self.end(status, reason)
+
+    def _send_cancel(self) -> None:
+        invite = self.invite
+        fields = [
+            ("Via", invite.headers.get("via") or ""),
+            ("Max-Forwards", "70"),
+            ("From", invite.headers.get("from") or ""),
+            ("To", invite.headers.get("to") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", "1 CANCEL"),
+            ("User-Agent", USER_AGENT),
+        ]
+        cancel = Request("CANCEL", invite.uri, fields)
+        self.service.transactions.send_request(cancel, self.peer, _ignore)
+
+    # ---- commands from the call's owner -----------------------------------------------------
+
+    def on_command(self, which: str, command: pb.LegCommand) -> None:
+        if which == "cancel":
+            self.cancel(command.cancel.reason)
+        elif which == "ack":
+            self.ack(command.ack.body)
+        elif which == "bye":
+            if self.state == "answered":
+                self.bye(command.bye.reason)
+            else:
+                self.cancel(command.bye.reason)
+        elif which == "request":
+            self.send_request(command.request)
+        elif which == "response":
+            self.respond(command.response)
+
+    def cancel(self, reason: str) -> None:
+        if self.state == "ended" or self.cancelled:
+            return
+        self.cancelled = True
+        self.span.add_event("cancelled", {"reason": reason})
+        if self.state == "answered":
+            if not self.acked:
+                self.ack()
+            self.bye(reason)
+        elif self.state == "early":
+            self._send_cancel()
+        elif self.ctx is not None:
+            # no provisional yet: a CANCEL may not be sent (RFC 3261 9.1); stop the INVITE's
+            # retransmissions and CANCEL if a provisional still comes
+            self.service.transactions.stop_retransmitting(self.ctx)
+
+    def ack(self, body: pb.SipBody | None = None) -> None:
+        if self.state not in ("answered",):
+            return
+        ack = self.dialog.ack(
+            body.body if body else b"", (body.content_type if body else "") or None
+        )
+        self.ack_data = bytes(ack)
+        self.acked = True
+        self.service.transactions.send(self.ack_data, self.peer)
+
+    def bye(self, reason: str) -> None:
+        request = self.dialog.request("BYE")
+        self.service.transactions.send_request(request, self.peer, _ignore)
+        self.end(200, reason)
+
+    def send_request(self, relayed: pb.LegRequest) -> None:
+        if self.state != "answered":
+            return
+        request_id = relayed.request_id
+        headers = [(h.name, h.value) for h in relayed.headers]
+        request = self.dialog.request(
+            relayed.method, relayed.body.body, relayed.body.content_type or None, headers
+        )
+        answered = False
+
+        def on_response(response: Response | None) -> None:
+            nonlocal answered
+            if response is not None and response.status < 200:
+                return
+            if answered:  # a 2xx retransmission of a re-INVITE: ACK again
+                if self.ack_data is not None:
+                    self.service.transactions.send(self.ack_data, self.peer)
+                return
+            answered = True
+            if response is None:
+                reply = pb.LegResponse(request_id=request_id, status=408, reason="Request Timeout")
+            else:
+                reply = pb.LegResponse(
+                    request_id=request_id,
+                    status=response.status,
+                    reason=response.reason,
+                    headers=[pb.Header(name=n, value=v) for n, v in relayed_headers(response)],
+                    body=_body(response),
+                )
+            self.publish(Kind.RESPONSE, response=reply)
+
+        self.service.transactions.send_request(request, self.peer, on_response)
+
+    def respond(self, response: pb.LegResponse) -> None:
+        stx = self.from_callee.get(response.request_id)
+        if stx is None:
+            return
+        if response.status >= 200:
+            del self.from_callee[response.request_id]
+        headers = [(h.name, h.value) for h in response.headers]
+        if response.body.body:
+            headers.append(("Content-Type", response.body.content_type or "application/sdp"))
+        if stx.request.method == "INVITE" and 200 <= response.status < 300:
+            headers.append(("Contact", self.dialog.local.contact))
+            self.callee_invite = stx
+        self.service.respond(
+            stx, response.status, response.reason or None, headers, response.body.body
+        )
+
+    # ---- requests from the callee -----------------------------------------------------------
+
+    def on_request(self, request: Request, stx: ServerTransaction | None) -> None:
+        method = request.method
+        if method == "ACK":
+            if self.callee_invite is not None:
+                self.service.transactions.acked(self.callee_invite)
+                self.callee_invite = None
+                relayed = pb.LegRequest(method="ACK", body=_body(request))
+                self.publish(Kind.REQUEST, request=relayed)
+            return
+        assert stx is not None
+        if method == "BYE":
+            self.service.respond(stx, 200)
+            if self.state != "ended":
+                self.publish(Kind.ENDED, status=200, reason="callee hung up")
+                self.end(200, "callee hung up")
+            return
+        if self.state != "answered":
+            self.service.respond(stx, 491 if method in ("INVITE", "UPDATE") else 481)
+            return
+        if method == "INVITE":
+            self.service.respond(stx, 100)
+        request_id = new_id()
+        self.from_callee[request_id] = stx
+        relayed = pb.LegRequest(
+            request_id=request_id,
+            method=method,
+            headers=[pb.Header(name=n, value=v) for n, v in relayed_headers(request)],
+            body=_body(request),
+        )
+        self.publish(Kind.REQUEST, request=relayed)
+
+    def end(self, status: int, reason: str) -> None:
+        if self.state == "ended":
+            return
+        self.state = "ended"
+        self.span.set_attribute("sip.status", status)
+        if status >= 400 and not self.cancelled:
+            self.span.set_status(Status(StatusCode.ERROR, reason))
+        self.span.end()
+        self.service.leg_ended(self)
+
+
+def _body(message: Request | Response) -> pb.SipBody:
+    if not message.body:
+        return pb.SipBody()
+    content_type = message.headers.get("content-type") or "application/sdp"
+    return pb.SipBody(content_type=content_type, body=message.body)
+
+
+def _ignore(_: Response | None) -> None:
+    pass

@@ -1,0 +1,128 @@
+"""OPTIONS keepalive of the trunks an edge serves, and their up/down state on the bus.
+
+A trunk is down after 3 failed probes in a row (no answer, 408 or 503) and up again after
+one good one (any other response, 501 included). Each change, and the first result, is
+published on `tandem.trunk.<trunk>.health` and put in KV TANDEM_TRUNK_HEALTH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from tandem import bus
+from tandem.config import Trunk
+from tandem.edge.dialog import USER_AGENT, new_id, new_tag
+from tandem.edge.ingress import now_ms
+from tandem.edge.transactions import TIMER_B
+from tandem.edge.transport import Peer
+from tandem.pb import tandem_pb2 as pb
+from tandem.sip import Request, Response
+
+if TYPE_CHECKING:
+    from tandem.edge.service import Service
+
+log = logging.getLogger("tandem.edge.health")
+
+DOWN_AFTER = 3
+FAILED_CODES = (408, 503)
+
+
+class Probe:
+    """The probe loop of one trunk and what it has found."""
+
+    def __init__(self, service: Service, trunk: Trunk) -> None:
+        self.service = service
+        self.trunk = trunk
+        self.up = True
+        self.reported = False  # nothing published yet
+        self.failed = 0
+        self.last_probe_ms = 0
+        self.reason = "not probed yet"
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.trunk.options_interval_s > 0:
+            self.task = asyncio.create_task(self._run())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        interval = self.trunk.options_interval_s
+        while True:
+            try:
+                response = await self.probe(min(interval, TIMER_B))
+                self.record(response)
+            except Exception:
+                log.exception("probe of trunk %s failed", self.trunk.id)
+            await asyncio.sleep(interval)
+
+    async def probe(self, wait_s: float) -> Response | None:
+        host, port = self.trunk.peer_address
+        peer = Peer(self.trunk.transport, host, port)
+        local = self.service.local(peer.transport)
+        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        request = Request(
+            "OPTIONS",
+            f"sip:{hostport}",
+            [
+                ("Via", local.via()),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:tandem@{local.host}>;tag={new_tag()}"),
+                ("To", f"<sip:{hostport}>"),
+                ("Call-ID", new_id()),
+                ("CSeq", "1 OPTIONS"),
+                ("Contact", local.contact),
+                ("Accept", "application/sdp"),
+                ("User-Agent", USER_AGENT),
+            ],
+        )
+        answer: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
+
+        def on_response(response: Response | None) -> None:
+            if (response is None or response.status >= 200) and not answer.done():
+                answer.set_result(response)
+
+        self.service.transactions.send_request(request, peer, on_response, wait_s)
+        return await answer
+
+    def record(self, response: Response | None) -> None:
+        self.last_probe_ms = now_ms()
+        if response is None or response.status in FAILED_CODES:
+            self.failed += 1
+            self.reason = (
+                "no answer" if response is None else f"{response.status} {response.reason}"
+            )
+            change = self.up and self.failed >= DOWN_AFTER
+            if change:
+                self.up = False
+        else:
+            self.failed = 0
+            self.reason = f"{response.status} {response.reason}"
+            change = not self.up
+            self.up = True
+        if change or not self.reported:
+            self.reported = True
+            log.info("trunk %s is %s (%s)", self.trunk.id, "up" if self.up else "down", self.reason)
+            self.service.metrics.trunk_up(self.trunk.id, self.up)
+            self.service.spawn(self.publish())
+
+    @property
+    def health(self) -> pb.TrunkHealth:
+        return pb.TrunkHealth(
+            trunk=self.trunk.id,
+            edge=self.service.edge_id,
+            up=self.up,
+            reason=self.reason,
+            last_probe_unix_ms=self.last_probe_ms,
+            failed_probes=self.failed,
+        )
+
+    async def publish(self) -> None:
+        data = self.health.SerializeToString()
+        await self.service.nc.publish(bus.trunk_health(self.trunk.id), data, headers=bus.headers())
+        kv = await self.service.js.key_value(bus.TRUNK_HEALTH_BUCKET)
+        await kv.put(self.trunk.id, data)

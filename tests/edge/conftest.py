@@ -1,0 +1,153 @@
+"""A running system for the edge tests: a real nats-server, the real router, two edges and a
+SIP peer per trunk, each trunk on its own loopback address.
+
+Trunks: `pbx` (127.0.0.2) on edge-a calls out; `gw1` (127.0.0.3) and `gw2` (127.0.0.4) on
+edge-b are the route `local` (+1425..., in order); `gw3` (127.0.0.5) on edge-a is the
+route `same-edge` (+1206...), so that call never leaves edge-a.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from tandem import bus, telemetry
+from tandem.config import Config, parse_config
+from tandem.edge.service import Service as EdgeService
+from tandem.pb import tandem_pb2 as pb
+from tandem.process import Context
+from tandem.router.service import Service as RouterService
+from tandem.router.store import import_policy
+from tests.conftest import free_port
+from tests.edge.phones import Phone
+
+LOCAL = "+14255550123"  # routed to gw1 then gw2
+SAME_EDGE = "+12065550123"  # routed to gw3, on the ingress edge itself
+
+
+@dataclass
+class System:
+    config: Config
+    nc: Client
+    js: JetStreamContext
+    pbx: Phone
+    gw1: Phone
+    gw2: Phone
+    gw3: Phone
+    edge_a: EdgeService
+    edge_b: EdgeService
+    router: RouterService
+    stranger: Phone
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def a(self) -> tuple[str, int]:
+        return "127.0.0.1", self.edge_a.transports.port
+
+    async def call_events(self, last: str = "ended", timeout: float = 5.0) -> list[pb.CallEvent]:
+        """The call events in the stream, in order, up to the first of kind `last`."""
+        sub = await self.js.subscribe("tandem.call.>", ordered_consumer=True)
+        events: list[pb.CallEvent] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    msg = await sub.next_msg(timeout=timeout)
+                    event = pb.CallEvent.FromString(msg.data)
+                    events.append(event)
+                    if event.kind == last:
+                        return events
+        finally:
+            await sub.unsubscribe()
+
+
+def _sip_port() -> int:
+    while True:
+        port = free_port(kind=socket.SOCK_DGRAM)
+        try:  # the edge takes the same number for TCP
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+
+
+MakeSystem = Callable[..., Awaitable[System]]
+
+
+@pytest.fixture
+async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSystem]:
+    """Build the system; keyword arguments override trunk settings: gw1={...}, pbx={...}."""
+    telemetry.setup_tracing("edge-test")
+    systems: list[System] = []
+
+    async def make(**overrides: dict[str, Any]) -> System:
+        phones = [await Phone.open(f"127.0.0.{n}") for n in (2, 3, 4, 5, 9)]
+        pbx, gw1, gw2, gw3, stranger = phones
+        quiet = {"options_interval_s": 0}
+
+        def trunk(id: str, edge: str, phone: Phone, **more: Any) -> dict[str, Any]:
+            spec = {"id": id, "edge": edge, "peer": phone.address, "sources": [phone.host]}
+            return spec | quiet | more | overrides.get(id, {})
+
+        config = parse_config(
+            {
+                "edges": [
+                    {"id": "edge-a", "sip": f"127.0.0.1:{_sip_port()}"},
+                    {"id": "edge-b", "sip": f"127.0.0.1:{_sip_port()}"},
+                ],
+                "trunks": [
+                    trunk("pbx", "edge-a", pbx, pstn_usages=["Local"]),
+                    trunk("gw1", "edge-b", gw1, failover_timer_s=1.0),
+                    trunk("gw2", "edge-b", gw2),
+                    trunk("gw3", "edge-a", gw3),
+                ],
+                "routes": [
+                    {
+                        "id": "local",
+                        "number_pattern": r"^\+1425\d{7}$",
+                        "pstn_usages": ["Local"],
+                        "trunks": ["gw1", "gw2"],
+                        "spread": "ordered",
+                    },
+                    {
+                        "id": "same-edge",
+                        "number_pattern": r"^\+1206\d{7}$",
+                        "pstn_usages": ["Local"],
+                        "trunks": ["gw3"],
+                    },
+                ],
+            }
+        )
+        await import_policy(js, config.policy)
+        router = RouterService(Context("router", config, nc, js, None))
+        await router.start()
+        edges = [
+            EdgeService(Context(f"edge:{e.id}", config, nc, js, None), e) for e in config.edges
+        ]
+        for edge in edges:
+            await edge.start()
+        system = System(config, nc, js, pbx, gw1, gw2, gw3, edges[0], edges[1], router, stranger)
+        system.closers = [edges[0].stop, edges[1].stop, router.stop]
+        for phone in phones:
+            system.closers.append(_closer(phone))
+        systems.append(system)
+        return system
+
+    yield make
+    for system in systems:
+        for close in system.closers:
+            await close()
+
+
+def _closer(phone: Phone) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        phone.close()
+
+    return close

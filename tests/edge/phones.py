@@ -1,0 +1,202 @@
+"""SIP peers for the edge tests: a trunk's PBX or gateway as a UDP socket on its own loopback
+address, with just enough UA behaviour to place, answer, cancel and end calls by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterable
+from typing import cast
+
+from tandem.sip import ParseError, Request, Response, make_response, parse
+
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
+    b"m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+Message = Request | Response
+
+
+def branch() -> str:
+    return "z9hG4bK" + os.urandom(6).hex()
+
+
+class Phone(asyncio.DatagramProtocol):
+    """One trunk's end: everything it receives is queued, parsed."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.port = 0
+        self.transport: asyncio.DatagramTransport | None = None
+        self.inbox: asyncio.Queue[tuple[Message, tuple[str, int]]] = asyncio.Queue()
+        self.cseq = 0
+
+    @classmethod
+    async def open(cls, host: str) -> Phone:
+        phone = cls(host)
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: phone, local_addr=(host, 0))
+        return phone
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        self.port = transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.inbox.put_nowait((parse(data), addr))
+        except ParseError:
+            pass
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def send(self, message: Message | bytes, to: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(message if isinstance(message, bytes) else bytes(message), to)
+
+    async def wait(
+        self, match: Callable[[Message], bool], timeout: float = 3.0
+    ) -> tuple[Message, tuple[str, int]]:
+        """The next message that matches; others (retransmissions, 100s) are skipped."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message, addr = await self.inbox.get()
+                if match(message):
+                    return message, addr
+
+    async def request(self, method: str, timeout: float = 3.0) -> tuple[Request, tuple[str, int]]:
+        message, addr = await self.wait(
+            lambda m: isinstance(m, Request) and m.method == method, timeout
+        )
+        assert isinstance(message, Request)
+        return message, addr
+
+    async def response(self, status: int, method: str = "INVITE", timeout: float = 3.0) -> Response:
+        message, _ = await self.wait(
+            lambda m: isinstance(m, Response) and m.status == status and m.cseq.method == method,
+            timeout,
+        )
+        assert isinstance(message, Response)
+        return message
+
+    async def final(self, method: str = "INVITE", timeout: float = 3.0) -> Response:
+        message, _ = await self.wait(
+            lambda m: isinstance(m, Response) and m.status >= 200 and m.cseq.method == method,
+            timeout,
+        )
+        assert isinstance(message, Response)
+        return message
+
+    async def silent(self, match: Callable[[Message], bool], seconds: float) -> bool:
+        """True if nothing matching arrives within `seconds`."""
+        try:
+            await self.wait(match, seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    # ---- as the caller --------------------------------------------------------------------
+
+    def invite(
+        self,
+        edge: tuple[str, int],
+        called: str,
+        calling: str = "+14255550100",
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = SDP,
+    ) -> Request:
+        self.cseq = 1
+        request = Request(
+            "INVITE",
+            f"sip:{called}@{edge[0]}:{edge[1]}",
+            [
+                ("Via", f"SIP/2.0/UDP {self.address};branch={branch()}"),
+                ("Max-Forwards", "70"),
+                ("From", f'"Alice" <sip:{calling}@{self.host}>;tag={os.urandom(4).hex()}'),
+                ("To", f"<sip:{called}@{edge[0]}>"),
+                ("Call-ID", f"{os.urandom(8).hex()}@{self.host}"),
+                ("CSeq", "1 INVITE"),
+                ("Contact", f"<sip:alice@{self.address}>"),
+                *headers,
+                ("Content-Type", "application/sdp"),
+            ],
+            body,
+        )
+        self.send(request, edge)
+        return request
+
+    def cancel(self, invite: Request, edge: tuple[str, int]) -> None:
+        fields = [
+            (n, v) for n, v in invite.headers if n.lower() in ("via", "from", "to", "call-id")
+        ]
+        fields += [("CSeq", f"{invite.cseq.number} CANCEL"), ("Max-Forwards", "70")]
+        self.send(Request("CANCEL", invite.uri, fields), edge)
+
+    def in_dialog(
+        self, invite: Request, answer: Response, method: str, edge: tuple[str, int], **kw: bytes
+    ) -> Request:
+        """ACK, BYE, re-INVITE... in the dialog the answer set up (as the caller)."""
+        cseq = invite.cseq.number if method == "ACK" else self._next_cseq()
+        target = str(answer.contacts[0].uri)
+        body = kw.get("body", b"")
+        fields = [
+            ("Via", f"SIP/2.0/UDP {self.address};branch={branch()}"),
+            ("Max-Forwards", "70"),
+            ("From", invite.headers.get("from") or ""),
+            ("To", answer.headers.get("to") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"{cseq} {method}"),
+            ("Contact", f"<sip:alice@{self.address}>"),
+        ]
+        if body:
+            fields.append(("Content-Type", "application/sdp"))
+        request = Request(method, target, fields, body)
+        self.send(request, edge)
+        return request
+
+    def _next_cseq(self) -> int:
+        self.cseq += 1
+        return self.cseq
+
+    # ---- as the callee ------------------------------------------------------------------------
+
+    def answer(
+        self,
+        request: Request,
+        status: int,
+        addr: tuple[str, int],
+        tag: str = "gw",
+        body: bytes = b"",
+    ) -> Response:
+        headers = [("Contact", f"<sip:gw@{self.address}>")]
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        response = make_response(request, status, to_tag=tag, headers=headers, body=body)
+        self.send(response, addr)
+        return response
+
+    def callee_request(
+        self, invite: Request, method: str, to: tuple[str, int], tag: str = "gw", body: bytes = b""
+    ) -> Request:
+        """BYE, re-INVITE... from the callee in the dialog of the INVITE it answered."""
+        fields = [
+            ("Via", f"SIP/2.0/UDP {self.address};branch={branch()}"),
+            ("Max-Forwards", "70"),
+            ("From", f"{invite.headers.get('to')};tag={tag}"),
+            ("To", invite.headers.get("from") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"{100 + self._next_cseq()} {method}"),
+            ("Contact", f"<sip:gw@{self.address}>"),
+        ]
+        if body:
+            fields.append(("Content-Type", "application/sdp"))
+        request = Request(method, str(invite.contacts[0].uri), fields, body)
+        self.send(request, to)
+        return request

@@ -1,0 +1,152 @@
+"""Calls through two edges and the real router: relay, failover, CANCEL, call events."""
+
+from __future__ import annotations
+
+from tandem.sip import Request, Response
+from tests.edge.conftest import LOCAL, MakeSystem
+from tests.edge.phones import SDP
+
+
+async def test_a_call_is_relayed_end_to_end(make_system: MakeSystem) -> None:
+    system = await make_system()
+    pbx, gw1 = system.pbx, system.gw1
+    invite = pbx.invite(system.a, LOCAL)
+    trying = await pbx.response(100, timeout=0.5)
+    assert trying.call_id == invite.call_id
+
+    out, b_addr = await gw1.request("INVITE")
+    assert out.call_id != invite.call_id
+    assert out.request_uri.user == LOCAL
+    assert out.to.uri.user == LOCAL
+    assert out.from_.uri.user == "+14255550100"
+    assert out.body == SDP
+    assert out.max_forwards == 69
+    head = bytes(out).partition(b"\r\n\r\n")[0]
+    assert b"127.0.0.2" not in head and invite.call_id.encode() not in head  # no topology leak
+    assert (out.headers.get("user-agent") or "").startswith("tandem/")
+
+    gw1.answer(out, 180, b_addr)
+    ringing = await pbx.response(180)
+    gw1.answer(out, 200, b_addr, body=SDP)
+    answer = await pbx.response(200)
+    assert answer.body == SDP
+    assert ringing.to.tag == answer.to.tag
+    assert out.call_id not in str(bytes(answer))
+
+    pbx.in_dialog(invite, answer, "ACK", system.a)
+    ack, _ = await gw1.request("ACK")
+    assert ack.call_id == out.call_id
+
+    pbx.in_dialog(invite, answer, "BYE", system.a)
+    assert (await pbx.final("BYE")).status == 200
+    bye, addr = await gw1.request("BYE")
+    gw1.answer(bye, 200, addr)
+
+    events = await system.call_events()
+    kinds = [e.kind for e in events]
+    assert kinds == [
+        "started",
+        "routed",
+        "leg_attempt",
+        "leg_progress",
+        "leg_answered",
+        "answered",
+        "ended",
+    ]
+    assert [e.seq for e in events] == list(range(1, 8))
+    assert events[0].sip_call_id == invite.call_id
+    assert events[2].sip_call_id == out.call_id and events[2].trunk == "gw1"
+    assert events[-1].ended_by == "caller"
+    assert all(e.trace_id == events[0].trace_id != "" for e in events)
+
+
+async def test_503_fails_over_to_the_next_gateway(make_system: MakeSystem) -> None:
+    system = await make_system()
+    pbx, gw1, gw2 = system.pbx, system.gw1, system.gw2
+    pbx.invite(system.a, LOCAL)
+    first, addr = await gw1.request("INVITE")
+    gw1.answer(first, 503, addr)
+    second, addr2 = await gw2.request("INVITE")
+    assert second.call_id != first.call_id
+    gw2.answer(second, 486, addr2)
+    final = await pbx.final()
+    assert final.status == 486  # not a failover code: relayed, no third attempt
+    events = await system.call_events()
+    failed = [e for e in events if e.kind == "leg_failed"]
+    assert [(e.trunk, e.status) for e in failed] == [("gw1", 503), ("gw2", 486)]
+
+
+async def test_a_silent_gateway_fails_over_after_its_timer(make_system: MakeSystem) -> None:
+    system = await make_system(gw1={"failover_timer_s": 0.5})
+    pbx, gw1, gw2 = system.pbx, system.gw1, system.gw2
+    pbx.invite(system.a, LOCAL)
+    await gw1.request("INVITE")  # and never answered
+    second, addr = await gw2.request("INVITE", timeout=2.0)
+    gw2.answer(second, 200, addr, body=SDP)
+    assert (await pbx.final()).status == 200
+
+
+async def test_every_target_timing_out_gives_503(make_system: MakeSystem) -> None:
+    system = await make_system(gw1={"failover_timer_s": 0.3}, gw2={"failover_timer_s": 0.3})
+    system.pbx.invite(system.a, LOCAL)
+    final = await system.pbx.final(timeout=3.0)
+    assert final.status == 503
+    assert final.headers.get("retry-after")
+
+
+async def test_no_failover_after_180(make_system: MakeSystem) -> None:
+    system = await make_system()
+    pbx, gw1, gw2 = system.pbx, system.gw1, system.gw2
+    pbx.invite(system.a, LOCAL)
+    out, addr = await gw1.request("INVITE")
+    gw1.answer(out, 180, addr)
+    await pbx.response(180)
+    gw1.answer(out, 503, addr)
+    assert (await pbx.final()).status == 503
+    assert await gw2.silent(lambda m: isinstance(m, Request), 0.5)
+
+
+async def test_caller_cancel_while_ringing(make_system: MakeSystem) -> None:
+    system = await make_system()
+    pbx, gw1 = system.pbx, system.gw1
+    invite = pbx.invite(system.a, LOCAL)
+    out, addr = await gw1.request("INVITE")
+    gw1.answer(out, 180, addr)
+    await pbx.response(180)
+    pbx.cancel(invite, system.a)
+    assert (await pbx.response(200, "CANCEL")).status == 200
+    assert (await pbx.final()).status == 487
+    cancel, addr = await gw1.request("CANCEL")
+    assert cancel.call_id == out.call_id
+    gw1.answer(cancel, 200, addr)
+    gw1.answer(out, 487, addr)
+    ack, _ = await gw1.request("ACK")
+    assert ack.cseq.method == "ACK"
+    events = await system.call_events()
+    assert events[-1].status == 487 and events[-1].ended_by == "caller"
+
+
+async def test_no_route_gives_403_with_a_reason(make_system: MakeSystem) -> None:
+    system = await make_system()
+    system.pbx.invite(system.a, "+4930123456")
+    final = await system.pbx.final()
+    assert final.status == 403
+    assert final.headers.get("warning") and final.headers.get("reason")
+
+
+async def test_callee_bye_ends_both_sides(make_system: MakeSystem) -> None:
+    system = await make_system()
+    pbx, gw1 = system.pbx, system.gw1
+    invite = pbx.invite(system.a, LOCAL)
+    out, addr = await gw1.request("INVITE")
+    gw1.answer(out, 200, addr, body=SDP)
+    answer = await pbx.response(200)
+    pbx.in_dialog(invite, answer, "ACK", system.a)
+    await gw1.request("ACK")
+    gw1.callee_request(out, "BYE", addr)
+    assert (await gw1.final("BYE")).status == 200
+    bye, pbx_from = await pbx.request("BYE")
+    assert bye.call_id == invite.call_id
+    assert isinstance(answer, Response)
+    events = await system.call_events()
+    assert events[-1].ended_by == "callee"
