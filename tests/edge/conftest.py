@@ -18,7 +18,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from tandem import bus, telemetry
+from tandem import telemetry
 from tandem.config import Config, parse_config
 from tandem.edge.service import Service as EdgeService
 from tandem.pb import tandem_pb2 as pb
@@ -51,14 +51,14 @@ class System:
     def a(self) -> tuple[str, int]:
         return "127.0.0.1", self.edge_a.transports.port
 
-    async def call_events(self, last: str = "ended", timeout: float = 5.0) -> list[pb.CallEvent]:
+    async def call_events(self, last: str = "ended", within: float = 5.0) -> list[pb.CallEvent]:
         """The call events in the stream, in order, up to the first of kind `last`."""
         sub = await self.js.subscribe("tandem.call.>", ordered_consumer=True)
         events: list[pb.CallEvent] = []
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 while True:
-                    msg = await sub.next_msg(timeout=timeout)
+                    msg = await sub.next_msg(timeout=within)
                     event = pb.CallEvent.FromString(msg.data)
                     events.append(event)
                     if event.kind == last:

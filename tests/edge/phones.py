@@ -5,6 +5,7 @@ address, with just enough UA behaviour to place, answer, cancel and end calls by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from typing import cast
@@ -48,10 +49,8 @@ class Phone(asyncio.DatagramProtocol):
         self.port = transport.get_extra_info("sockname")[1]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
+        with contextlib.suppress(ParseError):  # the edge's own output is tested elsewhere
             self.inbox.put_nowait((parse(data), addr))
-        except ParseError:
-            pass
 
     def close(self) -> None:
         if self.transport is not None:
@@ -62,34 +61,34 @@ class Phone(asyncio.DatagramProtocol):
         self.transport.sendto(message if isinstance(message, bytes) else bytes(message), to)
 
     async def wait(
-        self, match: Callable[[Message], bool], timeout: float = 3.0
+        self, match: Callable[[Message], bool], within: float = 3.0
     ) -> tuple[Message, tuple[str, int]]:
         """The next message that matches; others (retransmissions, 100s) are skipped."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while True:
                 message, addr = await self.inbox.get()
                 if match(message):
                     return message, addr
 
-    async def request(self, method: str, timeout: float = 3.0) -> tuple[Request, tuple[str, int]]:
+    async def request(self, method: str, within: float = 3.0) -> tuple[Request, tuple[str, int]]:
         message, addr = await self.wait(
-            lambda m: isinstance(m, Request) and m.method == method, timeout
+            lambda m: isinstance(m, Request) and m.method == method, within
         )
         assert isinstance(message, Request)
         return message, addr
 
-    async def response(self, status: int, method: str = "INVITE", timeout: float = 3.0) -> Response:
+    async def response(self, status: int, method: str = "INVITE", within: float = 3.0) -> Response:
         message, _ = await self.wait(
             lambda m: isinstance(m, Response) and m.status == status and m.cseq.method == method,
-            timeout,
+            within,
         )
         assert isinstance(message, Response)
         return message
 
-    async def final(self, method: str = "INVITE", timeout: float = 3.0) -> Response:
+    async def final(self, method: str = "INVITE", within: float = 3.0) -> Response:
         message, _ = await self.wait(
             lambda m: isinstance(m, Response) and m.status >= 200 and m.cseq.method == method,
-            timeout,
+            within,
         )
         assert isinstance(message, Response)
         return message

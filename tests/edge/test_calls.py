@@ -11,7 +11,7 @@ async def test_a_call_is_relayed_end_to_end(make_system: MakeSystem) -> None:
     system = await make_system()
     pbx, gw1 = system.pbx, system.gw1
     invite = pbx.invite(system.a, LOCAL)
-    trying = await pbx.response(100, timeout=0.5)
+    trying = await pbx.response(100, within=0.5)
     assert trying.call_id == invite.call_id
 
     out, b_addr = await gw1.request("INVITE")
@@ -81,7 +81,7 @@ async def test_a_silent_gateway_fails_over_after_its_timer(make_system: MakeSyst
     pbx, gw1, gw2 = system.pbx, system.gw1, system.gw2
     pbx.invite(system.a, LOCAL)
     await gw1.request("INVITE")  # and never answered
-    second, addr = await gw2.request("INVITE", timeout=2.0)
+    second, addr = await gw2.request("INVITE", within=2.0)
     gw2.answer(second, 200, addr, body=SDP)
     assert (await pbx.final()).status == 200
 
@@ -89,7 +89,7 @@ async def test_a_silent_gateway_fails_over_after_its_timer(make_system: MakeSyst
 async def test_every_target_timing_out_gives_503(make_system: MakeSystem) -> None:
     system = await make_system(gw1={"failover_timer_s": 0.3}, gw2={"failover_timer_s": 0.3})
     system.pbx.invite(system.a, LOCAL)
-    final = await system.pbx.final(timeout=3.0)
+    final = await system.pbx.final(within=3.0)
     assert final.status == 503
     assert final.headers.get("retry-after")
 
@@ -145,7 +145,7 @@ async def test_callee_bye_ends_both_sides(make_system: MakeSystem) -> None:
     await gw1.request("ACK")
     gw1.callee_request(out, "BYE", addr)
     assert (await gw1.final("BYE")).status == 200
-    bye, pbx_from = await pbx.request("BYE")
+    bye, _ = await pbx.request("BYE")
     assert bye.call_id == invite.call_id
     assert isinstance(answer, Response)
     events = await system.call_events()
