@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calling", default="", help="the calling number as received")
     p.add_argument("--json", action="store_true", help="answer as JSON (as POST /v1/route-test)")
 
+    p = sub.add_parser("trace", help="print a call's trace as a tree, from tandem up's collector")
+    p.add_argument("key", help="a trace id, a tandem call id or a SIP Call-ID")
+    p.add_argument("--config", default=os.environ.get("TANDEM_CONFIG", DEFAULT_CONFIG))
+
     p = sub.add_parser("config", help="the routing policy in the configuration store")
     config_sub = p.add_subparsers(dest="action", required=True)
     p = config_sub.add_parser("import", help="store the config file's routing policy")
@@ -121,6 +125,26 @@ async def _import(config: Config, nats_url: str, if_empty: bool) -> bool:
         return await import_policy(js, config.policy, if_empty)
     finally:
         await nc.close()
+
+
+def _trace(config: Config, key: str) -> int:
+    import httpx
+
+    from tandem.traces import Span, render_tree
+
+    if config.telemetry.collector is None:
+        print("no local collector in this config (telemetry.collector)", file=sys.stderr)
+        return 2
+    try:
+        reply = httpx.get(f"http://{config.telemetry.collector}/v1/traces/{key}", timeout=5)
+    except httpx.HTTPError as exc:
+        print(f"no collector answers at {config.telemetry.collector}: {exc}", file=sys.stderr)
+        return 1
+    if reply.status_code != 200:
+        print(reply.json().get("detail", reply.text), file=sys.stderr)
+        return 1
+    print(render_tree([Span.from_json(s) for s in reply.json()]))
+    return 0
 
 
 def _run_service(args: argparse.Namespace, config: Config) -> int:
@@ -206,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(route_test(config.policy, args.trunk, args.called, args.calling, args.json))
             return 0
+        if args.command == "trace":
+            return _trace(config, args.key)
         telemetry.setup_logging(args.log_format, args.log_level)
         if args.command == "up":
             from tandem.up import up

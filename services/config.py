@@ -268,6 +268,13 @@ class Edge(ApiService):
 
 class Telemetry(Strict):
     mask_numbers: bool = False  # numbers in spans and logs: full, or all but the last 4 masked
+    # where `tandem up` receives the spans of its children when no OTEL endpoint is set
+    collector: str | None = "127.0.0.1:4318"
+
+    @field_validator("collector")
+    @classmethod
+    def _collector(cls, value: str | None) -> str | None:
+        return None if value is None else _host_port(value, None)
 
 
 class Config(Policy):

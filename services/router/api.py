@@ -221,6 +221,7 @@ def build(service: Service) -> APIRouter:
         policy = current()
         return {
             "revision": service.revision,
+            "answered": service.answered,
             "trunks": len(policy.trunks),
             "routes": len(policy.routes),
             "policy_error": service.policy_error,
@@ -239,8 +240,11 @@ def _find(items: list[T], item_id: str, what: str) -> T:
 
 
 def _replace(items: list[T], new: T) -> list[T]:
-    replaced = [new if item.id == new.id else item for item in items]
-    return replaced if any(item.id == new.id for item in items) else [*items, new]
+    if any(item.id == new.id for item in items):
+        return [new if item.id == new.id else item for item in items]
+    added = list(items)
+    added.append(new)
+    return added
 
 
 def _same_id(path_id: str, body_id: str) -> None:

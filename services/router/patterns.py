@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import re2
-import regex
+import regex  # type: ignore[import-untyped]
 
 BACKTRACK_TIMEOUT_S = 0.002  # a decision's budget is ~200 µs; one runaway pattern may not eat 10x
 MAX_PREFIXES = 64  # alternations expanded into index prefixes, beyond which the index gives up
@@ -230,6 +230,8 @@ def literal_prefixes(pattern: str) -> tuple[str, ...] | None:
         after = run.end()
         quantified = after < len(pattern) and pattern[after] in _QUANTIFIERS
         if quantified:
+            if not atoms:  # '^?': the anchor itself is optional
+                return None
             atoms.pop()  # optional or repeated: the prefix ends before it
         literal = "".join(atoms)
         prefixes = [p + literal for p in prefixes]

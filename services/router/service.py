@@ -54,6 +54,7 @@ class Service:
         self.revision = 0  # the last TANDEM_CONFIG revision applied
         self.policy_error: str | None = None
         self.spreader = Spreader()
+        self.answered = 0  # decisions this replica answered on the bus
         self.down: set[str] = set()  # trunks down by their edge's health probes
         self.active_calls: dict[str, int] = {}  # per trunk, in and out, from callstate
         self.conditions = Conditions(self.down, self.active_calls)
@@ -85,7 +86,7 @@ class Service:
 
     async def drain(self) -> None:
         if self.sub is not None:  # answer what is queued, take no more
-            await self.sub.drain()
+            await self.sub.drain()  # type: ignore[no-untyped-call]
             self.sub = None
 
     async def stop(self) -> None:
@@ -139,6 +140,7 @@ class Service:
                         "sip.status": decision.status,
                     }
                 )
+        self.answered += 1
         await msg.respond(decision.SerializeToString())
 
     # ---- watching the buckets -----------------------------------------------------------
@@ -157,7 +159,7 @@ class Service:
                 await apply(entry.key, value, entry.revision or 0)
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _on_config(self, key: str, value: bytes | None, revision: int) -> None:
         if not key:  # the first snapshot is complete

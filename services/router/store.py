@@ -102,11 +102,11 @@ async def read_entries(kv: KeyValue) -> dict[str, bytes]:
     watcher = await kv.watchall(ignore_deletes=True)
     entries: dict[str, bytes] = {}
     try:
-        while (entry := await watcher.updates(SNAPSHOT_TIMEOUT_S)) is not None:
+        while (entry := await watcher.updates(SNAPSHOT_TIMEOUT_S)) is not None:  # type: ignore[no-untyped-call]
             if entry.value is not None:
                 entries[entry.key] = entry.value
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
     return entries
 
 
