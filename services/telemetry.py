@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from tandem import __version__
 
-_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 def setup_tracing(service: str) -> TracerProvider:
@@ -32,7 +32,7 @@ def setup_tracing(service: str) -> TracerProvider:
     name = os.environ.get("OTEL_SERVICE_NAME", f"tandem-{service}")
     resource = Resource.create({"service.name": name, "service.version": __version__})
     provider = TracerProvider(resource=resource)
-    if any(os.environ.get(var) for var in _ENDPOINT_VARS):
+    if any(os.environ.get(var) for var in ENDPOINT_VARS):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

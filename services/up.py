@@ -22,10 +22,11 @@ from urllib.parse import urlparse
 
 import httpx
 
-from tandem import bus
+from tandem import bus, telemetry
 from tandem.config import Config
-from tandem.http import is_loopback
+from tandem.http import ApiServer, is_loopback
 from tandem.router.store import import_policy
+from tandem.traces import TraceStore, receiver_app
 
 log = logging.getLogger("tandem.up")
 
@@ -115,6 +116,7 @@ class Up:
         self.data_dir = data_dir
         self.log_format = log_format
         self.nats: Child | None = None
+        self.collector: ApiServer | None = None
         self.children: list[Child] = []
 
     def _tandem(self, *args: str) -> list[str]:
@@ -204,7 +206,21 @@ class Up:
         ]
         for e in c.edges:
             lines.append(f"  {e.id:<10} sip:{e.sip} (udp, tcp)  http://{e.api}")
+        if self.collector is not None:
+            lines.append(
+                f"  traces     http://{c.telemetry.collector}  (tandem trace CALL-ID prints one)"
+            )
         return "tandem is up:\n" + "\n".join(lines) + "\nCtrl-C stops everything."
+
+    async def start_collector(self) -> None:
+        """Receive the children's spans here unless they are sent elsewhere already."""
+        listen = self.config.telemetry.collector
+        if listen is None or any(os.environ.get(v) for v in telemetry.ENDPOINT_VARS):
+            return
+        self.collector = ApiServer(receiver_app(TraceStore()), listen)
+        await self.collector.start()
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{listen}"
+        os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "200")  # traces readable at once
 
     async def run(self) -> int:
         stop = asyncio.Event()
@@ -212,6 +228,7 @@ class Up:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
+            await self.start_collector()
             await self.start_nats()
             await self.store_policy()
             self.children = self.plan()
@@ -245,6 +262,8 @@ class Up:
         await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in self.children if c not in edges))
         if self.nats is not None:
             await self.nats.stop(STOP_GRACE_S)
+        if self.collector is not None:
+            await self.collector.stop()
         log.info("tandem up: everything stopped")
 
 

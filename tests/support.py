@@ -26,6 +26,7 @@ def system_config(nats_url: str, **policy: Any) -> dict[str, Any]:
     for edge in example["edges"]:
         edge["sip"] = f"127.0.0.1:{free_port()}"
         edge["api"] = f"127.0.0.1:{free_port()}"
+    example["telemetry"] = {"collector": f"127.0.0.1:{free_port()}"}
     example.update(policy)
     return example
 

@@ -30,6 +30,7 @@ def test_up_starts_everything_and_stops_cleanly(tmp_path: Path, sig: int) -> Non
         out = up.output()
         for edge in config["edges"]:
             assert f"sip:{edge['sip']}" in out
+        assert f"traces     http://{config['telemetry']['collector']}" in out
         for url in urls(config):
             reply = httpx.get(url, timeout=5)
             assert reply.status_code == 200, url
