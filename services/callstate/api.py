@@ -26,6 +26,11 @@ CSV_MAX_ROWS = 100_000
 SCAN_MAX = 200_000  # CDRs read for one request at most; the cursor continues from there
 LONGEST_CALL = datetime.timedelta(days=1)  # a CDR is written this long after `until`, at most
 
+Since = Annotated[datetime.datetime | None, Query(description="invite time from (ISO 8601)")]
+Until = Annotated[datetime.datetime | None, Query(description="invite time before")]
+Trunk = Annotated[str | None, Query(description="ingress or attempted trunk")]
+Status = Annotated[int | None, Query(ge=0, le=699, description="final SIP status")]
+
 CSV_COLUMNS = [
     "call_id",
     "invite_time",
@@ -216,11 +221,6 @@ def build_app(service: Service) -> FastAPI:
                     found += 1
                     if found >= limit:
                         return
-
-    Since = Annotated[datetime.datetime | None, Query(description="invite time from (ISO 8601)")]
-    Until = Annotated[datetime.datetime | None, Query(description="invite time before")]
-    Trunk = Annotated[str | None, Query(description="ingress or attempted trunk")]
-    Status = Annotated[int | None, Query(ge=0, le=699, description="final SIP status")]
 
     @app.get("/v1/calls", dependencies=AUTH, tags=["calls"])
     def list_calls(trunk: Trunk = None) -> dict[str, Any]:
