@@ -16,12 +16,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tandem import bus
 from tandem.config import Trunk
-from tandem.edge.dialog import ALLOW, USER_AGENT, Dialog, new_id, new_tag
-from tandem.edge.ingress import now_ms, relayed_headers
+from tandem.edge.dialog import ALLOW, USER_AGENT, new_id, new_tag
+from tandem.edge.ingress import body_headers, ignore, now_ms, relayed_headers, sip_body
 from tandem.edge.transactions import ClientTransaction, ServerTransaction
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response
+from tandem.sip.dialog import Dialog, DialogSet
 from tandem.sip.uri import quote_display
 from tandem.telemetry import mask_number
 
@@ -55,8 +56,7 @@ class Leg:
         self.seq = 0
         self.state = "calling"  # calling, early, answered, ended
         self.cancelled = False
-        self.acked = False
-        self.ack_data: bytes | None = None
+        self.ack: Request | None = None  # our ACK of the 2xx to our last INVITE, for its repeats
         self.from_callee: dict[str, ServerTransaction] = {}
         self.callee_invite: ServerTransaction | None = None
         self.failure = ""
@@ -64,7 +64,9 @@ class Leg:
         hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         suffix = ";transport=tcp" if trunk.transport == "tcp" else ""
         uri = f"sip:{target.called}@{hostport}{suffix}"
-        tag = new_tag()
+        self.local = local
+        self.local_tag = tag = new_tag()
+        self.sip_call_id = create.sip_call_id or new_id()
         if target.suppress_caller_id:
             from_ = f"{ANONYMOUS_FROM};tag={tag}"
         else:
@@ -72,15 +74,11 @@ class Leg:
             from_ = f"<sip:{target.calling or 'anonymous'}@{local.host}>;tag={tag}"
             from_ = display + from_
         to = f"<sip:{target.called}@{hostport}>"
-        self.dialog = Dialog(
-            create.sip_call_id or new_id(), from_, tag, to, uri, [], 1, self.peer, local
-        )
         fields = [
-            ("Via", local.via()),
             ("Max-Forwards", str(create.max_forwards)),
             ("From", from_),
             ("To", to),
-            ("Call-ID", self.dialog.call_id),
+            ("Call-ID", self.sip_call_id),
             ("CSeq", "1 INVITE"),
             ("Contact", local.contact),
             ("Allow", ALLOW),
@@ -97,6 +95,8 @@ class Leg:
         if create.body.body:
             fields.append(("Content-Type", create.body.content_type or "application/sdp"))
         self.invite = Request("INVITE", uri, fields, create.body.body)
+        self.dialogs = DialogSet(self.invite)
+        self.dialog: Dialog | None = None  # the one the 2xx confirmed
         self.ctx: ClientTransaction | None = None
 
         self.span = service.tracer.start_span(
@@ -109,16 +109,12 @@ class Leg:
                 "tandem.edge": service.edge_id,
                 "tandem.trunk": trunk.id,
                 "tandem.attempt": create.attempt,
-                "sip.call_id": self.dialog.call_id,
+                "sip.call_id": self.sip_call_id,
                 "sip.called": mask_number(target.called, service.mask),
                 "sip.calling": mask_number(target.calling, service.mask),
             },
         )
         self.trace_headers = bus.headers()
-
-    @property
-    def sip_call_id(self) -> str:
-        return self.dialog.call_id
 
     def start(self) -> None:
         self.ctx = self.service.transactions.send_request(
@@ -134,7 +130,7 @@ class Leg:
             call_id=self.call_id,
             edge=self.service.edge_id,
             kind=kind,
-            sip_call_id=self.dialog.call_id,
+            sip_call_id=self.sip_call_id,
             time_unix_ms=now_ms(),
             seq=self.seq,
             **fields,  # type: ignore[arg-type]
@@ -150,8 +146,8 @@ class Leg:
 
     def on_invite_response(self, response: Response | None) -> None:
         if self.state == "ended":
-            if response is not None and 200 <= response.status < 300 and self.ack_data:
-                self.service.transactions.send(self.ack_data, self.peer)
+            if response is not None and 200 <= response.status < 300 and self.ack is not None:
+                self.service.transactions.send_stateless(self.ack, self.peer)
             return
         if response is None:
             failure = "transport_error" if self.failure == "transport_error" else "timeout"
@@ -160,29 +156,28 @@ class Leg:
         status = response.status
         if status == 100:
             return
+        dialog = self.dialogs.on_response(response)
         if status < 200:
-            if response.to.tag:
-                self.dialog.established_by(response)
-            first = self.state == "calling"
             self.state = "early"
-            if self.cancelled:
-                if first:
-                    self._send_cancel()
-                return
-            self.publish(Kind.PROGRESS, status=status, reason=response.reason, body=_body(response))
+            if not self.cancelled:  # (a CANCEL asked for earlier has left with this 1xx)
+                self.publish(
+                    Kind.PROGRESS, status=status, reason=response.reason, body=sip_body(response)
+                )
         elif status < 300:
             if self.state == "answered":  # a retransmission: our ACK was lost
-                if self.ack_data is not None:
-                    self.service.transactions.send(self.ack_data, self.peer)
+                if self.ack is not None:
+                    self.service.transactions.send_stateless(self.ack, self.peer)
                 return
-            self.dialog.established_by(response)
+            self.dialog = dialog
             self.state = "answered"
             if self.cancelled:  # answered as we gave up on it: ACK and hang up at once
-                self.ack()
+                self.send_ack()
                 self.bye("cancelled")
                 return
             self.span.set_attribute("sip.status", status)
-            self.publish(Kind.ANSWERED, status=status, reason=response.reason, body=_body(response))
+            self.publish(
+                Kind.ANSWERED, status=status, reason=response.reason, body=sip_body(response)
+            )
         elif self.cancelled:
             self.end(status, response.reason)
         else:
@@ -194,27 +189,13 @@ class Leg:
         self.span.set_attribute("tandem.failover_reason", failure)
         self.end(status, reason)
 
-    def _send_cancel(self) -> None:
-        invite = self.invite
-        fields = [
-            ("Via", invite.headers.get("via") or ""),
-            ("Max-Forwards", "70"),
-            ("From", invite.headers.get("from") or ""),
-            ("To", invite.headers.get("to") or ""),
-            ("Call-ID", invite.call_id),
-            ("CSeq", "1 CANCEL"),
-            ("User-Agent", USER_AGENT),
-        ]
-        cancel = Request("CANCEL", invite.uri, fields)
-        self.service.transactions.send_request(cancel, self.peer, _ignore)
-
     # ---- commands from the call's owner -----------------------------------------------------
 
     def on_command(self, which: str, command: pb.LegCommand) -> None:
         if which == "cancel":
             self.cancel(command.cancel.reason)
         elif which == "ack":
-            self.ack(command.ack.body)
+            self.send_ack(command.ack.body)
         elif which == "bye":
             if self.state == "answered":
                 self.bye(command.bye.reason)
@@ -231,39 +212,32 @@ class Leg:
         self.cancelled = True
         self.span.add_event("cancelled", {"reason": reason})
         if self.state == "answered":
-            if not self.acked:
-                self.ack()
+            if self.ack is None:
+                self.send_ack()
             self.bye(reason)
-        elif self.state == "early":
-            self._send_cancel()
         elif self.ctx is not None:
-            # no provisional yet: a CANCEL may not be sent (RFC 3261 9.1); stop the INVITE's
-            # retransmissions and CANCEL if a provisional still comes
-            self.service.transactions.stop_retransmitting(self.ctx)
+            self.service.transactions.cancel(self.ctx)
 
-    def ack(self, body: pb.SipBody | None = None) -> None:
-        if self.state not in ("answered",):
+    def send_ack(self, body: pb.SipBody | None = None) -> None:
+        if self.state != "answered" or self.dialog is None:
             return
-        ack = self.dialog.ack(
-            body.body if body else b"", (body.content_type if body else "") or None
-        )
-        self.ack_data = bytes(ack)
-        self.acked = True
-        self.service.transactions.send(self.ack_data, self.peer)
+        body = body or pb.SipBody()
+        self.ack = self.dialog.create_ack(body_headers(body), body.body)
+        self.service.transactions.send_stateless(self.ack, self.peer)
 
     def bye(self, reason: str) -> None:
-        request = self.dialog.request("BYE")
-        self.service.transactions.send_request(request, self.peer, _ignore)
+        if self.dialog is not None:
+            bye = self.dialog.create_request("BYE", [("User-Agent", USER_AGENT)])
+            self.service.transactions.send_request(bye, self.peer, ignore)
         self.end(200, reason)
 
     def send_request(self, relayed: pb.LegRequest) -> None:
-        if self.state != "answered":
+        if self.state != "answered" or self.dialog is None:
             return
         request_id = relayed.request_id
         headers = [(h.name, h.value) for h in relayed.headers]
-        request = self.dialog.request(
-            relayed.method, relayed.body.body, relayed.body.content_type or None, headers
-        )
+        headers += [("User-Agent", USER_AGENT), *body_headers(relayed.body)]
+        request = self.dialog.create_request(relayed.method, headers, relayed.body.body)
         answered = False
 
         def on_response(response: Response | None) -> None:
@@ -271,8 +245,8 @@ class Leg:
             if response is not None and response.status < 200:
                 return
             if answered:  # a 2xx retransmission of a re-INVITE: ACK again
-                if self.ack_data is not None:
-                    self.service.transactions.send(self.ack_data, self.peer)
+                if self.ack is not None:
+                    self.service.transactions.send_stateless(self.ack, self.peer)
                 return
             answered = True
             if response is None:
@@ -283,7 +257,7 @@ class Leg:
                     status=response.status,
                     reason=response.reason,
                     headers=[pb.Header(name=n, value=v) for n, v in relayed_headers(response)],
-                    body=_body(response),
+                    body=sip_body(response),
                 )
             self.publish(Kind.RESPONSE, response=reply)
 
@@ -296,10 +270,9 @@ class Leg:
         if response.status >= 200:
             del self.from_callee[response.request_id]
         headers = [(h.name, h.value) for h in response.headers]
-        if response.body.body:
-            headers.append(("Content-Type", response.body.content_type or "application/sdp"))
+        headers += body_headers(response.body)
         if stx.request.method == "INVITE" and 200 <= response.status < 300:
-            headers.append(("Contact", self.dialog.local.contact))
+            headers.append(("Contact", self.local.contact))
             self.callee_invite = stx
         self.service.respond(
             stx, response.status, response.reason or None, headers, response.body.body
@@ -311,12 +284,15 @@ class Leg:
         method = request.method
         if method == "ACK":
             if self.callee_invite is not None:
-                self.service.transactions.acked(self.callee_invite)
                 self.callee_invite = None
-                relayed = pb.LegRequest(method="ACK", body=_body(request))
+                relayed = pb.LegRequest(method="ACK", body=sip_body(request))
                 self.publish(Kind.REQUEST, request=relayed)
             return
         assert stx is not None
+        error = self.dialog.on_request(request) if self.dialog is not None else 481
+        if error is not None:
+            self.service.respond(stx, error)
+            return
         if method == "BYE":
             self.service.respond(stx, 200)
             if self.state != "ended":
@@ -334,7 +310,7 @@ class Leg:
             request_id=request_id,
             method=method,
             headers=[pb.Header(name=n, value=v) for n, v in relayed_headers(request)],
-            body=_body(request),
+            body=sip_body(request),
         )
         self.publish(Kind.REQUEST, request=relayed)
 
@@ -347,14 +323,3 @@ class Leg:
             self.span.set_status(Status(StatusCode.ERROR, reason))
         self.span.end()
         self.service.leg_ended(self)
-
-
-def _body(message: Request | Response) -> pb.SipBody:
-    if not message.body:
-        return pb.SipBody()
-    content_type = message.headers.get("content-type") or "application/sdp"
-    return pb.SipBody(content_type=content_type, body=message.body)
-
-
-def _ignore(_: Response | None) -> None:
-    pass

@@ -15,7 +15,6 @@ from tandem import bus
 from tandem.config import Trunk
 from tandem.edge.dialog import USER_AGENT, new_id, new_tag
 from tandem.edge.ingress import now_ms
-from tandem.edge.transactions import TIMER_B
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response
@@ -27,6 +26,7 @@ log = logging.getLogger("tandem.edge.health")
 
 DOWN_AFTER = 3
 FAILED_CODES = (408, 503)
+PROBE_TIMEOUT_S = 32.0  # timer F; a shorter probe interval gives up sooner
 
 
 class Probe:
@@ -54,7 +54,7 @@ class Probe:
         interval = self.trunk.options_interval_s
         while True:
             try:
-                response = await self.probe(min(interval, TIMER_B))
+                response = await self.probe(min(interval, PROBE_TIMEOUT_S))
                 self.record(response)
             except Exception:
                 log.exception("probe of trunk %s failed", self.trunk.id)
@@ -69,7 +69,6 @@ class Probe:
             "OPTIONS",
             f"sip:{hostport}",
             [
-                ("Via", local.via()),
                 ("Max-Forwards", "70"),
                 ("From", f"<sip:tandem@{local.host}>;tag={new_tag()}"),
                 ("To", f"<sip:{hostport}>"),
@@ -86,7 +85,7 @@ class Probe:
             if (response is None or response.status >= 200) and not answer.done():
                 answer.set_result(response)
 
-        self.service.transactions.send_request(request, peer, on_response, wait_s)
+        self.service.transactions.send_request(request, peer, on_response, give_up_s=wait_s)
         return await answer
 
     def record(self, response: Response | None) -> None:

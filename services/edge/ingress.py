@@ -20,11 +20,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tandem import bus
 from tandem.config import Trunk
-from tandem.edge.dialog import ALLOW, Dialog, new_id, new_tag
+from tandem.edge.dialog import ALLOW, USER_AGENT, new_id, new_tag
 from tandem.edge.transactions import ServerTransaction
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response
+from tandem.sip.dialog import Dialog, DialogState
 from tandem.telemetry import mask_number
 
 if TYPE_CHECKING:
@@ -66,7 +67,9 @@ class Call:
         self.stx = stx
         self.peer = peer
         self.trunk = trunk
-        self.dialog = Dialog.as_uas(invite, new_tag(), peer, service.local(peer.transport))
+        self.local = service.local(peer.transport)
+        self.local_tag = new_tag()
+        self.dialog: Dialog | None = None  # with the caller, from our first 1xx/2xx with a tag
         self.called = number_of(invite.uri) or number_of(str(invite.to.uri))
         from_ = invite.from_
         self.calling = number_of(str(from_.uri))
@@ -226,9 +229,7 @@ class Call:
             target=target,
             calling_display="" if target.suppress_caller_id else self.display,
             headers=[pb.Header(name=n, value=v) for n, v in headers],
-            body=pb.SipBody(
-                content_type=self.invite.headers.get("content-type") or "", body=self.invite.body
-            ),
+            body=sip_body(self.invite),
             max_forwards=(70 if mf is None else mf) - 1,
             attempt=self.attempt,
             sip_call_id=self.leg_sip_call_id,
@@ -333,7 +334,7 @@ class Call:
                 self.failover_timer = None
             self.state = "answered"
             self.answered_ms = now_ms()
-            self.stx.on_no_ack = self._no_ack
+            self.service.transactions.no_ack[self.stx.key] = self._no_ack
             self._relay_response(event.status, event.reason, event.body)
             fields = self._leg_fields(target)
             self.emit("leg_answered", status=event.status, reason=event.reason, **fields)
@@ -374,14 +375,19 @@ class Call:
     # ---- answers to the caller --------------------------------------------------------------
 
     def _relay_response(self, status: int, reason: str, body: pb.SipBody) -> None:
-        extra: list[tuple[str, str]] = [("Contact", self.dialog.local.contact)]
+        extra: list[tuple[str, str]] = [("Contact", self.local.contact)]
         if status >= 200:
             extra.append(("Allow", ALLOW))
-        if body.body:
-            extra.append(("Content-Type", body.content_type or "application/sdp"))
-        self.service.respond(
-            self.stx, status, reason or None, extra, body.body, to_tag=self.dialog.local_tag
+        extra += body_headers(body)
+        response = self.service.respond(
+            self.stx, status, reason or None, extra, body.body, to_tag=self.local_tag
         )
+        if response is None or status >= 300:
+            return
+        if self.dialog is None:
+            self.dialog = Dialog.as_uas(self.invite, response)
+        elif status >= 200:
+            self.dialog.state = DialogState.CONFIRMED
 
     def reject(
         self,
@@ -401,8 +407,8 @@ class Call:
         if diagnostic or status in (403, 503):
             text = reason.replace('"', "'")
             headers.append(("Reason", f'SIP;cause={status};text="{text}"'))
-            headers.append(("Warning", f'399 {self.dialog.local.host} "{text}"'))
-        self.service.respond(self.stx, status, phrase, headers, to_tag=self.dialog.local_tag)
+            headers.append(("Warning", f'399 {self.local.host} "{text}"'))
+        self.service.respond(self.stx, status, phrase, headers, to_tag=self.local_tag)
         self.end("system", status, reason)
 
     def _finish_unanswered(self, status: int, reason: str) -> None:
@@ -418,8 +424,9 @@ class Call:
             self.end("system", 408, "no ACK from the caller")
 
     def _bye_caller(self) -> None:
-        request = self.dialog.request("BYE")
-        self.service.transactions.send_request(request, self.peer, lambda _: None)
+        if self.dialog is not None:
+            bye = self.dialog.create_request("BYE", [("User-Agent", USER_AGENT)])
+            self.service.transactions.send_request(bye, self.peer, ignore)
 
     # ---- requests from the caller -------------------------------------------------------------
 
@@ -432,23 +439,22 @@ class Call:
                 self.leg_edge, self.leg_id, self.id, cancel=pb.LegCancel(reason="caller cancelled")
             )
         self._drop_leg()
-        self.service.respond(self.stx, 487, None, (), to_tag=self.dialog.local_tag)
+        self.service.respond(self.stx, 487, None, (), to_tag=self.local_tag)
         self.end("caller", 487, "caller cancelled")
 
     def on_request(self, request: Request, stx: ServerTransaction | None) -> None:
         """An in-dialog request from the caller (stx is None for ACK)."""
         method = request.method
         if method == "ACK":
-            self.service.transactions.acked(self.stx)
             if self.state == "answered":
-                ack = pb.LegAck(
-                    body=pb.SipBody(
-                        content_type=request.headers.get("content-type") or "", body=request.body
-                    )
-                )
+                ack = pb.LegAck(body=sip_body(request))
                 self.service.command(self.leg_edge, self.leg_id, self.id, ack=ack)
             return
         assert stx is not None
+        error = self.dialog.on_request(request) if self.dialog is not None else None
+        if error is not None:
+            self.service.respond(stx, error)
+            return
         if method == "BYE":
             self.service.respond(stx, 200)
             if self.state == "answered":
@@ -474,9 +480,7 @@ class Call:
                 request_id=request_id,
                 method=method,
                 headers=[pb.Header(name=n, value=v) for n, v in relayed_headers(request)],
-                body=pb.SipBody(
-                    content_type=request.headers.get("content-type") or "", body=request.body
-                ),
+                body=sip_body(request),
             ),
         )
 
@@ -487,25 +491,25 @@ class Call:
         if response.status >= 200:
             del self.from_caller[response.request_id]
         headers = [(h.name, h.value) for h in response.headers]
-        if response.body.body:
-            headers.append(("Content-Type", response.body.content_type or "application/sdp"))
+        headers += body_headers(response.body)
         if stx.request.method == "INVITE" and 200 <= response.status < 300:
-            headers.append(("Contact", self.dialog.local.contact))
+            headers.append(("Contact", self.local.contact))
         self.service.respond(
             stx, response.status, response.reason or None, headers, response.body.body
         )
 
     def _from_callee(self, request: pb.LegRequest) -> None:
         """A request the callee sent in its dialog: the same request in the caller's dialog."""
-        if self.state != "answered":
+        if self.state != "answered" or self.dialog is None:
+            return
+        body = request.body
+        if request.method == "ACK":
+            ack = self.dialog.create_ack(body_headers(body), body.body)
+            self.service.transactions.send_stateless(ack, self.peer)
             return
         headers = [(h.name, h.value) for h in request.headers]
-        body = request.body.body
-        if request.method == "ACK":
-            ack = self.dialog.ack(body, request.body.content_type or None)
-            self.service.transactions.send(bytes(ack), self.peer)
-            return
-        out = self.dialog.request(request.method, body, request.body.content_type or None, headers)
+        headers += [("User-Agent", USER_AGENT), *body_headers(body)]
+        out = self.dialog.create_request(request.method, headers, body.body)
         request_id = request.request_id
 
         def relay(response: Response | None) -> None:
@@ -519,9 +523,7 @@ class Call:
                     status=response.status,
                     reason=response.reason,
                     headers=[pb.Header(name=n, value=v) for n, v in relayed_headers(response)],
-                    body=pb.SipBody(
-                        content_type=response.headers.get("content-type") or "", body=response.body
-                    ),
+                    body=sip_body(response),
                 )
             self.service.command(self.leg_edge, self.leg_id, self.id, response=reply)
 
@@ -546,7 +548,7 @@ class Call:
                 487,
                 None,
                 [("Reason", f'SIP;cause=487;text="{reason}"')],
-                to_tag=self.dialog.local_tag,
+                to_tag=self.local_tag,
             )
             self.end(ended_by, 487, reason)
 
@@ -572,3 +574,18 @@ END_TO_END = frozenset(("content-disposition", "event", "info-package", "reason"
 
 def relayed_headers(message: Request | Response) -> list[tuple[str, str]]:
     return [(name, value) for name, value in message.headers if name.lower() in END_TO_END]
+
+
+def sip_body(message: Request | Response) -> pb.SipBody:
+    if not message.body:
+        return pb.SipBody()
+    content_type = message.headers.get("content-type") or "application/sdp"
+    return pb.SipBody(content_type=content_type, body=message.body)
+
+
+def body_headers(body: pb.SipBody) -> list[tuple[str, str]]:
+    return [("Content-Type", body.content_type or "application/sdp")] if body.body else []
+
+
+def ignore(_: Response | None) -> None:
+    pass

@@ -33,6 +33,7 @@ from tandem.pb import tandem_pb2 as pb
 from tandem.process import Context
 from tandem.router.store import COMMIT_KEY, read_policy
 from tandem.sip import ParseError, Request, Response, make_response, parse, validate_request
+from tandem.sip.transaction import CancelReceived, RequestReceived, TransactionKey
 
 log = logging.getLogger("tandem.edge")
 
@@ -45,7 +46,6 @@ RETRY_AFTER_S = 5
 MAX_CALLS_IN_SETUP = 3000
 LAG_CHECK_S = 0.1
 OVERLOAD_LAG_S = 0.3
-TERMINATED = ("INVITE", "ACK", "CANCEL")
 
 
 class Service:
@@ -62,14 +62,15 @@ class Service:
         self.metrics = EdgeMetrics(edge.id)
         host, port = split_host_port(edge.sip, DEFAULT_SIP_PORT)
         self.transports = Transports(host, port, self.receive, self.transport_failed)
-        self.transactions = Transactions(self.transports.send)
+        self.sent_by = split_host_port(edge.advertise or edge.sip, port)
+        self.transactions = Transactions(self.sent_by, self.transports.send)
         self.trunks: dict[str, Trunk] = {}
         self.admission = Admission(())
         self.probes: dict[str, Probe] = {}
         self.calls: dict[str, Call] = {}
         self.legs: dict[str, Leg] = {}
         self.dialogs: dict[tuple[str, str], Call | Leg] = {}
-        self.ringing: dict[tuple[str, str], Call] = {}  # calls by INVITE transaction, for CANCEL
+        self.ringing: dict[TransactionKey, Call] = {}  # calls by INVITE transaction, for CANCEL
         self.active_in: Counter[str] = Counter()
         self.in_setup = 0
         self.rejects = RejectLimiter()
@@ -206,10 +207,7 @@ class Service:
     def local(self, transport: str) -> Local:
         local = self._locals.get(transport)
         if local is None:
-            host, port = split_host_port(self.edge.advertise or self.edge.sip, DEFAULT_SIP_PORT)
-            if self.edge.advertise is None or port == 0:
-                port = self.transports.port
-            local = self._locals[transport] = Local(host, port, transport)
+            local = self._locals[transport] = Local(*self.sent_by, transport)
         return local
 
     def respond(
@@ -220,9 +218,10 @@ class Service:
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
         to_tag: str | None = None,
-    ) -> None:
+    ) -> Response | None:
+        """Answer a request through its transaction; None if it was answered already."""
         if stx.final:
-            return
+            return None
         response = make_response(
             stx.request,
             status,
@@ -233,6 +232,7 @@ class Service:
         )
         self.transactions.respond(stx, response)
         self.metrics.response("out", status)
+        return response
 
     def command(self, edge: str, leg_id: str, call_id: str, **command: Any) -> None:
         """Send a command to a leg (on whichever edge runs it) without waiting for it."""
@@ -251,7 +251,7 @@ class Service:
     def call_ended(self, call: Call, status: int) -> None:
         if self.calls.pop(call.id, None) is None:
             return
-        self.dialogs.pop((call.dialog.call_id, call.dialog.local_tag), None)
+        self.dialogs.pop((call.invite.call_id, call.local_tag), None)
         self.ringing.pop(call.stx.key, None)
         self.active_in[call.trunk.id] -= 1
         if not call.answered_ms:
@@ -263,7 +263,7 @@ class Service:
 
     def leg_ended(self, leg: Leg) -> None:
         if self.legs.pop(leg.id, None) is not None:
-            self.dialogs.pop((leg.dialog.call_id, leg.dialog.local_tag), None)
+            self.dialogs.pop((leg.sip_call_id, leg.local_tag), None)
             self.metrics.legs_active.dec()
             if not self.calls and not self.legs:
                 self._idle.set()
@@ -279,58 +279,57 @@ class Service:
     def receive(self, data: bytes, peer: Peer) -> None:
         """Every datagram and framed stream message; nothing a peer sends may escape from here."""
         try:
-            message = parse(data)
-        except ParseError as exc:
-            self._unparsable(data, peer, exc)
-            return
-        try:
-            if isinstance(message, Response):
-                self.metrics.response("in", message.status)
-                self.transactions.receive_response(message)
-            else:
-                self.metrics.request(message.method)
-                self._request(message, peer)
+            trunk = self.admission.trunk(peer.host, peer.port)
+            if trunk is None:
+                self._unknown_source(data, peer)
+                return
+            if data[:4] == b"SIP/" and data[8:11].isdigit():
+                self.metrics.response("in", int(data[8:11]))
+            for event in self.transactions.receive(data, peer):
+                if isinstance(event, RequestReceived):
+                    self._request(event, peer, trunk)
+                elif isinstance(event, CancelReceived):
+                    call = self.ringing.get(event.key)
+                    if call is not None:
+                        call.on_cancel()
+                else:
+                    self.metrics.malformed("request" if event.error.status else "response")
         except Exception:
             log.exception("edge %s: message from %s:%s failed", self.edge_id, peer.host, peer.port)
 
-    def _unparsable(self, data: bytes, peer: Peer, exc: ParseError) -> None:
-        self.metrics.malformed("request" if exc.status else "response")
-        if exc.status is None or exc.partial is None:
-            return
-        if self.admission.trunk(peer.host, peer.port) is None:
-            self._reject_unknown(exc.partial, peer)
+    def _unknown_source(self, data: bytes, peer: Peer) -> None:
+        """403 to a request from no trunk's source, at a bounded rate; responses are dropped."""
+        self.metrics.reject("unknown_source")
+        if data[:4] == b"SIP/" or not self.rejects.allow(peer.host, time.monotonic()):
             return
         try:
-            response = make_response(
-                exc.partial, exc.status, headers=[("Server", USER_AGENT), *exc.headers]
-            )
-            self.transports.send(bytes(response), peer)
-            self.metrics.response("out", exc.status)
-        except Exception:  # the request is too broken to be answered: drop it
-            log.debug("unanswerable request from %s:%s: %s", peer.host, peer.port, exc.reason)
-
-    def _request(self, request: Request, peer: Peer) -> None:
-        transactions = self.transactions
-        if transactions.absorb(request):
+            request = parse(data)
+        except ParseError:
             return
+        if not isinstance(request, Request) or request.method == "ACK":
+            return
+        response = make_response(
+            request,
+            403,
+            headers=[("Server", USER_AGENT), ("Warning", '399 tandem "unknown source"')],
+        )
+        self.transports.send(bytes(response), peer)
+        self.metrics.response("out", 403)
+
+    def _request(self, event: RequestReceived, peer: Peer, trunk: Trunk) -> None:
+        request = event.request
         method = request.method
-        if method == "ACK":  # the ACK of a 2xx: the dialog's
+        self.metrics.request(method)
+        if method == "ACK":  # of a 2xx (the layer absorbs the others): the dialog's
             owner = self.dialogs.get((request.call_id, request.to.tag or ""))
             if owner is not None:
                 owner.on_request(request, None)
             return
-        trunk = self.admission.trunk(peer.host, peer.port)
-        if trunk is None:
-            self._reject_unknown(request, peer)
-            return
-        stx = transactions.new_server(request, peer)
+        stx = self.transactions.server(event, peer)
         error = validate_request(request, methods=METHODS, accept=BODY_TYPES)
         if error is not None:
             assert error.status is not None
             self.respond(stx, error.status, None, error.headers)
-            return
-        if method == "CANCEL":
-            self._cancel(request, stx)
             return
         to_tag = request.to.tag
         if to_tag:
@@ -350,28 +349,6 @@ class Service:
             )
         else:
             self.respond(stx, 481)
-
-    def _reject_unknown(self, request: Request, peer: Peer) -> None:
-        self.metrics.reject("unknown_source")
-        if request.method == "ACK" or not self.rejects.allow(peer.host, time.monotonic()):
-            return
-        response = make_response(
-            request,
-            403,
-            headers=[("Server", USER_AGENT), ("Warning", '399 tandem "unknown source"')],
-        )
-        self.transports.send(bytes(response), peer)
-        self.metrics.response("out", 403)
-
-    def _cancel(self, cancel: Request, stx: ServerTransaction) -> None:
-        invite = self.transactions.invite_for_cancel(cancel)
-        if invite is None:
-            self.respond(stx, 481)
-            return
-        self.respond(stx, 200)
-        call = self.ringing.get(invite.key)
-        if call is not None:
-            call.on_cancel()
 
     def _new_call(self, invite: Request, stx: ServerTransaction, peer: Peer, trunk: Trunk) -> None:
         refusal = None
@@ -395,7 +372,7 @@ class Service:
         self.respond(stx, 100)
         call = Call(self, invite, stx, peer, trunk)
         self.calls[call.id] = call
-        self.dialogs[(call.dialog.call_id, call.dialog.local_tag)] = call
+        self.dialogs[(invite.call_id, call.local_tag)] = call
         self.ringing[stx.key] = call
         self.active_in[trunk.id] += 1
         self.in_setup += 1
@@ -437,7 +414,7 @@ class Service:
             return pb.CommandReply(ok=False, error="edge draining")
         leg = Leg(self, command, trunk, telemetry.extract(headers))
         self.legs[leg.id] = leg
-        self.dialogs[(leg.dialog.call_id, leg.dialog.local_tag)] = leg
+        self.dialogs[(leg.sip_call_id, leg.local_tag)] = leg
         self.metrics.legs_active.inc()
         leg.start()
         return pb.CommandReply(ok=True)

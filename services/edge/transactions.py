@@ -1,278 +1,208 @@
-"""RFC 3261 transactions (section 17) as the edge needs them, on asyncio timers.
+"""The asyncio side of tandem.sip's transaction layer: one layer per transport, one timer.
 
-This is the adapter the edge runs until tandem.sip's sans-I/O transaction layer is wired
-in: it matches requests and responses to transactions by branch and method, absorbs
-retransmissions, retransmits over UDP (timers A, E, G and the 2xx retransmission of 13.3.1.4),
-times out (B, F, H) and sends the ACK of a non-2xx final. Finished transactions linger for
-64*T1 to absorb late retransmissions, swept in batches rather than one timer each.
+Datagrams go in with `receive`, whatever the layers want sent goes out through the
+transports, and one `loop.call_at` is re-armed to the earliest timer (the aioquic
+pattern). Client transactions report to a callback, server transactions are handled by
+the edge through `ServerTransaction` handles; the events only the edge can act on
+(requests, CANCELs, unparsable messages) are returned from `receive`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import logging
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 from tandem.edge.transport import Peer
 from tandem.sip import Request, Response
+from tandem.sip.transaction import (
+    CancelReceived,
+    Event,
+    MessageRejected,
+    RequestReceived,
+    ResponseReceived,
+    TransactionKey,
+    TransactionLayer,
+    TransactionTerminated,
+    TransactionTimeout,
+)
 
-T1 = 0.5
-T2 = 4.0
-TIMER_B = 64 * T1  # B, F, H and how long a finished transaction is remembered
-SWEEP_S = 1.0
-MAGIC_COOKIE = "z9hG4bK"
+log = logging.getLogger("tandem.edge.transactions")
 
-Key = tuple[str, str]
-OnResponse = Callable[[Response | None], None]
-
-
-def _key(message: Request | Response, method: str) -> Key:
-    via = message.headers.get("via") or ""
-    branch = message.via.branch or ""
-    if branch.startswith(MAGIC_COOKIE):
-        return branch, method
-    # RFC 2543 peers: no unique branch, fall back to the fields that identify the request
-    return f"{message.call_id}|{message.from_.tag}|{message.cseq.number}|{via}", method
+OnResponse = Callable[[Response | None], None]  # None: timeout or transport error
+ForEdge = RequestReceived | CancelReceived | MessageRejected
 
 
 class ServerTransaction:
-    __slots__ = ("interval", "key", "last", "last_status", "on_no_ack", "peer", "request", "timer")
+    """A request the edge must answer, and the layer that holds its transaction."""
 
-    def __init__(self, key: Key, request: Request, peer: Peer) -> None:
+    __slots__ = ("key", "last_status", "layer", "peer", "request")
+
+    def __init__(
+        self, key: TransactionKey, request: Request, peer: Peer, layer: TransactionLayer
+    ) -> None:
         self.key = key
         self.request = request
         self.peer = peer
-        self.last: bytes | None = None  # the last response sent, resent on a retransmission
+        self.layer = layer
         self.last_status = 0
-        self.timer: asyncio.TimerHandle | None = None
-        self.interval = T1
-        self.on_no_ack: Callable[[], None] | None = None
 
     @property
     def final(self) -> bool:
         return self.last_status >= 200
 
 
+@dataclass(slots=True)
 class ClientTransaction:
-    __slots__ = (
-        "ack",
-        "completed",
-        "data",
-        "deadline",
-        "interval",
-        "key",
-        "on_response",
-        "peer",
-        "request",
-        "timer",
-    )
-
-    def __init__(self, key: Key, request: Request, peer: Peer, on_response: OnResponse) -> None:
-        self.key = key
-        self.request = request
-        self.data = bytes(request)
-        self.peer = peer
-        self.on_response = on_response
-        self.timer: asyncio.TimerHandle | None = None
-        self.deadline: asyncio.TimerHandle | None = None
-        self.interval = T1
-        self.completed = False
-        self.ack: bytes | None = None
+    key: TransactionKey
+    peer: Peer
+    layer: TransactionLayer
 
 
 class Transactions:
-    """Every transaction of one edge, both roles."""
+    """Every transaction of one edge, over its UDP and TCP layers."""
 
-    def __init__(self, send: Callable[[bytes, Peer], None]) -> None:
+    def __init__(self, sent_by: tuple[str, int], send: Callable[[bytes, Peer], None]) -> None:
+        self.layers = {
+            "udp": TransactionLayer(sent_by, transport="UDP", auto_trying=False),
+            "tcp": TransactionLayer(sent_by, transport="TCP", auto_trying=False),
+        }
         self.send = send
-        self.server: dict[Key, ServerTransaction] = {}
-        self.client: dict[Key, ClientTransaction] = {}
-        self._expiring: deque[tuple[float, dict[Key, Any], Key, object]] = deque()
+        self.client: dict[TransactionKey, tuple[OnResponse, Peer]] = {}
+        self.no_ack: dict[TransactionKey, Callable[[], None]] = {}  # timer L: a 2xx never ACKed
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at: float | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
 
     def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for stx in self.server.values():
-            _cancel(stx.timer)
-        for ctx in self.client.values():
-            _cancel(ctx.timer)
-            _cancel(ctx.deadline)
+        if self._timer is not None:
+            self._timer.cancel()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None, "Transactions.start() first"
         return self._loop
 
-    # ---- server side ----------------------------------------------------------------------
+    # ---- in -------------------------------------------------------------------------------
 
-    def absorb(self, request: Request) -> bool:
-        """True if the request belongs to a transaction already running (and was handled)."""
-        method = request.method
-        if method == "ACK":
-            stx = self.server.get(_key(request, "INVITE"))
-            if stx is None or not stx.final or 200 <= stx.last_status < 300:
-                return False  # the ACK of a 2xx is its own transaction: the dialog's
-            _cancel(stx.timer)  # timer G stops: the non-2xx final arrived
-            stx.timer = None
-            return True
-        stx = self.server.get(_key(request, method))
-        if stx is None:
-            return False
-        if stx.last is not None:
-            self.send(stx.last, stx.peer)
-        return True
+    def receive(self, data: bytes, peer: Peer) -> list[ForEdge]:
+        layer = self.layers[peer.transport]
+        events = layer.receive(data, peer.addr, self.loop.time())
+        return self._after(layer, events, peer.transport)
 
-    def new_server(self, request: Request, peer: Peer) -> ServerTransaction:
-        stx = ServerTransaction(_key(request, request.method), request, peer)
-        self.server[stx.key] = stx
-        return stx
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._armed_at = None
+        now = self.loop.time()
+        for transport, layer in self.layers.items():
+            for event in self._after(layer, layer.handle_timer(now), transport):
+                log.debug("unexpected event from a timer: %r", event)
+        self._arm()
 
-    def invite_for_cancel(self, cancel: Request) -> ServerTransaction | None:
-        return self.server.get(_key(cancel, "INVITE"))
+    def _after(self, layer: TransactionLayer, events: list[Event], transport: str) -> list[ForEdge]:
+        """Send what the layer queued, route client events, re-arm; the rest is the edge's."""
+        self._flush(layer, transport)
+        if not events:
+            return []
+        mine: list[ForEdge] = []
+        for event in events:
+            if isinstance(event, ResponseReceived):
+                entry = self.client.get(event.key)
+                if entry is not None:
+                    entry[0](event.response)
+            elif isinstance(event, TransactionTimeout):
+                if event.timer == "L":
+                    callback = self.no_ack.pop(event.key, None)
+                    if callback is not None:
+                        callback()
+                else:
+                    entry = self.client.pop(event.key, None)
+                    if entry is not None:
+                        entry[0](None)
+            elif isinstance(event, TransactionTerminated):
+                self.client.pop(event.key, None)
+                self.no_ack.pop(event.key, None)
+            else:
+                mine.append(event)
+        self._flush(layer, transport)  # the callbacks may have sent more
+        return mine
+
+    def _flush(self, layer: TransactionLayer, transport: str) -> None:
+        out = layer.datagrams_to_send()
+        if out:
+            send = self.send
+            for data, addr in out:
+                send(data, Peer(transport, addr[0], addr[1]))
+        self._arm()
+
+    def _arm(self) -> None:
+        when = min(
+            (t for t in (layer.get_timer() for layer in self.layers.values()) if t is not None),
+            default=None,
+        )
+        if when is None or (self._armed_at is not None and self._armed_at <= when):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_at = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    # ---- server side ------------------------------------------------------------------------
+
+    def server(self, event: RequestReceived, peer: Peer) -> ServerTransaction:
+        assert event.key is not None
+        return ServerTransaction(event.key, event.request, peer, self.layers[peer.transport])
 
     def respond(self, stx: ServerTransaction, response: Response) -> None:
-        data = bytes(response)
-        stx.last = data
         stx.last_status = response.status
-        self.send(data, stx.peer)
-        if response.status < 200:
-            return
-        self._expire(self.server, stx.key, stx)
-        if stx.request.method == "INVITE" and stx.peer.transport == "udp":
-            # timer G for a non-2xx final; for a 2xx the UAS core's own retransmission
-            stx.interval = T1
-            stx.timer = self.loop.call_later(T1, self._retransmit_final, stx, 0.0)
+        stx.layer.respond(stx.key, response, self.loop.time())
+        self._flush(stx.layer, stx.peer.transport)
 
-    def acked(self, stx: ServerTransaction) -> None:
-        """The ACK of the 2xx arrived (in the dialog): stop retransmitting it."""
-        _cancel(stx.timer)
-        stx.timer = None
-
-    def _retransmit_final(self, stx: ServerTransaction, elapsed: float) -> None:
-        elapsed += stx.interval
-        if elapsed >= TIMER_B:  # timer H, or no ACK for the 2xx
-            stx.timer = None
-            if stx.on_no_ack is not None:
-                stx.on_no_ack()
-            return
-        if stx.last is not None:
-            self.send(stx.last, stx.peer)
-        stx.interval = min(stx.interval * 2, T2)
-        stx.timer = self.loop.call_later(stx.interval, self._retransmit_final, stx, elapsed)
-
-    # ---- client side ----------------------------------------------------------------------
+    # ---- client side --------------------------------------------------------------------------
 
     def send_request(
-        self, request: Request, peer: Peer, on_response: OnResponse, timeout: float = TIMER_B
+        self,
+        request: Request,
+        peer: Peer,
+        on_response: OnResponse,
+        give_up_s: float | None = None,
     ) -> ClientTransaction:
-        """Send a request (its top Via carries a fresh branch) as a new client transaction.
+        """Send a request as a new client transaction (the layer adds our Via).
 
-        `on_response` gets each provisional, the final (every 2xx retransmission too, for
-        INVITE, as the dialog must ACK each), or None on timeout or a transport error.
+        `on_response` gets each response (every 2xx of an INVITE, as the dialog ACKs each),
+        or None on timeout (B, F, or `give_up_s` when sooner) or a transport error.
         """
-        ctx = ClientTransaction(_key(request, request.method), request, peer, on_response)
-        self.client[ctx.key] = ctx
-        self.send(ctx.data, peer)
-        if peer.transport == "udp":
-            ctx.timer = self.loop.call_later(T1, self._retransmit, ctx)
-        ctx.deadline = self.loop.call_later(timeout, self._timeout, ctx)
-        return ctx
+        layer = self.layers[peer.transport]
+        key = layer.send_request(request, peer.addr, self.loop.time())
+        self.client[key] = (on_response, peer)
+        if give_up_s is not None:
+            self.loop.call_later(give_up_s, self._give_up, key)
+        self._flush(layer, peer.transport)
+        return ClientTransaction(key, peer, layer)
 
-    def stop_retransmitting(self, ctx: ClientTransaction) -> None:
-        _cancel(ctx.timer)
-        ctx.timer = None
+    def _give_up(self, key: TransactionKey) -> None:
+        entry = self.client.pop(key, None)
+        if entry is not None:
+            entry[0](None)
 
-    def receive_response(self, response: Response) -> bool:
-        """Hand a response to its transaction; False if none matches (a stray)."""
-        try:
-            ctx = self.client.get(_key(response, response.cseq.method))
-        except ValueError:
-            return False
-        if ctx is None:
-            return False
-        status = response.status
-        is_invite = ctx.request.method == "INVITE"
-        if ctx.completed:
-            if is_invite and status >= 300 and ctx.ack is not None:
-                self.send(ctx.ack, ctx.peer)  # our ACK was lost
-            elif is_invite and status < 300:
-                ctx.on_response(response)  # 2xx retransmission: the dialog ACKs again
-            return True
-        if status < 200:
-            if is_invite:
-                self.stop_retransmitting(ctx)
-            elif ctx.timer is not None:
-                ctx.interval = T2 / 2  # timer E continues at T2 after a provisional
-            ctx.on_response(response)
-            return True
-        ctx.completed = True
-        self.stop_retransmitting(ctx)
-        _cancel(ctx.deadline)
-        ctx.deadline = None
-        if is_invite and status >= 300:
-            ctx.ack = bytes(ack_for(ctx.request, response))
-            self.send(ctx.ack, ctx.peer)
-        self._expire(self.client, ctx.key, ctx)
-        ctx.on_response(response)
-        return True
+    def cancel(self, ctx: ClientTransaction) -> None:
+        """CANCEL an INVITE: now if a provisional came, else as soon as one does (RFC 3261 9.1)."""
+        ctx.layer.cancel(ctx.key, self.loop.time())
+        self._flush(ctx.layer, ctx.peer.transport)
+
+    def send_stateless(self, message: Request, peer: Peer) -> None:
+        """The ACK of a 2xx (and its repeats): no transaction of its own."""
+        layer = self.layers[peer.transport]
+        layer.send_stateless(message, peer.addr)
+        self._flush(layer, peer.transport)
 
     def transport_failed(self, peer: Peer) -> None:
         """A connection to the peer could not be made: its pending transactions fail."""
-        for ctx in [c for c in self.client.values() if c.peer == peer and not c.completed]:
-            self._timeout(ctx)
-
-    def _retransmit(self, ctx: ClientTransaction) -> None:
-        self.send(ctx.data, ctx.peer)
-        ctx.interval *= 2
-        if ctx.request.method != "INVITE":
-            ctx.interval = min(ctx.interval, T2)
-        ctx.timer = self.loop.call_later(ctx.interval, self._retransmit, ctx)
-
-    def _timeout(self, ctx: ClientTransaction) -> None:
-        self.stop_retransmitting(ctx)
-        _cancel(ctx.deadline)
-        ctx.completed = True
-        self.client.pop(ctx.key, None)
-        ctx.on_response(None)
-
-    # ---- lingering --------------------------------------------------------------------------
-
-    def _expire(self, table: dict[Key, Any], key: Key, value: object) -> None:
-        self._expiring.append((self.loop.time() + TIMER_B, table, key, value))
-
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        expiring = self._expiring
-        while expiring and expiring[0][0] <= now:
-            _, table, key, value = expiring.popleft()
-            if table.get(key) is value:
-                del table[key]
-                timer = getattr(value, "timer", None)
-                _cancel(timer)
-        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
-
-
-def ack_for(invite: Request, response: Response) -> Request:
-    """The ACK of a non-2xx final (RFC 3261 17.1.1.3): same branch, the response's To."""
-    headers = [
-        ("Via", invite.headers.get("via") or ""),
-        ("Max-Forwards", "70"),
-        ("From", invite.headers.get("from") or ""),
-        ("To", response.headers.get("to") or ""),
-        ("Call-ID", invite.call_id),
-        ("CSeq", f"{invite.cseq.number} ACK"),
-    ]
-    headers += [("Route", value) for value in invite.headers.get_all("route")]
-    return Request("ACK", invite.uri, headers)
-
-
-def _cancel(timer: asyncio.TimerHandle | None) -> None:
-    if timer is not None:
-        timer.cancel()
+        for key, (callback, to) in list(self.client.items()):
+            if to == peer:
+                del self.client[key]
+                callback(None)

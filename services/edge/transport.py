@@ -91,8 +91,6 @@ class Transports:
         self.udp, _ = await loop.create_datagram_endpoint(
             lambda: _Udp(self.receive), local_addr=(self.host, self.port)
         )
-        if self.port == 0:  # tests bind an ephemeral port: TCP takes the same number
-            self.port = self.udp.get_extra_info("sockname")[1]
         self.tcp = await loop.create_server(
             lambda: _TcpConnection(self), self.host, self.port, reuse_address=True, backlog=1024
         )
