@@ -101,10 +101,9 @@ class Dialog:
         """An in-dialog request from the peer (12.2.2); returns the error status, if any."""
         cseq = request.cseq.number
         if request.method not in ("ACK", "CANCEL"):
-            if self.remote_cseq is not None and cseq < self.remote_cseq:
+            # Retransmissions stop at the transaction layer, so an equal CSeq is stale too.
+            if self.remote_cseq is not None and cseq <= self.remote_cseq:
                 return 500
-            if self.remote_cseq is not None and cseq == self.remote_cseq:
-                return 500 if request.method != "INVITE" else 491
             self.remote_cseq = cseq
         if request.method in _TARGET_REFRESH and request.contacts:
             self.remote_target = request.contacts[0].uri
