@@ -203,10 +203,6 @@ class CdrQuery:
 def build_app(service: Service) -> FastAPI:
     app = create_app("callstate", ready=service.ready, token=service.ctx.token)
 
-    def leading() -> None:
-        if not service.leading:
-            raise HTTPException(503, "this replica is a standby: ask the leader")
-
     async def scan(query: CdrQuery, after: int, limit: int) -> AsyncGenerator[tuple[int, pb.Cdr]]:
         """Matching CDRs in order after the cursor, up to `limit`; stops at SCAN_MAX read."""
         found = scanned = 0
@@ -223,10 +219,9 @@ def build_app(service: Service) -> FastAPI:
                         return
 
     @app.get("/v1/calls", dependencies=AUTH, tags=["calls"])
-    def list_calls(trunk: Trunk = None) -> dict[str, Any]:
+    async def list_calls(trunk: Trunk = None) -> dict[str, Any]:
         """Calls in progress, oldest first; with `trunk`, those that entered or left by it."""
-        leading()
-        calls = sorted(service.calls.values(), key=lambda c: c.invite_unix_ms)
+        calls = await service.active_calls()
         if trunk is not None:
             calls = [
                 c
@@ -236,10 +231,9 @@ def build_app(service: Service) -> FastAPI:
         return {"calls": [call_json(c) for c in calls], "count": len(calls)}
 
     @app.get("/v1/calls/{call_id}", dependencies=AUTH, tags=["calls"])
-    def get_call(call_id: str) -> dict[str, Any]:
+    async def get_call(call_id: str) -> dict[str, Any]:
         """One call in progress with its legs and the timeline of its events."""
-        leading()
-        call = service.calls.get(call_id)
+        call = await service.active_call(call_id)
         if call is None:
             raise HTTPException(404, f"no call {call_id} in progress")
         return call_json(call, timeline=True)
@@ -247,8 +241,7 @@ def build_app(service: Service) -> FastAPI:
     @app.delete("/v1/calls/{call_id}", dependencies=AUTH, tags=["calls"], status_code=202)
     async def hang_up(call_id: str) -> dict[str, Any]:
         """Ask the ingress edge to end the call (CANCEL before answer, BYE after)."""
-        leading()
-        if call_id not in service.calls:
+        if await service.active_call(call_id) is None:
             raise HTTPException(404, f"no call {call_id} in progress")
         try:
             reply = await bus.request(
@@ -294,9 +287,8 @@ def build_app(service: Service) -> FastAPI:
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
 
     @app.get("/v1/stats", dependencies=AUTH, tags=["stats"])
-    def stats() -> dict[str, Any]:
+    async def stats() -> dict[str, Any]:
         """Per trunk, both directions together and apart: attempts, answers, ASR, NER, ACD."""
-        leading()
-        return {"trunks": [service.trunk_stats(t) for t in service.trunks()]}
+        return {"trunks": await service.stats()}
 
     return app

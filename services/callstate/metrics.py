@@ -64,10 +64,10 @@ class TrunkCollector(Collector):
                 for direction, n in zip(("in", "out"), service.active(trunk), strict=True):
                     active.add_metric([trunk, direction], n)
                 stats = service.trunk_stats(trunk)
-                peak.add_metric([trunk], float(stats["peak"]))  # type: ignore[arg-type]
+                peak.add_metric([trunk], stats["peak"])
                 for family, name in ((asr, "asr"), (ner, "ner"), (acd, "acd_s")):
                     if stats[name] is not None:
-                        family.add_metric([trunk], float(stats[name]))  # type: ignore[arg-type]
+                        family.add_metric([trunk], stats[name])
         yield from (attempts, answered, failures, active, peak, asr, ner, acd, calls, cdrs)
 
 

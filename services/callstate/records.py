@@ -46,6 +46,11 @@ def _attempt(call: pb.ActiveCall, event: pb.CallEvent) -> pb.Attempt:
     return attempt
 
 
+def _pending(call: pb.ActiveCall) -> pb.Attempt | None:
+    """The leg still up: the one an `answered` event that names no leg is about."""
+    return next((a for a in reversed(call.attempts) if not a.end_unix_ms), None)
+
+
 def apply(call: pb.ActiveCall, event: pb.CallEvent) -> None:
     """Fold one new event into the record (the caller has checked it is not a duplicate)."""
     call.timeline.append(event)
@@ -83,8 +88,8 @@ def apply(call: pb.ActiveCall, event: pb.CallEvent) -> None:
     elif kind == "answered":
         call.state = ANSWERED
         call.answer_unix_ms = event.time_unix_ms
-        if event.leg_id:
-            leg = _attempt(call, event)
+        leg = _attempt(call, event) if event.leg_id else _pending(call)
+        if leg is not None:
             leg.answer_unix_ms = leg.answer_unix_ms or event.time_unix_ms
             leg.status = leg.status if leg.status >= 200 else 200
     elif kind == ENDED:

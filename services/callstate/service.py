@@ -1,6 +1,7 @@
 """The callstate process: applies call events to records, writes CDRs and counters, serves the API.
 
-One replica leads at a time (the lease in `lease.py`); any other waits as a hot standby.
+One replica leads at a time (the lease in `lease.py`); any other waits as a hot standby
+and serves the API from what the leader keeps in NATS.
 The leader keeps everything it derives in NATS (records in KV, CDRs in a stream, the
 figures of finished calls in a checkpoint), so it can be killed at any moment: the next
 leader reloads that state and re-reads the events from the consumer's ack floor, and
@@ -16,6 +17,7 @@ import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
@@ -37,6 +39,7 @@ EVENT_BATCH = 256
 FETCH_TIMEOUT_S = 0.5
 HOUSEKEEPING_S = 0.2  # the router reads trunk counters: keep them well within a second
 EDGE_CHECK_S = 1.0
+STATS_EVERY_S = 1.0  # how stale a standby's /v1/stats may be
 CHECKPOINT_EVERY_S = 5.0
 RECENTLY_ENDED = 100_000  # ended call ids remembered in memory (the KV marker is the truth)
 RETRY_S = 1.0
@@ -72,6 +75,7 @@ class Service:
         self.dirty_trunks: set[str] = set()
         self.lock = asyncio.Lock()
         self.leading = False
+        self.caught_up = False  # no event waits in the stream: the records are current
         self.stopping = False
         self.cdrs_written = 0
         self._task: asyncio.Task[None] | None = None
@@ -80,7 +84,8 @@ class Service:
 
     # ---- life cycle -------------------------------------------------------------------------
     def ready(self) -> bool:
-        return self.leading and bool(self.ctx.nc.is_connected)
+        # a standby serves the API too (from NATS), so both replicas take traffic
+        return bool(self.ctx.nc.is_connected)
 
     async def start(self) -> None:
         await self.store.open()
@@ -131,7 +136,7 @@ class Service:
     async def _lead(self) -> None:
         await self._recover()
         sub = await self.store.subscribe_events()
-        self.leading = True
+        self.leading, self.caught_up = True, False
         log.info("callstate leading: %d calls in progress", len(self.calls))
         try:
             async with asyncio.TaskGroup() as group:
@@ -171,7 +176,9 @@ class Service:
             try:
                 msgs = await sub.fetch(EVENT_BATCH, timeout=FETCH_TIMEOUT_S)
             except TimeoutError:
+                self.caught_up = True
                 continue
+            self.caught_up = msgs[-1].metadata.num_pending == 0
             self._check_lease()
             async with self.lock:
                 await self._process(msgs)
@@ -292,6 +299,10 @@ class Service:
         return lost
 
     async def _close_lost_calls(self) -> None:
+        if not self.caught_up:
+            # behind the stream, a call's `ended` may be waiting in it: judge none yet
+            self.missing_since.clear()
+            return
         async with self.lock:
             lost = self._lost_calls()
             cdrs = []
@@ -309,7 +320,7 @@ class Service:
     # ---- housekeeping: counters for the router, edge timeouts, lease, checkpoint -------------
     async def _housekeeping(self) -> None:
         assert self.lease is not None
-        next_renew = next_checkpoint = next_edge_check = time.monotonic()
+        next_renew = next_checkpoint = next_edge_check = next_stats = time.monotonic()
         while not self.stopping:
             await asyncio.sleep(HOUSEKEEPING_S)
             now = time.monotonic()
@@ -325,6 +336,9 @@ class Service:
                 self.dirty_trunks |= self.live.trunks() | self.checkpoint.finished.trunks()
                 await self.store.save_checkpoint(self.checkpoint)
                 next_checkpoint = now + CHECKPOINT_EVERY_S
+            if now >= next_stats:
+                await self.store.put_stats(self.all_stats())
+                next_stats = now + STATS_EVERY_S
 
     async def _publish_counters(self) -> None:
         trunks, self.dirty_trunks = self.dirty_trunks, set()
@@ -374,7 +388,23 @@ class Service:
             peak_active=self.peak(trunk),
         )
 
-    def trunk_stats(self, trunk: str) -> dict[str, object]:
+    def all_stats(self) -> list[dict[str, Any]]:
+        return [self.trunk_stats(t) for t in self.trunks()]
+
+    # ---- reads for the API: from memory when leading, from NATS on a standby -----------------
+    async def active_calls(self) -> list[pb.ActiveCall]:
+        calls = self.calls if self.leading else await self.store.load_calls()
+        return sorted(calls.values(), key=lambda c: c.invite_unix_ms)
+
+    async def active_call(self, call_id: str) -> pb.ActiveCall | None:
+        if self.leading:
+            return self.calls.get(call_id)
+        return await self.store.get_call(call_id)
+
+    async def stats(self) -> list[dict[str, Any]]:
+        return self.all_stats() if self.leading else await self.store.load_stats()
+
+    def trunk_stats(self, trunk: str) -> dict[str, Any]:
         figures = self.figures(trunk)
         both = Figures()
         for part in figures.values():

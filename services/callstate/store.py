@@ -6,7 +6,8 @@
 - `TANDEM_CDR` (stream): one Cdr per finished call, published with the Nats-Msg-Id
   "cdr.<call id>" so that a repeat within the duplicate window is dropped by the server.
 - `TANDEM_CALLSTATE` (KV, private to callstate): the figures of finished calls with the
-  CDR stream sequence they cover, and the leader lease.
+  CDR stream sequence they cover, the leader lease, and the leader's statistics (which a
+  standby replica serves).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -38,6 +40,7 @@ log = logging.getLogger("tandem.callstate")
 
 STATE_BUCKET = "TANDEM_CALLSTATE"
 STATE_KEY = "finished"
+STATS_KEY = "stats"
 CONSUMER = "callstate"
 READ_BATCH = 500
 READ_TIMEOUT_S = 1.0
@@ -103,6 +106,13 @@ class Store:
             return exc.op is not None  # a delete marker, not a key never written
         return False
 
+    async def get_call(self, call_id: str) -> pb.ActiveCall | None:
+        try:
+            entry = await self.calls.get(call_id)
+        except KeyNotFoundError:
+            return None
+        return pb.ActiveCall.FromString(entry.value or b"")
+
     async def put_call(self, call: pb.ActiveCall) -> None:
         await self.calls.put(call.call_id, call.SerializeToString())
 
@@ -124,7 +134,6 @@ class Store:
         *,
         after_seq: int = 0,
         since: datetime.datetime | None = None,
-        trunk: str | None = None,
     ) -> AsyncGenerator[tuple[int, pb.Cdr]]:
         """Every CDR after a sequence (or from a time), oldest first, to the stream's end."""
         if after_seq:
@@ -144,9 +153,7 @@ class Store:
             inactive_threshold=30.0,
             mem_storage=True,
         )
-        sub = await self.js.pull_subscribe(
-            bus.cdr(trunk) if trunk else bus.cdr("*"), stream=bus.CDR_STREAM, config=config
-        )
+        sub = await self.js.pull_subscribe(bus.cdr("*"), stream=bus.CDR_STREAM, config=config)
         try:
             while True:
                 try:
@@ -165,6 +172,18 @@ class Store:
     # ---- counters and checkpoint -----------------------------------------------------------
     async def put_counters(self, counters: list[pb.TrunkCounters]) -> None:
         await asyncio.gather(*(self.counters.put(c.trunk, c.SerializeToString()) for c in counters))
+
+    async def put_stats(self, stats: list[dict[str, Any]]) -> None:
+        """The leader's statistics, for standby replicas to serve."""
+        await self.state.put(STATS_KEY, json.dumps(stats).encode())
+
+    async def load_stats(self) -> list[dict[str, Any]]:
+        try:
+            entry = await self.state.get(STATS_KEY)
+        except KeyNotFoundError:
+            return []
+        result: list[dict[str, Any]] = json.loads(entry.value or b"[]")
+        return result
 
     async def load_checkpoint(self) -> Checkpoint:
         try:

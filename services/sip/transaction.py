@@ -161,6 +161,8 @@ class _ClientTransaction(_Transaction):
 class InviteClientTransaction(_ClientTransaction):
     """RFC 3261 17.1.1 (figure 5) with RFC 6026's Accepted state."""
 
+    ack = b""  # the ACK sent for a non-2xx final response, resent for its copies
+
     def start(self, now: float) -> None:
         self.state = State.CALLING
         self.layer._send(self.data, self.addr)
@@ -173,7 +175,9 @@ class InviteClientTransaction(_ClientTransaction):
             self.layer._send(self.data, self.addr)
             self.interval *= 2  # no T2 cap for INVITE
             self.set_timer("A", self.interval, now)
-        elif name == "B" and (self.state is State.CALLING or self.cancelled):
+        elif name == "B" and (
+            self.state is State.CALLING or (self.cancelled and self.state is State.PROCEEDING)
+        ):
             self.layer._emit(TransactionTimeout(self.key, "B"))
             self.terminate()
         elif name in ("D", "M"):
@@ -183,6 +187,8 @@ class InviteClientTransaction(_ClientTransaction):
         status = response.status
         if self.state in (State.CALLING, State.PROCEEDING):
             self.timers.pop("A", None)
+            if status >= 200:
+                self.timers.pop("B", None)
             if status < 200:
                 self.state = State.PROCEEDING
                 if self.cancel_pending:

@@ -93,14 +93,25 @@ async def test_two_replicas_one_leads_and_the_other_takes_over(
     standby = await callstates.start(wait=False)
     await asyncio.sleep(1.0)
     assert first.leading and not standby.leading
-    transport = httpx.ASGITransport(app=standby.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://standby") as client:
-        assert (await client.get("/readyz")).status_code == 503  # no traffic to the standby
-        assert (await client.get("/v1/calls")).status_code == 503
 
     ids = [f"call{n:03}" for n in range(100)]
     await place_calls(edge, ids[:50])
     await edge.call("long", end=False)
+    await eventually(lambda: first.cdrs_written == 50 and "long" in first.calls)
+    transport = httpx.ASGITransport(app=standby.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://standby") as client:
+        # the standby serves the API from what the leader keeps in NATS
+        assert (await client.get("/readyz")).status_code == 200
+        calls = (await client.get("/v1/calls")).json()["calls"]
+        assert [c["call_id"] for c in calls] == ["long"]
+        assert (await client.get("/v1/calls/long")).json()["state"] == "answered"
+
+        async def same_stats() -> bool:
+            served = (await client.get("/v1/stats")).json()["trunks"]
+            return bool(served == first.all_stats())
+
+        await eventually(same_stats, 3.0)
+
     await callstates.shut_down(first)  # SIGTERM: the lease is handed on at once
     await eventually(lambda: standby.leading, 3.0)
     await eventually(lambda: "long" in standby.calls)
