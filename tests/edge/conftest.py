@@ -3,7 +3,8 @@ SIP peer per trunk, each trunk on its own loopback address.
 
 Trunks: `pbx` (127.0.0.2) on edge-a calls out; `gw1` (127.0.0.3) and `gw2` (127.0.0.4) on
 edge-b are the route `local` (+1425..., in order); `gw3` (127.0.0.5) on edge-a is the
-route `same-edge` (+1206...), so that call never leaves edge-a.
+route `same-edge` (+1206...), so that call never leaves edge-a; `private` (+1999...) goes
+to gw2 with the caller ID suppressed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests.edge.phones import Phone
 
 LOCAL = "+14255550123"  # routed to gw1 then gw2
 SAME_EDGE = "+12065550123"  # routed to gw3, on the ingress edge itself
+PRIVATE = "+19995550123"  # routed to gw2 with the caller ID suppressed
 
 
 @dataclass
@@ -121,6 +123,14 @@ async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSys
                         "number_pattern": r"^\+1206\d{7}$",
                         "pstn_usages": ["Local"],
                         "trunks": ["gw3"],
+                    },
+                    {
+                        "id": "private",
+                        "number_pattern": r"^\+1999\d{7}$",
+                        "pstn_usages": ["Local"],
+                        "trunks": ["gw2"],
+                        "suppress_caller_id": True,
+                        "alternate_caller_id": "+14255550000",
                     },
                 ],
             }

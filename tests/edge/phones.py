@@ -32,6 +32,7 @@ class Phone(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.inbox: asyncio.Queue[tuple[Message, tuple[str, int]]] = asyncio.Queue()
         self.cseq = 0
+        self.invite_cseq = 0  # the CSeq our next ACK repeats
 
     @classmethod
     async def open(cls, host: str) -> Phone:
@@ -111,7 +112,7 @@ class Phone(asyncio.DatagramProtocol):
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = SDP,
     ) -> Request:
-        self.cseq = 1
+        self.cseq = self.invite_cseq = 1
         request = Request(
             "INVITE",
             f"sip:{called}@{edge[0]}:{edge[1]}",
@@ -139,12 +140,18 @@ class Phone(asyncio.DatagramProtocol):
         self.send(Request("CANCEL", invite.uri, fields), edge)
 
     def in_dialog(
-        self, invite: Request, answer: Response, method: str, edge: tuple[str, int], **kw: bytes
+        self,
+        invite: Request,
+        answer: Response,
+        method: str,
+        edge: tuple[str, int],
+        body: bytes = b"",
+        content_type: str = "application/sdp",
     ) -> Request:
         """ACK, BYE, re-INVITE... in the dialog the answer set up (as the caller)."""
-        cseq = invite.cseq.number if method == "ACK" else self._next_cseq()
-        target = str(answer.contacts[0].uri)
-        body = kw.get("body", b"")
+        cseq = self.invite_cseq if method == "ACK" else self._next_cseq()
+        if method == "INVITE":
+            self.invite_cseq = cseq
         fields = [
             ("Via", f"SIP/2.0/UDP {self.address};branch={branch()}"),
             ("Max-Forwards", "70"),
@@ -155,8 +162,8 @@ class Phone(asyncio.DatagramProtocol):
             ("Contact", f"<sip:alice@{self.address}>"),
         ]
         if body:
-            fields.append(("Content-Type", "application/sdp"))
-        request = Request(method, target, fields, body)
+            fields.append(("Content-Type", content_type))
+        request = Request(method, str(answer.contacts[0].uri), fields, body)
         self.send(request, edge)
         return request
 
