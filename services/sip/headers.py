@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
+from tandem.sip.grammar import TOKEN
 from tandem.sip.uri import Params, format_params, get_param, parse_params, split_outside_quotes
 
 # Canonical spelling of the headers tandem reads; the key of every header is its lower-case
@@ -129,6 +130,14 @@ def name_key(name: str) -> tuple[str, str]:
     return NAMES.get(lower) or (lower, name)
 
 
+def _field(name: str, value: object) -> tuple[str, str, str]:
+    """A header line as stored; refuses what would inject lines into the message."""
+    text = str(value)
+    if "\r" in text or "\n" in text or TOKEN.fullmatch(name) is None:
+        raise ValueError(f"unsafe header {name!r}: {text[:40]!r}")
+    return (*name_key(name), text.strip(" \t"))
+
+
 class Headers:
     """Header fields in order; names compare case-insensitively, compact forms normalised.
 
@@ -138,8 +147,8 @@ class Headers:
 
     __slots__ = ("_fields",)
 
-    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        self._fields: list[tuple[str, str, str]] = [(*name_key(n), str(v)) for n, v in fields]
+    def __init__(self, fields: Iterable[tuple[str, object]] = ()) -> None:
+        self._fields: list[tuple[str, str, str]] = [_field(n, v) for n, v in fields]
 
     @classmethod
     def _from_parsed(cls, fields: list[tuple[str, str, str]]) -> Headers:
@@ -193,21 +202,22 @@ class Headers:
 
     def add(self, name: str, value: object) -> None:
         """Append a header line."""
-        self._fields.append((*name_key(name), str(value)))
+        self._fields.append(_field(name, value))
 
     def prepend(self, name: str, value: object) -> None:
         """Insert a header line before every other one (a new top Via)."""
-        self._fields.insert(0, (*name_key(name), str(value)))
+        self._fields.insert(0, _field(name, value))
 
     def set(self, name: str, value: object) -> None:
         """Replace every line of a header by one line, where the first one was."""
-        key, canonical = name_key(name)
+        field = _field(name, value)
+        key = field[0]
         for i, (k, _, _) in enumerate(self._fields):
             if k == key:
-                self._fields[i] = (key, canonical, str(value))
+                self._fields[i] = field
                 self._fields[i + 1 :] = [f for f in self._fields[i + 1 :] if f[0] != key]
                 return
-        self._fields.append((key, canonical, str(value)))
+        self._fields.append(field)
 
     def remove(self, name: str) -> None:
         key = name_key(name)[0]

@@ -77,6 +77,7 @@ _SINGLE = frozenset(
 _REQUIRED = ("via", "from", "to", "call-id", "cseq")
 _MAX_CSEQ = 2**31 - 1  # RFC 3261 8.1.1.5
 _FOLD = re.compile(r"\r\n[ \t]+")
+_UNSAFE = re.compile(r"[\s]")
 
 
 class ParseError(Exception):
@@ -201,6 +202,8 @@ class Request(Message):
     ) -> None:
         self.method = method
         self.uri = str(uri)
+        if grammar.TOKEN.fullmatch(method) is None or not self.uri or _UNSAFE.search(self.uri):
+            raise ValueError(f"not a request line: {method!r} {self.uri!r}")
         self._version = "SIP/2.0"
         self.headers = headers.copy() if isinstance(headers, Headers) else Headers(headers)
         self.body = body
@@ -373,8 +376,11 @@ def _start(line: str, is_response: bool) -> Request | Response:
         raise _Invalid("malformed request line")
     if version != "SIP/2.0" and grammar.SIP_VERSION.fullmatch(version) is None:
         raise _Invalid("malformed request line")
-    request = Request(method, uri)
+    request = Request.__new__(Request)  # the checks __init__ makes were just made
+    request.method = method
+    request.uri = uri
     request._version = version
+    request.headers = Headers._from_parsed([])
     return request
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tandem.sip import CSeq, Headers, Via
 
 
@@ -54,3 +56,14 @@ def test_via_round_trip_and_params() -> None:
 def test_cseq() -> None:
     assert CSeq.parse("0009  INVITE") == CSeq(9, "INVITE")
     assert str(CSeq(10, "BYE")) == "10 BYE"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("X-Evil", "a\r\nVia: SIP/2.0/UDP evil"), ("X-Evil", "a\nb"), ("Bad Name", "x"), ("", "x")],
+)
+def test_values_that_would_inject_lines_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ValueError):
+        Headers([(name, value)])
+    with pytest.raises(ValueError):
+        Headers().add(name, value)

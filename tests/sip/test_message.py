@@ -181,3 +181,11 @@ def test_accept_wildcards_are_honoured() -> None:
     req.headers.set("Accept", "text/plain")
     error = validate_request(req)
     assert error is not None and error.status == 406
+
+
+@pytest.mark.parametrize(
+    ("method", "uri"), [("IN VITE", "sip:a"), ("INVITE", "sip:a b"), ("INVITE", "")]
+)
+def test_building_a_broken_request_line_is_refused(method: str, uri: str) -> None:
+    with pytest.raises(ValueError):
+        Request(method, uri)
