@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import random
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sip_corpus import CASES
 
 from tandem.sip import Request, make_response, parse
@@ -16,6 +19,7 @@ from tandem.sip.transaction import (
     Addr,
     CancelReceived,
     Event,
+    InviteClientTransaction,
     MessageRejected,
     RequestReceived,
     ResponseReceived,
@@ -452,3 +456,75 @@ def test_a_call_completes_without_loss_in_few_datagrams() -> None:
         b"BYE sip:gw@10.0.0.2",
         b"SIP/2.0 200",
     ]
+
+
+operation = st.one_of(
+    st.tuples(
+        st.just("incoming"), st.sampled_from(["INVITE", "ACK", "CANCEL", "BYE"]), st.integers(0, 2)
+    ),
+    st.tuples(st.just("respond"), st.integers(0, 4), st.sampled_from([100, 180, 200, 486])),
+    st.tuples(st.just("send"), st.sampled_from(["INVITE", "OPTIONS"]), st.integers(0, 2)),
+    st.tuples(st.just("answer"), st.integers(0, 4), st.sampled_from([100, 180, 200, 486])),
+    st.tuples(st.just("cancel"), st.integers(0, 4), st.integers(0, 2)),
+    st.tuples(st.just("wait"), st.integers(0, 40), st.integers(0, 2)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(operation, max_size=25), st.booleans())
+def test_no_input_sequence_breaks_the_layer_or_leaks_a_transaction(
+    ops: list[tuple[str, object, object]], reliable: bool
+) -> None:
+    """Like h2's state x input tests: whatever happens in whatever order, nothing raises
+    but refusals of the TU's own mistakes, and every transaction that does not wait on
+    its TU (or on a final response from the far end) ends once its timers have run."""
+    transport = "TCP" if reliable else "UDP"
+    server = TransactionLayer(UAS_ADDR, transport=transport)
+    client = TransactionLayer(UAC_ADDR, transport=transport)
+    branches = ["z9hG4bKp1", "z9hG4bKp2", "z9hG4bK"]
+    received: list[RequestReceived] = []
+    sent: list[bytes] = []
+    client_keys = []
+    now = 0.0
+
+    def collect(events: list[Event]) -> None:
+        received.extend(e for e in events if isinstance(e, RequestReceived) and e.key)
+
+    for kind, a, b in ops:
+        if kind == "incoming":
+            collect(server.receive(wire(str(a), branches[int(b)]), UAC_ADDR, now))  # type: ignore[call-overload]
+        elif kind == "respond" and received:
+            event = received[int(a) % len(received)]  # type: ignore[call-overload]
+            if event.key is not None and event.request.method != "ACK":
+                with contextlib.suppress(ValueError, KeyError):
+                    server.respond(event.key, make_response(event.request, int(b), to_tag="t"), now)  # type: ignore[call-overload]
+        elif kind == "send":
+            client_keys.append(
+                client.send_request(request(str(a), cseq=len(client_keys) + 1), UAS_ADDR, now)
+            )
+        elif kind == "answer" and sent:
+            req = parse(sent[int(a) % len(sent)])  # type: ignore[call-overload]
+            if isinstance(req, Request) and req.method != "ACK":
+                client.receive(bytes(make_response(req, int(b), to_tag="t")), UAS_ADDR, now)  # type: ignore[call-overload]
+        elif kind == "cancel" and client_keys:
+            client.cancel(client_keys[int(a) % len(client_keys)], now)  # type: ignore[call-overload]
+        elif kind == "wait":
+            now += float(a)  # type: ignore[arg-type]
+            collect(server.handle_timer(now))
+            client.handle_timer(now)
+        sent += [d for d, _ in client.datagrams_to_send()]
+        server.datagrams_to_send()
+    for layer in (server, client):
+        for _ in range(1000):  # bounded: a timer that re-arms forever fails the test
+            when = layer.get_timer()
+            if when is None:
+                break
+            now = max(now, when)
+            layer.handle_timer(now)
+        assert layer.get_timer() is None
+    waiting_on_tu = {State.TRYING, State.PROCEEDING}
+    assert all(t.state in waiting_on_tu for t in server._transactions.values())
+    assert all(
+        isinstance(t, InviteClientTransaction) and t.state is State.PROCEEDING and not t.cancelled
+        for t in client._transactions.values()
+    )
