@@ -121,7 +121,8 @@ class Probe:
         )
 
     async def publish(self) -> None:
+        """The KV first: whoever hears the change can read the bucket and find it there."""
         data = self.health.SerializeToString()
-        await self.service.nc.publish(bus.trunk_health(self.trunk.id), data, headers=bus.headers())
         kv = await self.service.js.key_value(bus.TRUNK_HEALTH_BUCKET)
         await kv.put(self.trunk.id, data)
+        await self.service.nc.publish(bus.trunk_health(self.trunk.id), data, headers=bus.headers())
