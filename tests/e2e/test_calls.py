@@ -1,0 +1,93 @@
+"""Real calls through tandem between real user agents: audio both ways on the bypassed
+media path, RFC 4733 DTMF, hold and resume by re-INVITE, and failover between gateways."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tandem.sim.client import SimClient
+from tandem.sim.views import CallView
+from tests.e2e.conftest import World
+
+QUIET_S = 0.6  # 30 packets at 20 ms: no packet in that time means nobody sends
+
+
+def connected(c: CallView) -> bool:
+    return c.state == "confirmed" and c.media == "active"
+
+
+def flowing(before: CallView | None = None) -> Callable[[CallView], bool]:
+    """RTP both ways, more of it than `before` counted."""
+    sent = before.rtp.tx_packets if before else 0
+    got = before.rtp.rx_packets if before else 0
+    return lambda c: c.rtp.tx_packets > sent and c.rtp.rx_packets > got
+
+
+def call_up(caller: SimClient, callee: SimClient, calling: str, called: str) -> tuple[str, str]:
+    """Place a call through tandem; wait until both ends are connected and hear each other."""
+    out = caller.place_call(calling, called)
+    caller.wait_call(out.id, connected, "answer")
+    inbound = callee.wait_inbound(lambda c: c.state != "disconnected", "the call's far end")
+    callee.wait_call(inbound.id, connected, "answer")
+    caller.wait_call(out.id, flowing(), "RTP both ways")
+    callee.wait_call(inbound.id, flowing(), "RTP both ways")
+    return out.id, inbound.id
+
+
+def talk(caller: SimClient, out: str, callee: SimClient, inbound: str) -> None:
+    """DTMF each way, then hold and resume; the caller hangs up."""
+    caller.send_dtmf(out, "12#")
+    assert callee.wait_call(inbound, lambda c: len(c.digits) >= 3, "DTMF").digits == "12#"
+    callee.send_dtmf(inbound, "*9")
+    got = caller.wait_call(out, lambda c: len(c.digits) >= 2, "DTMF")
+    assert got.digits == "*9" and {d.method for d in got.dtmf_received} == {"rfc4733"}
+
+    caller.hold(out)
+    assert caller.wait_call(out, lambda c: c.media == "local_hold", "hold").media_direction == (
+        "sendonly"
+    )
+    held = callee.wait_call(inbound, lambda c: c.media == "remote_hold", "hold")
+    assert held.media_direction == "recvonly"
+    time.sleep(QUIET_S)
+    before = callee.call(inbound)
+    time.sleep(QUIET_S)
+    assert callee.call(inbound).rtp.tx_packets == before.rtp.tx_packets  # the held side is quiet
+
+    caller.resume(out)
+    caller.wait_call(out, connected, "resume")
+    resumed = callee.wait_call(inbound, connected, "resume")
+    callee.wait_call(inbound, flowing(resumed), "RTP both ways after resume")
+    caller.wait_call(out, flowing(caller.call(out)), "RTP both ways after resume")
+
+    caller.hangup(out)
+    caller.wait_call(out, lambda c: c.ended, "end")
+    callee.wait_call(inbound, lambda c: c.ended, "BYE through tandem")
+
+
+def test_pbx_phone_calls_the_pstn(world: World) -> None:
+    out, inbound = call_up(world.hq, world.gw1, "0100", "+14255551234")
+    at_gw = world.gw1.call(inbound)
+    assert at_gw.called == "14255551234"  # the trunk's outbound translation
+    talk(world.hq, out, world.gw1, inbound)
+
+
+def test_pstn_calls_a_pbx_phone(world: World) -> None:
+    out, inbound = call_up(world.gw1, world.hq, "2125550123", "14255550101")
+    at_phone = world.hq.call(inbound)
+    assert at_phone.local == "0101" and at_phone.called == "+14255550101"
+    talk(world.gw1, out, world.hq, inbound)
+
+
+def test_phone_on_one_pbx_calls_a_phone_on_the_other(world: World) -> None:
+    out, inbound = call_up(world.hq, world.branch, "0100", "+12065550150")
+    assert world.branch.call(inbound).local == "0150"
+    talk(world.hq, out, world.branch, inbound)
+
+
+def test_a_failing_gateway_fails_over_to_the_second(world: World) -> None:
+    out, inbound = call_up(world.hq, world.gw2, "0101", "+12065550503")
+    failed = world.gw1.wait_inbound(lambda c: c.called == "12065550503", "the first attempt")
+    assert failed.ended and failed.last_status == 503
+    assert world.gw2.call(inbound).called == "12065550503"
+    talk(world.hq, out, world.gw2, inbound)
