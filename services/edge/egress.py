@@ -210,7 +210,9 @@ class Leg:
         if self.state == "ended" or self.cancelled:
             return
         self.cancelled = True
-        self.span.add_event("cancelled", {"reason": reason})
+        if self.state != "answered":  # the attempt is over for the call; the leg winds down
+            self.span.set_attribute("tandem.failover_reason", reason)
+            self.close_span(487, reason)
         if self.state == "answered":
             if self.ack is None:
                 self.send_ack()
@@ -318,8 +320,13 @@ class Leg:
         if self.state == "ended":
             return
         self.state = "ended"
+        self.close_span(status, reason)
+        self.service.leg_ended(self)
+
+    def close_span(self, status: int, reason: str) -> None:
+        if not self.span.is_recording():
+            return
         self.span.set_attribute("sip.status", status)
         if status >= 400 and not self.cancelled:
             self.span.set_status(Status(StatusCode.ERROR, reason))
         self.span.end()
-        self.service.leg_ended(self)

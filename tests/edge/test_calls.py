@@ -80,7 +80,8 @@ async def test_a_silent_gateway_fails_over_after_its_timer(make_system: MakeSyst
     system = await make_system(gw1={"failover_timer_s": 0.5})
     pbx, gw1, gw2 = system.pbx, system.gw1, system.gw2
     pbx.invite(system.a, LOCAL)
-    await gw1.request("INVITE")  # and never answered
+    first, addr = await gw1.request("INVITE")
+    gw1.answer(first, 100, addr)  # a 100 does not stop the failover timer: only 18x does
     second, addr = await gw2.request("INVITE", within=2.0)
     gw2.answer(second, 200, addr, body=SDP)
     assert (await pbx.final()).status == 200
@@ -150,3 +151,30 @@ async def test_callee_bye_ends_both_sides(make_system: MakeSystem) -> None:
     assert isinstance(answer, Response)
     events = await system.call_events()
     assert events[-1].ended_by == "callee"
+
+
+async def test_a_transport_error_fails_over(make_system: MakeSystem) -> None:
+    system = await make_system(gw1={"transport": "tcp"})  # gw1 listens on UDP only
+    system.pbx.invite(system.a, LOCAL)
+    second, addr = await system.gw2.request("INVITE")
+    system.gw2.answer(second, 200, addr, body=SDP)
+    assert (await system.pbx.final()).status == 200
+    events = await system.call_events(last="answered")
+    failed = next(e for e in events if e.kind == "leg_failed")
+    assert failed.trunk == "gw1" and "transport_error" in failed.reason
+
+
+async def test_a_2xx_crossing_a_cancel_is_acked_and_ended(make_system: MakeSystem) -> None:
+    system = await make_system()
+    pbx, gw1 = system.pbx, system.gw1
+    invite = pbx.invite(system.a, LOCAL)
+    out, addr = await gw1.request("INVITE")
+    gw1.answer(out, 180, addr)
+    await pbx.response(180)
+    pbx.cancel(invite, system.a)
+    assert (await pbx.final()).status == 487
+    await gw1.request("CANCEL")
+    gw1.answer(out, 200, addr, body=SDP)  # too late: the callee answered anyway
+    ack, _ = await gw1.request("ACK")
+    bye, _ = await gw1.request("BYE")
+    assert ack.call_id == bye.call_id == out.call_id
