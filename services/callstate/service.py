@@ -22,11 +22,11 @@ from typing import Any
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 
 from tandem import bus
 from tandem.callstate import lease, records
 from tandem.callstate.api import build_app
+from tandem.callstate.feed import Feed
 from tandem.callstate.metrics import EVENTS, register
 from tandem.callstate.stats import Figures, Ledger
 from tandem.callstate.store import Checkpoint, Store
@@ -35,7 +35,6 @@ from tandem.process import Context
 
 log = logging.getLogger("tandem.callstate")
 
-EVENT_BATCH = 256
 FETCH_TIMEOUT_S = 0.5
 HOUSEKEEPING_S = 0.2  # the router reads trunk counters: keep them well within a second
 EDGE_CHECK_S = 1.0
@@ -64,7 +63,7 @@ class Service:
         self.ctx = ctx
         self.edge_lost_s = ctx.config.callstate.edge_lost_s
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
-        self.store = Store(ctx.js)
+        self.store = Store(ctx.nc, ctx.js)
         self.lease: lease.Lease | None = None
         self.calls: dict[str, pb.ActiveCall] = {}
         self.live = Ledger()  # calls in progress
@@ -76,6 +75,7 @@ class Service:
         self.lock = asyncio.Lock()
         self.leading = False
         self.caught_up = False  # no event waits in the stream: the records are current
+        self.replay_until = 0  # events up to here may have been applied by an earlier leader
         self.stopping = False
         self.cdrs_written = 0
         self._task: asyncio.Task[None] | None = None
@@ -135,21 +135,22 @@ class Service:
 
     async def _lead(self) -> None:
         await self._recover()
-        sub = await self.store.subscribe_events()
+        feed = await self.store.subscribe_events()
         self.leading, self.caught_up = True, False
         log.info("callstate leading: %d calls in progress", len(self.calls))
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._consume(sub))
+                group.create_task(self._consume(feed))
                 group.create_task(self._housekeeping())
         finally:
             self.leading = False
-            await sub.unsubscribe()
+            await feed.stop()
         await self.store.save_checkpoint(self.checkpoint)
 
     # ---- recovery ----------------------------------------------------------------------------
     async def _recover(self) -> None:
         """Rebuild memory from NATS: records, finished-call figures, CDRs past the checkpoint."""
+        self.replay_until = await self.store.last_event_seq()
         self.checkpoint = await self.store.load_checkpoint()
         self.calls = await self.store.load_calls()
         self.recently_ended.clear()
@@ -171,11 +172,10 @@ class Service:
         await self.store.save_checkpoint(self.checkpoint)
 
     # ---- events ------------------------------------------------------------------------------
-    async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _consume(self, feed: Feed) -> None:
         while not self.stopping:
-            try:
-                msgs = await sub.fetch(EVENT_BATCH, timeout=FETCH_TIMEOUT_S)
-            except TimeoutError:
+            msgs = await feed.next_batch(FETCH_TIMEOUT_S)
+            if not msgs:
                 self.caught_up = True
                 continue
             self.caught_up = msgs[-1].metadata.num_pending == 0
@@ -189,6 +189,7 @@ class Service:
 
     async def _process(self, msgs: list[Msg]) -> None:
         events: list[pb.CallEvent] = []
+        suspect: set[str] = set()  # calls that may have ended already: ask the KV
         for msg in msgs:
             try:
                 event = pb.CallEvent.FromString(msg.data)
@@ -198,22 +199,27 @@ class Service:
                 continue
             event.call_id = event.call_id or msg.subject.split(".")[2]
             events.append(event)
-        await self._skip_finished({e.call_id for e in events})
-        updated: dict[str, pb.ActiveCall] = {}
-        ended: list[pb.Cdr] = []
-        for event in events:
-            call = self._apply(event)
-            if call is None:
-                continue
-            if call.state == records.ENDED:
-                updated.pop(call.call_id, None)
-                ended.append(records.cdr(call, event))
-            else:
-                updated[call.call_id] = call
-        await asyncio.gather(*(self.store.put_call(call) for call in updated.values()))
+            if self._may_be_replay(msg, event):
+                suspect.add(event.call_id)
+        await self._skip_finished(suspect)
+        updated, ended = self._apply(events)
+        await asyncio.gather(*(self.store.put_call(call) for call in updated))
         await self._finish(ended)
         for msg in msgs:
             await msg.ack()
+
+    def _may_be_replay(self, msg: Msg, event: pb.CallEvent) -> bool:
+        """False only for the first event of a new call, seen for the first time.
+
+        A call's first event (started, seq 1) delivered once and past what any earlier leader
+        could have read is new; anything else about a call we do not hold may concern one
+        that ended (and was deleted) before, which only the KV can tell.
+        """
+        if event.call_id in self.calls or event.call_id in self.recently_ended:
+            return False
+        meta = msg.metadata
+        first = event.kind == "started" and event.seq == 1
+        return not first or meta.num_delivered > 1 or meta.sequence.stream <= self.replay_until
 
     async def _skip_finished(self, call_ids: set[str]) -> None:
         """Remember which unknown calls already ended (their events are replays)."""
@@ -223,34 +229,43 @@ class Service:
             if done:
                 self._remember_ended(call_id)
 
-    def _apply(self, event: pb.CallEvent) -> pb.ActiveCall | None:
-        """Apply one event in memory; the call's record, or None when the event changed nothing."""
-        if event.call_id in self.recently_ended:
-            EVENTS.labels("after_end").inc()
-            return None
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = self.calls[event.call_id] = records.new_call(event)
-        elif records.is_duplicate(call, event):
-            EVENTS.labels("duplicate").inc()
-            return None
-        else:
-            self.dirty_trunks |= self.live.add(call, -1)
-        seen = self.edges.get(call.edge)
-        if seen is not None:  # an edge that sends events is alive, heartbeat or not
-            seen.monotonic = max(seen.monotonic, time.monotonic())
-        records.apply(call, event)
-        EVENTS.labels("applied").inc()
-        if call.state == records.ENDED:
-            del self.calls[call.call_id]
-            self.missing_since.pop(call.call_id, None)
-            self._remember_ended(call.call_id)
-        else:
+    def _apply(self, events: list[pb.CallEvent]) -> tuple[list[pb.ActiveCall], list[pb.Cdr]]:
+        """Apply a batch in memory: the records it changed, and the CDRs of the calls it ended.
+
+        A call's contribution to the live figures is taken out before its first event in the
+        batch and put back after its last, and the peaks are sampled then: once per batch.
+        """
+        changed: dict[str, pb.ActiveCall] = {}
+        ended: list[pb.Cdr] = []
+        for event in events:
+            if event.call_id in self.recently_ended:
+                EVENTS.labels("after_end").inc()
+                continue
+            call = self.calls.get(event.call_id)
+            if call is None:
+                call = self.calls[event.call_id] = records.new_call(event)
+            elif records.is_duplicate(call, event):
+                EVENTS.labels("duplicate").inc()
+                continue
+            elif call.call_id not in changed:
+                self.dirty_trunks |= self.live.add(call, -1)
+            changed[call.call_id] = call
+            seen = self.edges.get(call.edge)
+            if seen is not None:  # an edge that sends events is alive, heartbeat or not
+                seen.monotonic = max(seen.monotonic, time.monotonic())
+            records.apply(call, event)
+            EVENTS.labels("applied").inc()
+            if call.state == records.ENDED:
+                del self.calls[call.call_id], changed[call.call_id]
+                self.missing_since.pop(call.call_id, None)
+                self._remember_ended(call.call_id)
+                ended.append(records.cdr(call, event))
+        for call in changed.values():
             touched = self.live.add(call)
             for trunk in touched:
                 self.peak(trunk)
             self.dirty_trunks |= touched
-        return call
+        return list(changed.values()), ended
 
     async def _finish(self, cdrs: list[pb.Cdr]) -> None:
         """Write the CDRs, then delete the records: a crash in between is repaired at recovery."""
@@ -304,17 +319,16 @@ class Service:
             self.missing_since.clear()
             return
         async with self.lock:
-            lost = self._lost_calls()
-            cdrs = []
-            for call, heard_ms in lost:
+            ends = []
+            for call, heard_ms in self._lost_calls():
                 last_ms = max((e.time_unix_ms for e in call.timeline), default=0)
-                end = records.ended_event(
-                    call, max(heard_ms, last_ms), records.EDGE_LOST, records.EDGE_LOST_REASON
+                ends.append(
+                    records.ended_event(
+                        call, max(heard_ms, last_ms), records.EDGE_LOST, records.EDGE_LOST_REASON
+                    )
                 )
                 log.warning("call %s closed: edge %s lost", call.call_id, call.edge)
-                closed = self._apply(end)
-                if closed is not None:
-                    cdrs.append(records.cdr(closed, end))
+            _, cdrs = self._apply(ends)
             await self._finish(cdrs)
 
     # ---- housekeeping: counters for the router, edge timeouts, lease, checkpoint -------------

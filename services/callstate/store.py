@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -33,6 +34,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tandem import bus
+from tandem.callstate.feed import Feed
 from tandem.callstate.stats import Ledger
 from tandem.pb import tandem_pb2 as pb
 
@@ -71,8 +73,8 @@ class Checkpoint:
 
 
 class Store:
-    def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
+    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+        self.nc, self.js = nc, js
         self.calls: KeyValue
         self.counters: KeyValue
         self.state: KeyValue
@@ -196,7 +198,7 @@ class Store:
         await self.state.put(STATE_KEY, checkpoint.to_bytes())
 
     # ---- the event consumer ------------------------------------------------------------------
-    async def subscribe_events(self) -> JetStreamContext.PullSubscription:
+    async def subscribe_events(self) -> Feed:
         """The durable consumer, restarted just after its ack floor so events come in order.
 
         Events a dead predecessor had fetched but not acked would otherwise only come back
@@ -219,4 +221,10 @@ class Store:
             max_ack_pending=CONSUMER_MAX_ACK_PENDING,
         )
         await self.js.add_consumer(bus.CALLS_STREAM, config=config)
-        return await self.js.pull_subscribe_bind(CONSUMER, stream=bus.CALLS_STREAM)
+        feed = Feed(self.nc, bus.CALLS_STREAM, CONSUMER)
+        await feed.start()
+        return feed
+
+    async def last_event_seq(self) -> int:
+        info = await self.js.stream_info(bus.CALLS_STREAM)
+        return int(info.state.last_seq)
