@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from tandem.sip.grammar import TOKEN
 from tandem.sip.uri import Params, format_params, get_param, parse_params, split_outside_quotes
@@ -246,6 +247,7 @@ class Via:
     params: Params = ()
 
     @classmethod
+    @lru_cache(maxsize=4096)  # values are immutable; a message's are read several times
     def parse(cls, text: str) -> Via:
         """Parse one Via value (already checked by the grammar)."""
         rest = text.strip().partition("/")[2].partition("/")[2].lstrip()
@@ -314,6 +316,7 @@ class CSeq:
     method: str
 
     @classmethod
+    @lru_cache(maxsize=4096)  # values are immutable; a message's are read several times
     def parse(cls, text: str) -> CSeq:
         number, method = text.split()
         return cls(int(number), method)

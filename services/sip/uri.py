@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from urllib.parse import unquote
 
 from tandem.sip import grammar
@@ -97,6 +98,7 @@ class URI:
     opaque: str = ""
 
     @classmethod
+    @lru_cache(maxsize=4096)  # values are immutable; a message's are read several times
     def parse(cls, text: str) -> URI:
         """Parse a URI; raises ValueError if a sip/sips URI breaks the grammar."""
         scheme, colon, rest = text.partition(":")
@@ -197,6 +199,7 @@ class NameAddr:
     params: Params = ()
 
     @classmethod
+    @lru_cache(maxsize=4096)  # values are immutable; a message's are read several times
     def parse(cls, text: str) -> NameAddr:
         """Parse a name-addr or addr-spec with parameters (already checked by the grammar)."""
         text = text.strip()

@@ -69,19 +69,39 @@ def best_microseconds(fn: Callable[[], object], number: int = 5_000, repeat: int
     return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
 
 
+def read_ours(data: bytes) -> object:
+    """What an edge reads of every message: parse, then the transaction and dialog keys."""
+    msg = parse(data)
+    return (msg.via.branch, msg.from_.tag, msg.to.tag, msg.cseq.number, msg.call_id)
+
+
+def read_theirs(data: bytes) -> object:
+    msg = sipmessage.Message.parse(data)
+    return (
+        msg.via[0].parameters.get("branch"),
+        msg.from_address.parameters.get("tag"),
+        msg.to_address.parameters.get("tag"),
+        msg.cseq.sequence,
+        msg.call_id,
+    )
+
+
 def main() -> None:
-    print(f"{'case':<30}{'tandem µs':>11}{'sipmessage µs':>15}{'ratio':>8}")
+    print(f"{'case':<36}{'tandem µs':>11}{'sipmessage µs':>15}{'ratio':>8}")
     for label, data in (("INVITE+SDP", INVITE), ("200 OK+SDP", OK_200)):
         ours, theirs = parse(data), sipmessage.Message.parse(data)
-        assert parse(bytes(ours)) == ours
+        assert parse(bytes(ours)) == ours and read_ours(data) == read_theirs(data)
         for what, t, s in (
             ("parse", partial(parse, data), partial(sipmessage.Message.parse, data)),
+            ("parse+read", partial(read_ours, data), partial(read_theirs, data)),
             ("serialise", partial(bytes, ours), partial(bytes, theirs)),
         ):
             ours_us, theirs_us = best_microseconds(t), best_microseconds(s)
             name = f"{what} {label} ({len(data)} B)"
-            print(f"{name:<30}{ours_us:>11.2f}{theirs_us:>15.2f}{theirs_us / ours_us:>7.2f}x")
+            print(f"{name:<36}{ours_us:>11.2f}{theirs_us:>15.2f}{theirs_us / ours_us:>7.2f}x")
     print("ratio = sipmessage time / tandem time (above 1: tandem is faster)")
+    print("tandem's parse checks the RFC 4475 grammar of every header it relies on;")
+    print("sipmessage's splits the lines and parses header values on access.")
 
 
 if __name__ == "__main__":
