@@ -8,6 +8,7 @@ import pytest
 from sip_corpus import CASES, Case
 
 from tandem.sip import ParseError, Request, Response, make_response, parse, validate_request
+from tandem.sip.headers import name_key
 from tandem.sip.sdp import SessionDescription
 
 # What the edge allows; everything else a non-registrar answers 405 (or 501 if unknown).
@@ -28,6 +29,17 @@ CHOICES: dict[str, int | str] = {
     "regescrt.dat": 405,
     "ipv6-bug-abnf-3-colons.dat": 400,  # RFC 3986 IPv6 grammar, no tolerance
 }
+
+
+def raw_headers(data: bytes) -> list[tuple[str, str]]:
+    """Every header line of a message, read independently of the parser: unfolded, the
+    value stripped of LWS, Content-Length left out (it is framing)."""
+    head = data.lstrip(b"\r\n").split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
+    lines = re.sub(r"\r\n[ \t]+", " ", head).split("\r\n")[1:]
+    fields = [
+        (name_key(n.strip())[0], v.strip(" \t")) for n, _, v in (x.partition(":") for x in lines)
+    ]
+    return [f for f in fields if f[0] != "content-length"]
 
 
 def expectation(case: Case) -> int | str | None:
@@ -57,6 +69,7 @@ def test_corpus(case: Case) -> None:
         return
     msg = parse(case.data)
     assert parse(bytes(msg)) == msg
+    assert [(name_key(n)[0], v) for n, v in msg.headers] == raw_headers(case.data)
     # Every typed value the edge reads is recoverable.
     assert msg.vias and msg.call_id and msg.cseq.number >= 0
     assert msg.from_.uri.scheme and msg.to.uri.scheme
