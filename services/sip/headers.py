@@ -7,7 +7,14 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from tandem.sip.grammar import TOKEN
-from tandem.sip.uri import Params, format_params, get_param, parse_params, split_outside_quotes
+from tandem.sip.uri import (
+    Params,
+    format_params,
+    get_param,
+    parse_params,
+    set_param,
+    split_outside_quotes,
+)
 
 # Canonical spelling of the headers tandem reads; the key of every header is its lower-case
 # full name, so compact forms (RFC 3261 7.3.3, RFC 3515, RFC 3841, RFC 4028) land on it.
@@ -279,14 +286,11 @@ class Via:
         return get_param(self.params, name)
 
     def with_params(self, **params: str | None) -> Via:
-        out = list(self.params)
-        names = [k.lower() for k, _ in out]
+        """This Via with parameters set (replaced in place, or appended)."""
+        out = self.params
         for name, value in params.items():
-            if name in names:
-                out[names.index(name)] = (out[names.index(name)][0], value)
-            else:
-                out.append((name, value))
-        return replace(self, params=tuple(out))
+            out = set_param(out, name, value)
+        return replace(self, params=out)
 
     @property
     def branch(self) -> str | None:
@@ -299,9 +303,9 @@ class Via:
 
     @property
     def rport(self) -> int | None:
-        """The rport value; None when absent or requested without a value (a flag)."""
+        """The rport value; None when absent, requested (a flag) or not a number."""
         value = self.param("rport")
-        return int(value) if value else None
+        return int(value) if value and value.isdigit() else None
 
     @property
     def response_addr(self) -> tuple[str, int]:

@@ -51,6 +51,7 @@ def test_via_round_trip_and_params() -> None:
     assert stamped.received == "10.1.1.1" and stamped.rport == 5000
     assert str(Via("TLS", "gw.example.net")) == "SIP/2.0/TLS gw.example.net"
     assert Via("TLS", "gw.example.net").response_addr == ("gw.example.net", 5061)
+    assert Via.parse("SIP/2.0/UDP a;rport=x").rport is None
 
 
 def test_cseq() -> None:
