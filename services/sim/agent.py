@@ -24,8 +24,9 @@ from typing import Any, TypeVar
 
 import pjsua2 as pj
 
-from tandem.sim.config import ANSWERED, Gateway, Pbx, Sim
+from tandem.sim.config import ANSWERED, Kind, Pbx, Sim
 from tandem.sim.views import (
+    CallDirection,
     CallState,
     CallView,
     Direction,
@@ -43,6 +44,7 @@ POLL_MS = 10
 STATS_EVERY_S = 0.2
 START_TIMEOUT_S = 20.0
 STOP_DRAIN_S = 2.0
+MAX_RECORDS = 1000  # ended calls kept to report on; a sim left running must not grow
 CLOCK_RATE = 8000
 TONE_HZ = (350, 440)  # dial tone: any steady signal, so every frame carries audio
 AUDIO_CODECS = ("PCMU/8000", "PCMA/8000")  # cheap to encode on a busy machine
@@ -86,7 +88,7 @@ class _Record:
     """Everything reported about one call; outlives the pjsua2 Call object."""
 
     id: str
-    direction: str
+    direction: CallDirection
     local: str
     remote: str
     called: str
@@ -104,7 +106,7 @@ class _Record:
         c, s = self.closed_rtp, self.live_rtp
         return CallView(
             id=self.id,
-            direction="outbound" if self.direction == "outbound" else "inbound",
+            direction=self.direction,
             local=self.local,
             remote=self.remote,
             called=self.called,
@@ -220,7 +222,7 @@ class _Account(pj.Account):  # type: ignore[misc]
 class UserAgent:
     """A simulated trunk's SIP user agent, run on its own thread; thread-safe to command."""
 
-    def __init__(self, sim: Sim, kind: str, pjsip_log_level: int = 1) -> None:
+    def __init__(self, sim: Sim, kind: Kind, pjsip_log_level: int = 1) -> None:
         self.sim = sim
         self.kind = kind
         self.pjsip_log_level = pjsip_log_level
@@ -228,7 +230,8 @@ class UserAgent:
             queue.SimpleQueue()
         )
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count(1)
+        self._call_ids = itertools.count(1)
+        self._timer_seq = itertools.count()
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._failure: BaseException | None = None
@@ -341,12 +344,13 @@ class UserAgent:
         self.calls[record.id] = call
         log.info("%s: %s calls %s: reply %d", self.sim.id, record.remote, called, reply)
         op = pj.CallOpParam(True)
+        # inside a pjsua2 callback: log a refusal, never raise through pjsua2
         if reply >= 300:
             op.statusCode = reply
-            self._attempt(lambda: call.hangup(op))
+            self._logged(record.id, "reject", lambda: call.hangup(op))
             return
         op.statusCode = 180 if reply == ANSWERED else reply
-        self._attempt(lambda: call.answer(op))
+        self._logged(record.id, "ring", lambda: call.answer(op))
         if reply == ANSWERED:
             self._after(self.sim.answer_after_s, lambda: self._answer(record.id))
 
@@ -354,6 +358,10 @@ class UserAgent:
         """A call ended: drop its pjsua2 object later, outside pjsua2's own callback."""
         if self.calls.pop(call.record.id, None) is not None:
             self._dead.append(call)
+        excess = len(self.records) - MAX_RECORDS
+        if excess > 0:
+            for ended in [i for i in self.records if i not in self.calls][:excess]:
+                del self.records[ended]
 
     def _answer(self, call_id: str) -> None:
         call = self.calls.get(call_id)
@@ -361,10 +369,7 @@ class UserAgent:
             return  # the caller gave up while the phone rang
         op = pj.CallOpParam(True)
         op.statusCode = 200
-        try:
-            call.answer(op)
-        except pj.Error as exc:
-            log.warning("%s: could not answer call %s: %s", self.sim.id, call_id, _reason(exc))
+        self._logged(call_id, "answer", lambda: call.answer(op))
 
     def _live(self, call_id: str) -> _Call:
         if call_id not in self.records:
@@ -381,11 +386,17 @@ class UserAgent:
         except pj.Error as exc:
             raise CallOperationError(_reason(exc)) from None
 
+    def _logged(self, call_id: str, what: str, operation: Callable[[], object]) -> None:
+        try:
+            operation()
+        except pj.Error as exc:
+            log.warning("%s: could not %s call %s: %s", self.sim.id, what, call_id, _reason(exc))
+
     def _next_id(self) -> str:
-        return str(next(self._seq))
+        return str(next(self._call_ids))
 
     def _after(self, delay_s: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + delay_s, next(self._seq), action))
+        heapq.heappush(self._timers, (time.monotonic() + delay_s, next(self._timer_seq), action))
 
     def _account(self, user: str) -> _Account:
         account = self._accounts.get(user)
@@ -513,7 +524,3 @@ class UserAgent:
         self.tone = None
         ep.libDestroy()
         self._endpoint = None
-
-
-def sim_kind(sim: Sim) -> str:
-    return "pbx" if isinstance(sim, Pbx) else "gateway" if isinstance(sim, Gateway) else "sim"

@@ -25,7 +25,7 @@ from fastapi import FastAPI, HTTPException
 
 from tandem.http import ApiServer, create_app
 from tandem.sim.agent import CallNotFound, CallOperationError, UserAgent
-from tandem.sim.config import Sim
+from tandem.sim.config import Kind, Sim
 from tandem.sim.views import CallView, Hangup, PlaceCall, SendDtmf
 
 log = logging.getLogger("tandem.sim")
@@ -97,7 +97,7 @@ async def serve(agent: UserAgent) -> int:
     return 0
 
 
-def run(sim: Sim, kind: str, pjsip_log_level: int) -> int:
+def run(sim: Sim, kind: Kind, pjsip_log_level: int) -> int:
     agent = UserAgent(sim, kind, pjsip_log_level)
     agent.start()
     try:

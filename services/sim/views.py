@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+CallDirection = Literal["outbound", "inbound"]
 CallState = Literal["calling", "incoming", "early", "connecting", "confirmed", "disconnected"]
 # pjsua's media status: whose hold it is matters to the test that holds
 MediaStatus = Literal["none", "active", "local_hold", "remote_hold", "error"]
@@ -14,7 +15,8 @@ DtmfMethod = Literal["rfc4733", "sip-info"]
 
 
 class RtpStats(BaseModel):
-    """RTP counted by pjmedia on the call's audio stream(s), summed over re-created streams."""
+    """RTP packets and payload bytes pjmedia counted on the call's audio stream, summed over
+    the streams a re-INVITE may have re-created."""
 
     tx_packets: int = 0
     tx_bytes: int = 0
@@ -29,7 +31,7 @@ class DtmfDigit(BaseModel):
 
 class CallView(BaseModel):
     id: str
-    direction: Literal["outbound", "inbound"]
+    direction: CallDirection
     local: str = Field(description="the extension or number on this trunk's side")
     remote: str = Field(description="the number dialled (outbound) or the caller (inbound)")
     called: str = Field(description="the called number, as it arrived or was dialled")
