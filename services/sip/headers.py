@@ -231,6 +231,16 @@ class Headers:
         key = name_key(name)[0]
         self._fields = [f for f in self._fields if f[0] != key]
 
+    def replace_first(self, name: str, value: object) -> None:
+        """Replace the first value of a list header where it stands (a stamped top Via)."""
+        key, _, text = _field(name, value)
+        for i, (k, n, v) in enumerate(self._fields):
+            if k == key:
+                rest = split_outside_quotes(v, ",")[1:] if key in LIST_HEADERS else []
+                self._fields[i] = (k, n, ",".join([text, *rest]))
+                return
+        raise KeyError(name)
+
     def remove_first(self, name: str) -> None:
         """Remove the first value of a list header (the top Via, the first Route)."""
         key = name_key(name)[0]

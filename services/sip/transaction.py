@@ -460,8 +460,7 @@ class TransactionLayer:
             stamped = via.with_params(received=addr[0])
             if via.param("rport") is not None:
                 stamped = stamped.with_params(rport=str(addr[1]))
-            request.headers.remove_first("via")
-            request.headers.prepend("Via", stamped)
+            request.headers.replace_first("via", stamped)
         key = server_key(request)
         txn = self._transactions.get(key)
         if isinstance(txn, _ServerTransaction):

@@ -29,6 +29,14 @@ def test_remove_first_takes_one_value_of_a_joined_line() -> None:
     assert "Route" not in h
 
 
+def test_replace_first_keeps_the_line_where_it_is() -> None:
+    h = Headers([("To", "<sip:b>"), ("Via", "SIP/2.0/UDP a, SIP/2.0/UDP b")])
+    h.replace_first("v", "SIP/2.0/UDP a;received=1.2.3.4")
+    assert list(h) == [("To", "<sip:b>"), ("Via", "SIP/2.0/UDP a;received=1.2.3.4, SIP/2.0/UDP b")]
+    with pytest.raises(KeyError):
+        h.replace_first("Route", "<sip:x>")
+
+
 def test_values_split_only_list_headers() -> None:
     h = Headers([("Date", "Sat, 13 Nov 2010 23:29:00 GMT"), ("Allow", "INVITE, ACK,BYE")])
     assert h.values("Date") == ["Sat, 13 Nov 2010 23:29:00 GMT"]
