@@ -44,6 +44,9 @@ RECENTLY_ENDED = 100_000  # ended call ids remembered in memory (the KV marker i
 RETRY_S = 1.0
 
 
+Ended = tuple[pb.ActiveCall, pb.Cdr]  # a call that has just ended, and its CDR
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -152,7 +155,7 @@ class Service:
         """Rebuild memory from NATS: records, finished-call figures, CDRs past the checkpoint."""
         self.replay_until = await self.store.last_event_seq()
         self.checkpoint = await self.store.load_checkpoint()
-        self.calls = await self.store.load_calls()
+        self.calls = await self.store.load_calls(to_write=True)
         self.recently_ended.clear()
         async for seq, cdr in self.store.read_cdrs(after_seq=self.checkpoint.cdr_seq):
             self.checkpoint.finished.add(cdr)
@@ -161,6 +164,12 @@ class Service:
             if self.calls.pop(cdr.call_id, None) is not None:
                 # written just before a crash, the record not yet deleted: the call is over
                 await self.store.delete_call(cdr.call_id)
+        # ended before a crash, its CDR not written yet: write it now
+        ended = [c for c in self.calls.values() if c.state == records.ENDED]
+        for call in ended:
+            del self.calls[call.call_id]
+            self._remember_ended(call.call_id)
+        await self._persist([], [(c, records.cdr(c, c.timeline[-1])) for c in ended])
         self.live = Ledger()
         for call in self.calls.values():
             self.live.add(call)
@@ -202,9 +211,7 @@ class Service:
             if self._may_be_replay(msg, event):
                 suspect.add(event.call_id)
         await self._skip_finished(suspect)
-        updated, ended = self._apply(events)
-        await asyncio.gather(*(self.store.put_call(call) for call in updated))
-        await self._finish(ended)
+        await self._persist(*self._apply(events))
         for msg in msgs:
             await msg.ack()
 
@@ -229,14 +236,14 @@ class Service:
             if done:
                 self._remember_ended(call_id)
 
-    def _apply(self, events: list[pb.CallEvent]) -> tuple[list[pb.ActiveCall], list[pb.Cdr]]:
+    def _apply(self, events: list[pb.CallEvent]) -> tuple[list[pb.ActiveCall], list[Ended]]:
         """Apply a batch in memory: the records it changed, and the CDRs of the calls it ended.
 
         A call's contribution to the live figures is taken out before its first event in the
         batch and put back after its last, and the peaks are sampled then: once per batch.
         """
         changed: dict[str, pb.ActiveCall] = {}
-        ended: list[pb.Cdr] = []
+        ended: list[Ended] = []
         for event in events:
             if event.call_id in self.recently_ended:
                 EVENTS.labels("after_end").inc()
@@ -259,7 +266,7 @@ class Service:
                 del self.calls[call.call_id], changed[call.call_id]
                 self.missing_since.pop(call.call_id, None)
                 self._remember_ended(call.call_id)
-                ended.append(records.cdr(call, event))
+                ended.append((call, records.cdr(call, event)))
         for call in changed.values():
             touched = self.live.add(call)
             for trunk in touched:
@@ -267,10 +274,18 @@ class Service:
             self.dirty_trunks |= touched
         return list(changed.values()), ended
 
-    async def _finish(self, cdrs: list[pb.Cdr]) -> None:
-        """Write the CDRs, then delete the records: a crash in between is repaired at recovery."""
-        if not cdrs:
+    async def _persist(self, changed: list[pb.ActiveCall], ended: list[Ended]) -> None:
+        """Write the records, then the CDRs, then delete the ended calls' records.
+
+        An ended call's record is written first (state "ended") like any other: that write
+        is compare-and-set, so a leader that was replaced fails there, before any CDR. A
+        crash after it is repaired at recovery, whether the CDR got written or not.
+        """
+        records_out = [*changed, *(call for call, _ in ended)]
+        await asyncio.gather(*(self.store.put_call(call) for call in records_out))
+        if not ended:
             return
+        cdrs = [cdr for _, cdr in ended]
         seqs = await asyncio.gather(*(self.store.publish_cdr(cdr) for cdr in cdrs))
         await asyncio.gather(*(self.store.delete_call(cdr.call_id) for cdr in cdrs))
         for seq, cdr in sorted(zip(seqs, cdrs, strict=True), key=lambda pair: pair[0]):
@@ -328,8 +343,7 @@ class Service:
                     )
                 )
                 log.warning("call %s closed: edge %s lost", call.call_id, call.edge)
-            _, cdrs = self._apply(ends)
-            await self._finish(cdrs)
+            await self._persist([], self._apply(ends)[1])
 
     # ---- housekeeping: counters for the router, edge timeouts, lease, checkpoint -------------
     async def _housekeeping(self) -> None:

@@ -30,7 +30,7 @@ from nats.js.api import (
     KeyValueConfig,
     StorageType,
 )
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tandem import bus
@@ -40,6 +40,7 @@ from tandem.pb import tandem_pb2 as pb
 
 log = logging.getLogger("tandem.callstate")
 
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's error codes for a failed compare-and-set
 STATE_BUCKET = "TANDEM_CALLSTATE"
 STATE_KEY = "finished"
 STATS_KEY = "stats"
@@ -75,6 +76,7 @@ class Checkpoint:
 class Store:
     def __init__(self, nc: Client, js: JetStreamContext) -> None:
         self.nc, self.js = nc, js
+        self.revisions: dict[str, int] = {}  # of the active-call records we wrote or loaded
         self.calls: KeyValue
         self.counters: KeyValue
         self.state: KeyValue
@@ -87,7 +89,9 @@ class Store:
         )
 
     # ---- active calls ----------------------------------------------------------------------
-    async def load_calls(self) -> dict[str, pb.ActiveCall]:
+    async def load_calls(self, to_write: bool = False) -> dict[str, pb.ActiveCall]:
+        """Every active-call record; `to_write` when the leader takes them over."""
+        revisions: dict[str, int] = {}
         calls: dict[str, pb.ActiveCall] = {}
         watcher = await self.calls.watchall(ignore_deletes=True)
         try:
@@ -96,8 +100,11 @@ class Store:
                     break
                 if entry.value:
                     calls[entry.key] = pb.ActiveCall.FromString(entry.value)
+                    revisions[entry.key] = entry.revision
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
+        if to_write:
+            self.revisions = revisions
         return calls
 
     async def is_finished(self, call_id: str) -> bool:
@@ -116,10 +123,27 @@ class Store:
         return pb.ActiveCall.FromString(entry.value or b"")
 
     async def put_call(self, call: pb.ActiveCall) -> None:
-        await self.calls.put(call.call_id, call.SerializeToString())
+        """Write the record if nobody else wrote it since we did (compare-and-set).
+
+        That fences a leader that lost its lease without noticing: its writes fail instead
+        of bringing back a call that its successor has ended.
+        """
+        key = call.call_id
+        try:
+            self.revisions[key] = await self.calls.update(
+                key, call.SerializeToString(), last=self.revisions.get(key, 0)
+            )
+        except KeyWrongLastSequenceError:
+            raise FencedError(f"the record of call {key} changed under us") from None
 
     async def delete_call(self, call_id: str) -> None:
-        await self.calls.delete(call_id)
+        revision = self.revisions.pop(call_id, None)
+        try:
+            await self.calls.delete(call_id, last=revision)
+        except APIError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                raise FencedError(f"the record of call {call_id} changed under us") from None
+            raise
 
     # ---- CDRs ------------------------------------------------------------------------------
     async def publish_cdr(self, cdr: pb.Cdr) -> int:
@@ -228,3 +252,7 @@ class Store:
     async def last_event_seq(self) -> int:
         info = await self.js.stream_info(bus.CALLS_STREAM)
         return int(info.state.last_seq)
+
+
+class FencedError(Exception):
+    """Another replica wrote what we hold: we are no longer the leader."""

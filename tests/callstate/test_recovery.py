@@ -9,6 +9,7 @@ from nats.js import JetStreamContext
 
 from tandem import bus
 from tandem.callstate import records
+from tandem.callstate.service import Service
 from tandem.pb import tandem_pb2 as pb
 from tests.callstate.conftest import Callstates, cdrs, counters, eventually
 from tests.callstate.edge import T0, FakeEdge
@@ -123,3 +124,42 @@ async def test_two_replicas_one_leads_and_the_other_takes_over(
 
     await eventually(all_written, 10)
     assert sorted(c.call_id for c in await cdrs(js)) == sorted([*ids, "long"])
+
+
+async def test_a_leader_whose_record_was_changed_by_another_is_fenced(
+    callstate: Service, edge: FakeEdge, js: JetStreamContext
+) -> None:
+    await edge.call("c1", end=False)
+    await eventually(lambda: "c1" in callstate.calls and callstate.calls["c1"].last_seq == 8)
+    # another leader ended the call meanwhile (deleted its record) and wrote its CDR
+    kv = await js.key_value(bus.ACTIVE_CALLS_BUCKET)
+    await kv.delete("c1")
+    await edge.event("c1", "ended", ended_by="caller")  # would end it again, and write a CDR
+    await edge.event("c2", "started")
+    await eventually(lambda: "c2" in callstate.calls and callstate.leading, 5.0)
+    assert "c1" not in callstate.calls
+    assert await cdrs(js) == []  # the fenced leader wrote nothing for c1
+    assert await callstate.store.is_finished("c1")
+
+
+async def test_a_call_ended_just_before_a_kill_gets_its_cdr_once(
+    callstates: Callstates, edge: FakeEdge, js: JetStreamContext
+) -> None:
+    first = await callstates.start()
+    await edge.call("c1", end=False)
+    await eventually(lambda: "c1" in first.calls and first.calls["c1"].last_seq == 8)
+    call = pb.ActiveCall()
+    call.CopyFrom(first.calls["c1"])
+    await callstates.kill(first)
+    ended = await edge.event("c1", "ended", ended_by="callee", time_unix_ms=T0 + 70_000)
+    # the dead leader had written the ended record, and died before writing the CDR
+    records.apply(call, ended)
+    kv = await js.key_value(bus.ACTIVE_CALLS_BUCKET)
+    await kv.put("c1", call.SerializeToString())
+
+    second = await callstates.start()
+    await edge.event("c2", "started")
+    await eventually(lambda: "c2" in second.calls)
+    [cdr] = await cdrs(js)
+    assert (cdr.call_id, cdr.ended_by, cdr.end_unix_ms) == ("c1", "callee", T0 + 70_000)
+    assert "c1" not in second.calls
