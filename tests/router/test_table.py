@@ -320,7 +320,7 @@ def test_the_index_decides_as_a_full_scan(
         expected = sorted(
             ((prio, f"r{i}") for i, (p, prio) in enumerate(routes) if _search(p, number)),
         )
-        found = [r.rank for r in t.usages["U"].matching(number)]
+        found = [r.rank for r in t.index.matching(number)]
         assert found == expected
 
 
