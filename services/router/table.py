@@ -207,11 +207,11 @@ class RoutingTable:
             )
         if down:
             explain.append(f"down trunks go last: {', '.join(pick[0] for pick in down)}")
-        for trunk_id, route, usage in up:
-            self._target(decision.targets.add(), trunk_id, route, usage, called, calling)
-        for trunk_id, route, usage in down:
+        for trunk_id, config, usage in up:
+            self._target(decision.targets.add(), trunk_id, config, usage, called, calling)
+        for trunk_id, config, usage in down:
             target = decision.targets.add()
-            self._target(target, trunk_id, route, usage, called, calling)
+            self._target(target, trunk_id, config, usage, called, calling)
             target.trunk_down = True
         first = decision.targets[0]
         decision.usage, decision.route = first.usage, first.route
