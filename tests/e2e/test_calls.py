@@ -6,9 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tandem.sim.client import SimClient
 from tandem.sim.views import CallView
 from tests.e2e.conftest import World
+
+pytestmark = pytest.mark.e2e
 
 QUIET_S = 0.6  # 30 packets at 20 ms: no packet in that time means nobody sends
 
@@ -35,8 +39,10 @@ def call_up(caller: SimClient, callee: SimClient, calling: str, called: str) -> 
     return out.id, inbound.id
 
 
-def talk(caller: SimClient, out: str, callee: SimClient, inbound: str) -> None:
-    """DTMF each way, then hold and resume; the caller hangs up."""
+def talk(
+    caller: SimClient, out: str, callee: SimClient, inbound: str, callee_hangs_up: bool = False
+) -> None:
+    """DTMF each way, then hold and resume by the caller, then one side hangs up."""
     caller.send_dtmf(out, "12#")
     assert callee.wait_call(inbound, lambda c: len(c.digits) >= 3, "DTMF").digits == "12#"
     callee.send_dtmf(inbound, "*9")
@@ -60,9 +66,12 @@ def talk(caller: SimClient, out: str, callee: SimClient, inbound: str) -> None:
     callee.wait_call(inbound, flowing(resumed), "RTP both ways after resume")
     caller.wait_call(out, flowing(caller.call(out)), "RTP both ways after resume")
 
-    caller.hangup(out)
-    caller.wait_call(out, lambda c: c.ended, "end")
-    callee.wait_call(inbound, lambda c: c.ended, "BYE through tandem")
+    ender, ender_id, other, other_id = (caller, out, callee, inbound)
+    if callee_hangs_up:
+        ender, ender_id, other, other_id = (callee, inbound, caller, out)
+    ender.hangup(ender_id)
+    ender.wait_call(ender_id, lambda c: c.ended, "end")
+    other.wait_call(other_id, lambda c: c.ended, "BYE through tandem")
 
 
 def test_pbx_phone_calls_the_pstn(world: World) -> None:
@@ -76,7 +85,7 @@ def test_pstn_calls_a_pbx_phone(world: World) -> None:
     out, inbound = call_up(world.gw1, world.hq, "2125550123", "14255550101")
     at_phone = world.hq.call(inbound)
     assert at_phone.local == "0101" and at_phone.called == "+14255550101"
-    talk(world.gw1, out, world.hq, inbound)
+    talk(world.gw1, out, world.hq, inbound, callee_hangs_up=True)
 
 
 def test_phone_on_one_pbx_calls_a_phone_on_the_other(world: World) -> None:
@@ -90,4 +99,4 @@ def test_a_failing_gateway_fails_over_to_the_second(world: World) -> None:
     failed = world.gw1.wait_inbound(lambda c: c.called == "12065550503", "the first attempt")
     assert failed.ended and failed.last_status == 503
     assert world.gw2.call(inbound).called == "12065550503"
-    talk(world.hq, out, world.gw2, inbound)
+    talk(world.hq, out, world.gw2, inbound, callee_hangs_up=True)
