@@ -42,6 +42,8 @@ STATS_EVERY_S = 1.0  # how stale a standby's /v1/stats may be
 CHECKPOINT_EVERY_S = 5.0
 RECENTLY_ENDED = 100_000  # ended call ids remembered in memory (the KV marker is the truth)
 RETRY_S = 1.0
+PURGE_EVERY_S = 600.0
+MARKERS_KEPT_S = 6 * 3600.0  # longer than any backlog callstate would still be replaying
 
 
 Ended = tuple[pb.ActiveCall, pb.Cdr]  # a call that has just ended, and its CDR
@@ -145,6 +147,7 @@ class Service:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._consume(feed))
                 group.create_task(self._housekeeping())
+                group.create_task(self._purge_markers())
         finally:
             self.leading = False
             await feed.stop()
@@ -367,6 +370,20 @@ class Service:
             if now >= next_stats:
                 await self.store.put_stats(self.all_stats())
                 next_stats = now + STATS_EVERY_S
+
+    async def _purge_markers(self) -> None:
+        next_purge = time.monotonic() + PURGE_EVERY_S
+        while not self.stopping:
+            await asyncio.sleep(HOUSEKEEPING_S)  # short sleeps: a drain must not wait for it
+            if time.monotonic() < next_purge:
+                continue
+            next_purge = time.monotonic() + PURGE_EVERY_S
+            try:
+                purged = await self.store.purge_markers(MARKERS_KEPT_S)
+            except Exception:  # only storage is at stake: try again next time
+                log.warning("could not purge the markers of ended calls", exc_info=True)
+            else:
+                log.info("purged the markers of %d calls ended long ago", purged)
 
     async def _publish_counters(self) -> None:
         trunks, self.dirty_trunks = self.dirty_trunks, set()

@@ -122,6 +122,29 @@ class Store:
             return None
         return pb.ActiveCall.FromString(entry.value or b"")
 
+    async def purge_markers(self, older_than_s: float) -> int:
+        """Drop the delete markers of calls that ended long ago; returns how many.
+
+        A marker is only needed while the events of its call may still be replayed, which
+        is bounded by how far behind the stream the consumer's ack floor can be.
+        """
+        watcher = await self.calls.watchall(meta_only=True)
+        old = []
+        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than_s)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.operation in ("DEL", "PURGE") and entry.created < cutoff:
+                    old.append(entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        for key in old:
+            await self.js.purge_stream(
+                f"KV_{bus.ACTIVE_CALLS_BUCKET}", subject=f"$KV.{bus.ACTIVE_CALLS_BUCKET}.{key}"
+            )
+        return len(old)
+
     async def put_call(self, call: pb.ActiveCall) -> None:
         """Write the record if nobody else wrote it since we did (compare-and-set).
 

@@ -99,3 +99,16 @@ async def test_a_redelivered_event_changes_nothing(
     assert "c1" not in callstate.calls
     assert sorted(c.call_id for c in await cdrs(js)) == ["c1", "other"]
     assert callstate.trunk_stats("pbx")["attempts"] == 2
+
+
+async def test_markers_of_calls_ended_long_ago_are_purged(
+    callstate: Service, edge: FakeEdge, js: JetStreamContext
+) -> None:
+    await edge.call("old")
+    await edge.call("up", end=False)
+    await eventually(lambda: callstate.cdrs_written == 1 and "up" in callstate.calls)
+    assert await callstate.store.purge_markers(older_than_s=3600) == 0  # too recent
+    assert await callstate.store.is_finished("old")
+    assert await callstate.store.purge_markers(older_than_s=0) == 1
+    assert not await callstate.store.is_finished("old")
+    assert await callstate.store.get_call("up") == callstate.calls["up"]  # live records stay
