@@ -64,7 +64,6 @@ _VIA_PARM = (
     rf"{_HOST}(?:{_LWS}:{_LWS}{_PORT})?{_PARAMS}"
 )
 
-ANY = re.compile(r".*")
 TOKEN = re.compile(_TOKEN)
 REQUEST_URI = re.compile(rf"{_SIP_URI_BASE}|{_OTHER_URI}")
 SIP_URI = re.compile(_SIP_URI)
@@ -72,7 +71,7 @@ ADDRESS = re.compile(_ADDRESS)
 CONTACTS = re.compile(rf"\*|{_ADDRESS}(?:{_COMMA}{_ADDRESS})*")
 ROUTES = re.compile(rf"{_NAME_ADDR}(?:{_COMMA}{_NAME_ADDR})*")
 VIAS = re.compile(rf"{_VIA_PARM}(?:{_COMMA}{_VIA_PARM})*")
-CSEQ = re.compile(rf"([0-9]+)[ \t]+({_TOKEN})")
+CSEQ = re.compile(rf"[0-9]+[ \t]+{_TOKEN}")
 DIGITS = re.compile(r"[0-9]+")
 CALL_ID = re.compile(
     r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?"

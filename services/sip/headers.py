@@ -315,7 +315,7 @@ class Via:
     def rport(self) -> int | None:
         """The rport value; None when absent, requested (a flag) or not a number."""
         value = self.param("rport")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and value.isdigit() and len(value) <= 5 else None
 
     @property
     def response_addr(self) -> tuple[str, int]:
@@ -333,7 +333,7 @@ class CSeq:
     @lru_cache(maxsize=4096)  # values are immutable; a message's are read several times
     def parse(cls, text: str) -> CSeq:
         number, method = text.split()
-        return cls(int(number), method)
+        return cls(int(number.lstrip("0") or "0"), method)  # "0009" is 9 (RFC 4475 wsinv)
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"

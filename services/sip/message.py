@@ -172,7 +172,7 @@ class Message:
     @property
     def max_forwards(self) -> int | None:
         value = self.headers.get("max-forwards")
-        return None if value is None else int(value)
+        return None if value is None else int(value.lstrip("0") or "0")
 
     @property
     def content_type(self) -> str | None:
@@ -330,21 +330,27 @@ def _take_headers(msg: Request | Response, lines: list[str]) -> int | None:
                     raise _Invalid(f"more than one {canonical}")
                 if key == "content-length":
                     seen[key] = value
-                    length = int(value)
+                    length = _number(value, _MAX_CSEQ, "Content-Length")
                     continue  # framing, not a header: bytes() writes it
             seen[key] = value
         fields.append((key, canonical, value))
     for key in _REQUIRED:
         if key not in seen:
             raise _Invalid(f"missing {key}")
-    cseq = grammar.CSEQ.fullmatch(seen["cseq"])
-    if cseq is None or int(cseq[1]) > _MAX_CSEQ:
-        raise _Invalid("malformed CSeq")
-    if isinstance(msg, Request) and cseq[2] != msg.method:
+    number, method = seen["cseq"].split()  # its grammar was checked in the loop
+    _number(number, _MAX_CSEQ, "CSeq")
+    if isinstance(msg, Request) and method != msg.method:
         raise _Invalid("CSeq method does not match the request line")
-    if int(seen.get("max-forwards", 0)) > 255:
-        raise _Invalid("Max-Forwards above 255")
+    _number(seen.get("max-forwards", "0"), 255, "Max-Forwards")
     return length
+
+
+def _number(digits: str, limit: int, what: str) -> int:
+    """A checked decimal up to `limit`; the length test first, as int() refuses 4301 digits."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(limit)) or int(digits) > limit:
+        raise _Invalid(f"{what} above {limit}")
+    return int(digits)
 
 
 def _slow_name(name: str, colon: str) -> _Entry:
@@ -384,9 +390,9 @@ def _start(line: str, is_response: bool) -> Request | Response:
     return request
 
 
-# Every header listed here is checked; CSeq again after the loop (with the method).
+# Every header listed here is checked; CSeq again after the loop, against the method.
 _CHECKS = {
-    "cseq": grammar.ANY,
+    "cseq": grammar.CSEQ,
     "via": grammar.VIAS,
     "from": grammar.ADDRESS,
     "to": grammar.ADDRESS,

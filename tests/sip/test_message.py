@@ -126,6 +126,9 @@ def test_make_response_keeps_an_existing_to_tag() -> None:
         (INVITE.replace(b"i: call-1", b"i call-1"), 400),
         (INVITE.replace(b"i: call-1@pbx.example.com\r\n", b""), 400),
         (INVITE.replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1), 505),
+        (INVITE.replace(b"CSeq: 1 ", b"CSeq: " + b"9" * 5000 + b" "), 400),
+        (INVITE.replace(b"Max-Forwards: 70", b"Max-Forwards: " + b"7" * 5000), 400),
+        (INVITE.replace(b"l: 5", b"l: " + b"5" * 5000), 400),
         (b"SIP/2.0 099 Odd\r\n" + INVITE.partition(b"\r\n")[2], None),
         (b" INVITE sip:a@b SIP/2.0\r\n" + INVITE.partition(b"\r\n")[2], 400),
     ],
@@ -134,6 +137,15 @@ def test_rejections(data: bytes, status: int | None) -> None:
     with pytest.raises(ParseError) as info:
         parse(data)
     assert info.value.status == status
+
+
+def test_leading_zeros_are_no_trouble() -> None:
+    msg = parse(
+        INVITE.replace(b"CSeq: 1 ", b"CSeq: " + b"0" * 5000 + b"1 ").replace(
+            b"70", b"0" * 5000 + b"70"
+        )
+    )
+    assert msg.cseq.number == 1 and msg.max_forwards == 70
 
 
 def test_folded_headers_are_unfolded() -> None:
