@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from tandem.sip.grammar import TOKEN
+from tandem.sip.grammar import CSEQ, TOKEN, VIA
 from tandem.sip.uri import (
     Params,
     format_params,
@@ -266,7 +266,9 @@ class Via:
     @classmethod
     @lru_cache(maxsize=4096)  # values are immutable; a message's are read several times
     def parse(cls, text: str) -> Via:
-        """Parse one Via value (already checked by the grammar)."""
+        """Parse one Via value; raises ValueError if it breaks the grammar."""
+        if VIA.fullmatch(text.strip()) is None:
+            raise ValueError(f"invalid Via: {text[:60]!r}")
         rest = text.strip().partition("/")[2].partition("/")[2].lstrip()
         i = 0
         while rest[i] not in " \t":
@@ -332,6 +334,8 @@ class CSeq:
     @classmethod
     @lru_cache(maxsize=4096)  # values are immutable; a message's are read several times
     def parse(cls, text: str) -> CSeq:
+        if CSEQ.fullmatch(text.strip()) is None:
+            raise ValueError(f"invalid CSeq: {text[:60]!r}")
         number, method = text.split()
         return cls(int(number.lstrip("0") or "0"), method)  # "0009" is 9 (RFC 4475 wsinv)
 

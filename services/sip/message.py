@@ -372,6 +372,7 @@ def _start(line: str, is_response: bool) -> Request | Response:
         if (
             version != "SIP/2.0"
             or len(code) != 3
+            or not code.isascii()
             or not code.isdigit()
             or not "1" <= code[0] <= "6"
         ):

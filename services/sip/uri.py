@@ -201,8 +201,10 @@ class NameAddr:
     @classmethod
     @lru_cache(maxsize=4096)  # values are immutable; a message's are read several times
     def parse(cls, text: str) -> NameAddr:
-        """Parse a name-addr or addr-spec with parameters (already checked by the grammar)."""
+        """Parse a name-addr or addr-spec with parameters; raises ValueError if invalid."""
         text = text.strip()
+        if grammar.ADDRESS.fullmatch(text) is None:
+            raise ValueError(f"invalid address: {text[:60]!r}")
         if text.startswith('"'):
             i = 1
             while text[i] != '"':

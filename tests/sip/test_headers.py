@@ -76,3 +76,15 @@ def test_values_that_would_inject_lines_are_refused(name: str, value: str) -> No
         Headers([(name, value)])
     with pytest.raises(ValueError):
         Headers().add(name, value)
+
+
+@pytest.mark.parametrize("text", ["", "SIP/2.0/UDP", "SIP/2.0/UDP a;;", "nonsense"])
+def test_an_invalid_via_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        Via.parse(text)
+
+
+@pytest.mark.parametrize("text", ["", "1", "INVITE", "1 2 3", "-1 BYE"])
+def test_an_invalid_cseq_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        CSeq.parse(text)

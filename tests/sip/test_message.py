@@ -130,6 +130,7 @@ def test_make_response_keeps_an_existing_to_tag() -> None:
         (INVITE.replace(b"Max-Forwards: 70", b"Max-Forwards: " + b"7" * 5000), 400),
         (INVITE.replace(b"l: 5", b"l: " + b"5" * 5000), 400),
         (b"SIP/2.0 099 Odd\r\n" + INVITE.partition(b"\r\n")[2], None),
+        ("SIP/2.0 1²² Odd\r\n".encode() + INVITE.partition(b"\r\n")[2], None),
         (b" INVITE sip:a@b SIP/2.0\r\n" + INVITE.partition(b"\r\n")[2], 400),
     ],
 )

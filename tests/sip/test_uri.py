@@ -68,3 +68,11 @@ def test_display_names_are_quoted() -> None:
     assert quote_display('a "b" \\ c') == '"a \\"b\\" \\\\ c"'
     odd = NameAddr(URI.parse("sip:x@y"), 'say "hi"\x07')
     assert NameAddr.parse(str(odd)) == odd
+
+
+@pytest.mark.parametrize(
+    "text", ["", '"unterminated <sip:a@b>', "Bell, Alexander <sip:a@b>", "< sip:a@b >"]
+)
+def test_an_invalid_address_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        NameAddr.parse(text)
