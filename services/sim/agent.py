@@ -522,5 +522,6 @@ class UserAgent:
             account.shutdown()
         self._accounts.clear()
         self.tone = None
-        ep.libDestroy()
+        # the calls are over: skip pjsua's one-second wait for late messages
+        ep.libDestroy(pj.PJSUA_DESTROY_NO_RX_MSG)
         self._endpoint = None

@@ -135,10 +135,18 @@ class SimProcess:
         self.client = SimClient(sim.control)
 
     def start(self) -> SimProcess:
+        return self.launch().wait_ready()
+
+    def launch(self) -> SimProcess:
+        """Start the process without waiting: several sims then start side by side."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+        return self
+
+    def wait_ready(self) -> SimProcess:
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.client.healthy():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -149,6 +157,11 @@ class SimProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting: several sims then stop side by side."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> int | None:
         self.client.close()

@@ -101,7 +101,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tandem = TandemUp(config, folder)
     try:
         for process in processes.values():
-            process.start()
+            process.launch()
+        for process in processes.values():
+            process.wait_ready()
         tandem.start()
         yield World(
             processes["hq"].client,
@@ -113,6 +115,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     finally:
         if tandem.proc is not None:
             tandem.stop()
+        for process in processes.values():
+            process.terminate()
         for process in processes.values():
             process.stop()
         nats.stop()

@@ -75,5 +75,12 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
     sims = load_sims(path)
     pbx = SimProcess("pbx", sims.pick("pbx", "hq"), path, folder / "pbx.log", 4)
     gateway = SimProcess("gateway", sims.pick("gateway", "gw"), path, folder / "gw.log", 4)
-    with pbx, gateway:
+    try:
+        for sim in (pbx.launch(), gateway.launch()):
+            sim.wait_ready()
         yield Direct(pbx.client, gateway.client)
+    finally:
+        pbx.terminate()
+        gateway.terminate()
+        pbx.stop()
+        gateway.stop()
