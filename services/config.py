@@ -224,6 +224,10 @@ class Policy(Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
+        return self.checked()
+
+    def checked(self) -> Policy:
+        """Self, once ids are unique and routes name only known trunks and usages."""
         _unique([t.id for t in self.trunks], "trunk id")
         _unique([r.id for r in self.routes], "route id")
         trunks = {t.id for t in self.trunks}

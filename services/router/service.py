@@ -179,7 +179,7 @@ class Service:
         """Compile the stored policy off the event loop; a refused one leaves the last in force."""
         try:
             policy = self.state.policy()
-            table = await asyncio.to_thread(RoutingTable, policy)
+            table = await asyncio.to_thread(RoutingTable, policy, self.table)
         except (ValidationError, ValueError) as exc:
             POLICY_ERRORS.inc()
             self.policy_error = str(exc)

@@ -72,15 +72,17 @@ class PolicyState:
         usages = self._parsed.get(USAGES_KEY, [])
         trunks = [v for k, v in self._parsed.items() if k.startswith("trunk.")]
         routes = [v for k, v in self._parsed.items() if k.startswith("route.")]
-        # already-validated objects are taken as they are: only the cross-checks run again
-        return Policy.model_validate({"pstn_usages": usages, "trunks": trunks, "routes": routes})
+        # each object was validated when its key was read: only the cross-checks run again
+        policy = Policy.model_construct(pstn_usages=usages, trunks=trunks, routes=routes)
+        return policy.checked()
 
 
 def _parse(key: str, value: bytes) -> BaseModel | list[str]:
-    if key.startswith("trunk."):
-        return Trunk.model_validate_json(value)
-    if key.startswith("route."):
-        return Route.model_validate_json(value)
+    if key.startswith(("trunk.", "route.")):
+        model: Trunk | Route = (Trunk if key[0] == "t" else Route).model_validate_json(value)
+        if key.partition(".")[2] != model.id:
+            raise ValueError(f"{key} holds the object with id {model.id!r}")
+        return model
     usages = json.loads(value)
     if not isinstance(usages, list) or not all(isinstance(u, str) for u in usages):
         raise ValueError(f"{USAGES_KEY}: expected a list of usage names")

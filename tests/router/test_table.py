@@ -328,3 +328,49 @@ def _search(pattern: str, number: str) -> bool:
     import regex
 
     return regex.search(pattern, number) is not None
+
+
+# ---- a table built from the previous one decides as one built afresh -------------------
+
+
+def test_a_table_evolved_from_the_last_one_equals_a_fresh_build() -> None:
+    base = [
+        route(f"r{n}", rf"^\+1{n:02d}\d{{8}}$", ["U"], ["gw"], priority=n % 3) for n in range(40)
+    ]
+    base.append(route("catch-all", r"^\+?(\d*)$", ["U"], ["gw"], priority=9))
+    before = Policy.model_validate(
+        {"trunks": [trunk("in", ["U"]), trunk("gw"), trunk("gw2")], "routes": base}
+    )
+    old = RoutingTable(before)
+    kept = [r for r in before.routes if r.id not in {"r1", "r2", "r3", "catch-all"}]
+    changed = [r.model_copy(update={"trunks": ["gw2"], "priority": -1}) for r in before.routes[1:3]]
+    added = Policy.model_validate(
+        {"pstn_usages": ["U"], "trunks": [trunk("gw3")], "routes": [route("new", r"^\+1031", ["U"], ["gw3"])]}
+    ).routes
+    after = Policy.model_construct(
+        pstn_usages=[],
+        trunks=[*before.trunks, trunk_model("gw3")],
+        routes=[*kept, *changed, *added],
+    ).checked()
+
+    evolved, fresh = RoutingTable(after, old), RoutingTable(after)
+    assert (
+        evolved.index is not old.index and evolved.routes["r5"] is old.routes["r5"]
+    )  # evolved, not rebuilt
+
+    def filed(t: RoutingTable) -> dict[str, list[str]]:
+        return {p: sorted(r.config.id for r in rs) for p, rs in t.index.by_prefix.items()}
+
+    assert filed(evolved) == filed(fresh)
+    assert "catch-all" not in evolved.routes and "r3" not in evolved.routes
+    for number in ["+10112345678", "+10212345678", "+10312345678", "+13912345678", "+1"]:
+        assert decision_dict(evolved.decide("in", number)) == decision_dict(
+            fresh.decide("in", number)
+        )
+    assert [t.trunk for t in evolved.decide("in", "+10112345678").targets] == ["gw2"]
+    # and the old table still decides by the old policy
+    assert [t.trunk for t in old.decide("in", "+10112345678").targets] == ["gw"]
+
+
+def trunk_model(trunk_id: str) -> Any:
+    return Policy.model_validate({"trunks": [trunk(trunk_id)]}).trunks[0]
