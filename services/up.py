@@ -221,6 +221,7 @@ class Up:
         await self.collector.start()
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{listen}"
         os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "200")  # traces readable at once
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_TIMEOUT", "2")  # seconds; local, never slow
 
     async def run(self) -> int:
         stop = asyncio.Event()
