@@ -134,3 +134,14 @@ def test_ringing_without_answer_until_the_caller_gives_up(direct: Direct) -> Non
     direct.pbx.hangup(out.id)  # CANCEL
     assert direct.pbx.wait_call(out.id, lambda c: c.ended, "cancel").last_status == 487
     assert direct.gateway.wait_call(inbound.id, lambda c: c.ended, "cancel").ended
+
+
+def test_control_api_refuses_what_cannot_be_done(direct: Direct) -> None:
+    http = direct.pbx.http
+    assert http.get("/v1/calls/999").status_code == 404
+    bad = http.post("/v1/calls", json={"calling": "0100", "called": "not a number"})
+    assert bad.status_code == 422
+    out = direct.pbx.place_call("0100", "+14255550486")
+    direct.pbx.wait_call(out.id, lambda c: c.ended, "rejection")
+    refused = http.post(f"/v1/calls/{out.id}/dtmf", json={"digits": "1"})
+    assert refused.status_code == 409 and "ended" in refused.text
