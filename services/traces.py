@@ -154,7 +154,7 @@ _SHOWN = (
 def render_tree(spans: list[Span]) -> str:
     """The trace as an indented tree: name, service, duration, the telephony attributes."""
     by_id = {s.span_id: s for s in spans}
-    roots = []
+    roots: list[Span] = []
     for span in sorted(spans, key=lambda s: s.start_ns):
         parent = by_id.get(span.parent_id)
         (parent.children if parent else roots).append(span)
