@@ -32,7 +32,8 @@ import httpx
 from tandem import bus
 from tandem.config import Policy
 from tandem.pb import tandem_pb2 as pb
-from tandem.router.store import config_bucket, write_lock, write_policy
+from tandem.router.patterns import compile_pattern
+from tandem.router.store import config_bucket, policy_entries, write_lock, write_policy
 from tandem.router.table import RoutingTable, Spreader
 from tandem.up import nats_server_command
 
@@ -203,17 +204,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def spawn(command: list[str], quiet: bool = False) -> subprocess.Popen[bytes]:
+    output = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(command, cwd=REPO, stdout=output, stderr=output)
+
+
 async def over_nats(size: int) -> dict[str, float]:
     data = policy_data(size)
     policy = Policy.model_validate(data)
     with tempfile.TemporaryDirectory() as tmp:
         port, api = free_port(), free_port()
         url = f"nats://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            nats_server_command("127.0.0.1", port, Path(tmp) / "nats"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server = spawn(nats_server_command("127.0.0.1", port, Path(tmp) / "nats"), quiet=True)
         router: subprocess.Popen[bytes] | None = None
         try:
             nc = await bus.connect(url, "bench")
@@ -228,11 +230,10 @@ async def over_nats(size: int) -> dict[str, float]:
             config = Path(tmp) / "tandem.yaml"
             config.write_text("{}\n")
             started = time.perf_counter()
-            router = subprocess.Popen(
-                [sys.executable, "-m", "tandem.cli", "router", "--config", str(config)]
-                + ["--nats", url, "--api", f"127.0.0.1:{api}", "--log-level", "WARNING"],
-                cwd=REPO,
-            )
+            router = spawn(
+                [sys.executable, "-m", "tandem.cli", "router", "--config", str(config),
+                 "--nats", url, "--api", f"127.0.0.1:{api}", "--log-level", "WARNING"]
+            )  # fmt: skip
             ready_s = await wait_ready(f"http://127.0.0.1:{api}/readyz", started)
             router_mb = rss_mb(router.pid)
 
@@ -245,6 +246,7 @@ async def over_nats(size: int) -> dict[str, float]:
                 if n >= 500:  # after the warm-up
                     latencies.append((time.perf_counter_ns() - t0) / 1e6)
             latencies.sort()
+            reload_s = await live_reload(nc, kv, policy)
             await nc.close()
         finally:
             if router is not None:
@@ -258,7 +260,30 @@ async def over_nats(size: int) -> dict[str, float]:
         "router_mb": router_mb,
         "nats_p50_ms": percentile(latencies, 0.5),
         "nats_p99_ms": percentile(latencies, 0.99),
+        "reload_s": reload_s,
     }
+
+
+async def live_reload(nc: Any, kv: Any, policy: Policy) -> float:
+    """From an API-style edit of one route to the router answering by it."""
+    route = next(r for r in policy.routes if compile_pattern(r.number_pattern).digits)
+    prefix, least, _ = compile_pattern(route.number_pattern).digits or ("", 0, 0)
+    probe = pb.RouteRequest(call_id="reload", ingress_trunk="pbx", called=prefix + "5" * least)
+    added = policy.trunks[0].model_copy(update={"id": "gw-reload"})
+    edited = route.model_copy(update={"trunks": ["gw-reload"], "spread": "ordered", "weights": {}})
+    routes = [edited if r.id == route.id else r for r in policy.routes]
+    new = Policy.model_construct(
+        pstn_usages=[], trunks=[*policy.trunks, added], routes=routes
+    ).checked()
+    started = time.perf_counter()
+    async with write_lock(kv, "bench"):
+        await write_policy(kv, new, policy_entries(policy))
+    while time.perf_counter() - started < 30:
+        decision = await bus.request(nc, bus.ROUTE_DECIDE, probe, pb.RouteDecision)
+        if any(t.trunk == "gw-reload" for t in decision.targets):
+            return time.perf_counter() - started
+        await asyncio.sleep(0.005)
+    raise RuntimeError("the edit did not apply in 30 s")
 
 
 async def wait_ready(url: str, started: float, timeout_s: float = 120) -> float:
@@ -285,7 +310,7 @@ def main() -> int:
         f"{'routes':>8} {'load s':>7} {'cpu s':>6} {'mem MB':>7} {'p50 µs':>7} {'p99 µs':>7} "
         f"{'cpu p99':>7} {'max µs':>7} "
         f"{'routed':>7} | {'store s':>7} {'ready s':>7} {'rss MB':>7} "
-        f"{'NATS p50 ms':>11} {'NATS p99 ms':>11}"
+        f"{'NATS p50 ms':>11} {'NATS p99 ms':>11} {'reload s':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -305,15 +330,16 @@ def main() -> int:
             f"{local['cpu_p99_us']:>7.1f} {local['max_us']:>7.0f} "
             f"{local['routed']:>7.0%} | {remote['store_s']:>7.2f} {remote['ready_s']:>7.2f} "
             f"{remote['router_mb']:>7.0f} {remote['nats_p50_ms']:>11.3f} "
-            f"{remote['nats_p99_ms']:>11.3f}",
+            f"{remote['nats_p99_ms']:>11.3f} {remote['reload_s']:>8.3f}",
             flush=True,
         )
     print(
         "load: validate + index in process (wall, cpu); p50/p99/max: wall time per decision, "
         "cpu p99: the decision's own CPU time (what a busy machine's preemption adds is the "
         "difference); store: write to TANDEM_CONFIG; ready: a new `tandem router` from start "
-        f"to /readyz with that policy in force; rss: its memory. load average {os.getloadavg()[0]:.1f}"
-        f" on {os.cpu_count()} CPUs"
+        "to /readyz with that policy in force; rss: its memory; reload: one route edited in the "
+        f"store until the router answers by it. Load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs."
     )
     return 0
 
