@@ -191,6 +191,8 @@ def replace(pattern: Pattern, translation: str, number: str) -> str | None:
             p if isinstance(p, str) else (groups[p] if p < 2 else "")
             for p in parse_translation(translation)
         )
+    if pattern.search(number) is None:  # most rules do not match: spare the finditer
+        return None
     found = pattern.finditer(number)
     if not found:
         return None

@@ -1,4 +1,4 @@
-"""The route decision: a policy compiled into per-usage prefix indexes, and the Lync walk over it.
+"""The route decision: a policy compiled into a prefix index of its routes, and Lync's walk.
 
 Normalize the called and calling numbers with the ingress trunk's rules; walk the trunk's
 PSTN usages in order; in each usage take the matching voice routes by priority, expand each
@@ -171,8 +171,10 @@ class RoutingTable:
         """Index only the routes that changed since the previous table (a live edit of one
         route among 100,000 applies in milliseconds); False when a full build is better."""
         routes = {r.id: r for r in self.policy.routes}
+        # unchanged objects are the very same ones (PolicyState parses only changed keys)
         gone = [c for rid, c in previous.routes.items() if routes.get(rid) is not c.config]
-        if len(gone) + len(routes) - len(previous.routes) > self.REBUILD_SHARE * len(routes):
+        added = len(routes) - (len(previous.routes) - len(gone))
+        if len(gone) + added > self.REBUILD_SHARE * len(routes):
             return False
         self.routes = dict(previous.routes)
         self.index = previous.index.copy()
