@@ -328,7 +328,7 @@ def _normalize(
     rule = rules[index]
     explain.append(
         f"{which} {number} -> {normalized} by {field_name}[{index}] "
-        f"{rule.pattern.text!r} -> {rule.translation!r}"
+        f"{rule.pattern.text} -> {rule.translation}"
     )
     return normalized
 
