@@ -235,14 +235,16 @@ class Service:
         return response
 
     def command(self, edge: str, leg_id: str, call_id: str, **command: Any) -> None:
-        """Send a command to a leg (on whichever edge runs it) without waiting for it."""
-        message = pb.LegCommand(leg_id=leg_id, call_id=call_id, **command)
-        self.spawn(self._command(edge, message))
+        """Send a command to a running leg, on whichever edge runs it, in order, unanswered.
 
-    async def _command(self, edge: str, message: pb.LegCommand) -> None:
-        reply = await bus.request(self.nc, bus.edge_cmd(edge), message, pb.CommandReply)
-        if not reply.ok:
-            log.debug("leg %s: command refused: %s", message.leg_id, reply.error)
+        Only `create` waits for its reply (a refused or unreachable edge means failover);
+        the rest are asked for no reply: one NATS message each instead of two, at the rate
+        calls end. A leg that is gone has nothing left to do with them.
+        """
+        message = pb.LegCommand(leg_id=leg_id, call_id=call_id, **command)
+        self.spawn(
+            self.nc.publish(bus.edge_cmd(edge), message.SerializeToString(), headers=bus.headers())
+        )
 
     def call_answered(self, call: Call) -> None:
         self.in_setup -= 1

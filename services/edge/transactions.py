@@ -101,7 +101,8 @@ class Transactions:
         for transport, layer in self.layers.items():
             for event in self._after(layer, layer.handle_timer(now), transport):
                 log.debug("unexpected event from a timer: %r", event)
-        self._arm()
+        for layer in self.layers.values():
+            self._arm(layer)
 
     def _after(self, layer: TransactionLayer, events: list[Event], transport: str) -> list[ForEdge]:
         """Send what the layer queued, route client events, re-arm; the rest is the edge's."""
@@ -137,13 +138,11 @@ class Transactions:
             send = self.send
             for data, addr in out:
                 send(data, Peer(transport, addr[0], addr[1]))
-        self._arm()
+        self._arm(layer)
 
-    def _arm(self) -> None:
-        when = min(
-            (t for t in (layer.get_timer() for layer in self.layers.values()) if t is not None),
-            default=None,
-        )
+    def _arm(self, layer: TransactionLayer) -> None:
+        """Wake up for this layer's next timer if it is sooner than the one armed."""
+        when = layer.get_timer()
         if when is None or (self._armed_at is not None and self._armed_at <= when):
             return
         if self._timer is not None:

@@ -7,13 +7,19 @@ a new transport (TLS) is one more listener class that feeds the same callback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import NamedTuple
 
 from tandem.sip import ParseError, StreamFramer
 
 log = logging.getLogger("tandem.edge.transport")
+
+# A burst of datagrams must wait in the kernel while the loop is busy, not be dropped:
+# the default (about 200 KB, a hundred messages) overflows at a few hundred calls/s.
+UDP_BUFFER_BYTES = 8 * 1024 * 1024
 
 TCP_CONNECT_TIMEOUT_S = 2.0
 
@@ -91,6 +97,10 @@ class Transports:
         self.udp, _ = await loop.create_datagram_endpoint(
             lambda: _Udp(self.receive), local_addr=(self.host, self.port)
         )
+        sock = self.udp.get_extra_info("socket")
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):  # capped by net.core.[rw]mem_max
+                sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
         self.tcp = await loop.create_server(
             lambda: _TcpConnection(self), self.host, self.port, reuse_address=True, backlog=1024
         )
