@@ -58,6 +58,9 @@ format: venv
 proto: venv
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=services/pb --pyi_out=services/pb proto/tandem.proto
 
+demo: venv
+	$(BIN)/tandem demo --config $(CONFIG)
+
 bench: venv system-deps
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 

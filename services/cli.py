@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tandem import __version__, bus, telemetry
 from tandem.config import Config, ConfigError, load_config
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trace", help="print a call's trace as a tree, from tandem up's collector")
     p.add_argument("key", help="a trace id, a tandem call id or a SIP Call-ID")
     p.add_argument("--config", default=os.environ.get("TANDEM_CONFIG", DEFAULT_CONFIG))
+
+    p = sub.add_parser("demo", help="one real call PBX -> PSTN, then its CDR and its trace")
+    p.add_argument("--config", default=os.environ.get("TANDEM_CONFIG", DEFAULT_CONFIG))
+    p.add_argument("--sims", default="examples/sim.yaml", help="the simulated trunks")
+    p.add_argument("--data-dir", default=".tandem")
+    p.add_argument("--talk", type=float, default=3.0, help="seconds of conversation")
 
     p = sub.add_parser("config", help="the routing policy in the configuration store")
     config_sub = p.add_subparsers(dest="action", required=True)
@@ -232,6 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "trace":
             return _trace(config, args.key)
+        if args.command == "demo":
+            from tandem.demo import Demo
+            from tandem.sim.config import load_sims
+
+            sims = load_sims(args.sims)
+            return Demo(config, args.config, sims, args.sims, Path(args.data_dir), args.talk).run()
         telemetry.setup_logging(args.log_format, args.log_level)
         if args.command == "up":
             from tandem.up import up

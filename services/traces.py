@@ -139,14 +139,17 @@ def receiver_app(store: TraceStore) -> FastAPI:
 
 
 _SHOWN = (
-    "tandem.trunk",
     "tandem.ingress_trunk",
-    "tandem.egress_trunk",
-    "tandem.called",
-    "tandem.calling",
+    "tandem.trunk",
+    "tandem.attempt",
+    "sip.calling",
+    "sip.called",
+    "tandem.normalized_called",
+    "tandem.usage",
+    "tandem.route",
+    "tandem.targets",
     "sip.status",
     "tandem.failover_reason",
-    "tandem.route",
     "sip.call_id",
 )
 
@@ -162,12 +165,12 @@ def render_tree(spans: list[Span]) -> str:
 
     def walk(span: Span, prefix: str, last: bool, top: bool) -> None:
         branch = "" if top else ("└─ " if last else "├─ ")
-        shown = " ".join(
-            f"{k.split('.', 1)[1]}={span.attributes[k]}" for k in _SHOWN if k in span.attributes
-        )
+        attrs = span.attributes
+        shown = " ".join(f"{k.split('.', 1)[1]}={attrs[k]}" for k in _SHOWN if attrs.get(k))
         error = " ERROR" if span.status == "error" else ""
+        where = " ".join(filter(None, (span.service, attrs.get("tandem.edge"))))
         lines.append(
-            f"{prefix}{branch}{span.name} [{span.service}] {span.duration_ms:.1f} ms{error}"
+            f"{prefix}{branch}{span.name} [{where}] {span.duration_ms:.1f} ms{error}"
             + (f"  {shown}" if shown else "")
         )
         child_prefix = prefix if top else prefix + ("   " if last else "│  ")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 from tandem.sim.client import SimClient
 from tandem.sim.views import CallView
+from tandem.traces import Span, render_tree
 from tests.e2e.conftest import World
 
 pytestmark = pytest.mark.e2e
@@ -100,3 +102,49 @@ def test_a_failing_gateway_fails_over_to_the_second(world: World) -> None:
     assert failed.ended and failed.last_status == 503
     assert world.gw2.call(inbound).called == "12065550503"
     talk(world.hq, out, world.gw2, inbound, callee_hangs_up=True)
+
+
+def test_a_failover_call_is_one_trace_across_its_legs(world: World) -> None:
+    """The trace of a failover call: the root, the decision, the ingress leg and both egress
+    attempts (the first failed with its reason), all in one trace, nothing orphaned."""
+    out, inbound = call_up(world.hq, world.gw2, "0100", "+14255550503")
+    sip_call_id = world.hq.call(out).sip_call_id
+    world.hq.hangup(out)
+    world.gw2.wait_call(inbound, lambda c: c.ended, "BYE through tandem")
+
+    collector = world.tandem.config["telemetry"]["collector"]
+    deadline = time.monotonic() + 15
+    while True:
+        reply = httpx.get(f"http://{collector}/v1/traces/{sip_call_id}", timeout=5)
+        spans = [Span.from_json(s) for s in reply.json()] if reply.status_code == 200 else []
+        egress = sorted(
+            (s for s in spans if s.name == "egress leg"),
+            key=lambda s: s.attributes["tandem.attempt"],
+        )
+        if len(egress) == 2 and any(s.name == "call" for s in spans):
+            break
+        assert time.monotonic() < deadline, f"incomplete trace: {[s.name for s in spans]}"
+        time.sleep(0.2)
+
+    assert len({s.trace_id for s in spans}) == 1
+    ids = {s.span_id for s in spans}
+    roots = [s for s in spans if not s.parent_id]
+    assert [r.name for r in roots] == ["call"]
+    assert all(s.parent_id in ids for s in spans if s.parent_id), "an orphaned span"
+    root = roots[0]
+    assert root.attributes["tandem.ingress_trunk"] == "pbx-hq"
+    assert root.attributes["sip.status"] == 200
+    children = {s.name for s in spans if s.parent_id == root.span_id}
+    assert {"ingress leg", "route.decide", "egress leg"} <= children
+    decision = next(s for s in spans if s.name == "route.decide")
+    assert decision.service == "tandem-router"
+    assert decision.attributes["tandem.targets"] == ["pstn-gw1", "pstn-gw2"]
+    first, second = egress
+    assert first.attributes["tandem.trunk"] == "pstn-gw1"
+    assert first.attributes["sip.status"] == 503
+    assert first.attributes["tandem.failover_reason"]
+    assert second.attributes["tandem.trunk"] == "pstn-gw2"
+    assert second.attributes["sip.status"] == 200
+    assert first.attributes["sip.call_id"] != second.attributes["sip.call_id"] != sip_call_id
+    tree = render_tree(spans)
+    assert tree.splitlines()[0].startswith("call [tandem-edge")
