@@ -315,7 +315,7 @@ def _take_headers(msg: Request | Response, lines: list[str]) -> int | None:
     length = None
     for i in range(1, len(lines)):
         name, colon, value = lines[i].partition(":")
-        entry = _TABLE.get(name.lower())
+        entry = _TABLE.get(name) or _TABLE.get(name.lower())
         if entry is None or not colon:
             if name[:1] in (" ", "\t"):
                 raise _Folded
@@ -406,11 +406,13 @@ _CHECKS = {
     "content-type": grammar.MEDIA_TYPE,
 }
 _Entry = tuple[str, str, "re.Pattern[str] | None", bool]
-# lower-case name as received -> (key, canonical name, check, single-valued)
+# name as received, in lower case or canonical (the common case, which spares a lower())
+# -> (key, canonical name, check, single-valued)
 _TABLE: dict[str, _Entry] = {
     name: (key, canonical, _CHECKS.get(key), key in _SINGLE)
     for name, (key, canonical) in NAMES.items()
 }
+_TABLE.update({canonical: _TABLE[key] for key, canonical in NAMES.values()})
 
 
 def make_response(
