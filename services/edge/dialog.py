@@ -17,6 +17,7 @@ USER_AGENT = f"tandem/{__version__}"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
 ACCEPT = "application/sdp"
 SUPPORTED = ""  # 100rel is neither offered nor accepted
+RETRY_AFTER_S = 5  # on every 503 the edge gives for its own reasons (limits, overload, drain)
 
 
 def new_id() -> str:

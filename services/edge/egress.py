@@ -8,13 +8,13 @@ responses cross in: a 2xx after a cancel is ACKed and ended with a BYE.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tandem import bus
+from tandem import bus, telemetry
 from tandem.config import Trunk
 from tandem.edge.dialog import ALLOW, USER_AGENT, new_id, new_tag
 from tandem.edge.ingress import body_headers, ignore, now_ms, relayed_headers, sip_body
@@ -29,7 +29,6 @@ from tandem.telemetry import mask_number
 if TYPE_CHECKING:
     from tandem.edge.service import Service
 
-log = logging.getLogger("tandem.edge.leg")
 Kind = pb.LegEvent.Kind
 ANONYMOUS_FROM = '"Anonymous" <sip:anonymous@anonymous.invalid>'
 
@@ -52,7 +51,7 @@ class Leg:
         self.trunk = trunk
         host, port = trunk.peer_address
         self.peer = Peer(trunk.transport, host, port)
-        local = service.local(trunk.transport)
+        self.local = local = service.local(trunk.transport)
         self.seq = 0
         self.state = "calling"  # calling, early, answered, ended
         self.cancelled = False
@@ -64,7 +63,6 @@ class Leg:
         hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         suffix = ";transport=tcp" if trunk.transport == "tcp" else ""
         uri = f"sip:{target.called}@{hostport}{suffix}"
-        self.local = local
         self.local_tag = tag = new_tag()
         self.sip_call_id = create.sip_call_id or new_id()
         if target.suppress_caller_id:
@@ -114,7 +112,8 @@ class Leg:
                 "sip.calling": mask_number(target.calling, service.mask),
             },
         )
-        self.trace_headers = bus.headers()
+        # the leg's events carry its span, so the owner's handling of them joins the trace
+        self.trace_headers = telemetry.inject({}, trace.set_span_in_context(self.span))
 
     def start(self) -> None:
         self.ctx = self.service.transactions.send_request(
@@ -219,6 +218,7 @@ class Leg:
             self.bye(reason)
         elif self.ctx is not None:
             self.service.transactions.cancel(self.ctx)
+            self.service.check_idle()
 
     def send_ack(self, body: pb.SipBody | None = None) -> None:
         if self.state != "answered" or self.dialog is None:

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tandem import bus
 from tandem.config import Trunk
-from tandem.edge.dialog import ALLOW, USER_AGENT, new_id, new_tag
+from tandem.edge.dialog import ALLOW, RETRY_AFTER_S, USER_AGENT, new_id, new_tag
 from tandem.edge.transactions import ServerTransaction
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
@@ -81,7 +81,6 @@ class Call:
         self.started_ms = now_ms()
         self.answered_ms = 0
         self.seq = 0
-        self.decision: pb.RouteDecision | None = None
         self.targets: list[pb.RouteTarget] = []
         self.attempt = 0
         self.leg_id = ""
@@ -104,10 +103,9 @@ class Call:
                 "sip.calling": mask_number(self.calling, service.mask),
             },
         )
-        self.context = trace.set_span_in_context(self.span)
         self.leg_span = tracer.start_span(
             "ingress leg",
-            context=self.context,
+            context=trace.set_span_in_context(self.span),
             kind=SpanKind.SERVER,
             attributes={"tandem.trunk": trunk.id, "sip.call_id": invite.call_id},
         )
@@ -166,7 +164,6 @@ class Call:
                 return
         if self.state == "ended":
             return
-        self.decision = decision
         self.span.set_attribute("tandem.route", decision.route)
         if decision.result != pb.RouteDecision.ROUTED:
             status = decision.status or (
@@ -350,7 +347,7 @@ class Call:
             if self.state == "answered":
                 self._bye_caller()
             else:
-                self._finish_unanswered(480, event.reason or "callee ended")
+                self.reject(480, None, reason=event.reason or "callee ended")
                 return
             self.end("callee", 200, event.reason or "callee hung up")
 
@@ -403,16 +400,13 @@ class Call:
             return
         headers: list[tuple[str, str]] = []
         if retry_after:
-            headers.append(("Retry-After", "5"))
+            headers.append(("Retry-After", str(RETRY_AFTER_S)))
         if diagnostic or status in (403, 503):
             text = reason.replace('"', "'")
             headers.append(("Reason", f'SIP;cause={status};text="{text}"'))
             headers.append(("Warning", f'399 {self.local.host} "{text}"'))
         self.service.respond(self.stx, status, phrase, headers, to_tag=self.local_tag)
         self.end("system", status, reason)
-
-    def _finish_unanswered(self, status: int, reason: str) -> None:
-        self.reject(status, None, reason=reason)
 
     def _no_ack(self) -> None:
         """The caller never ACKed our 2xx: the call is over on both sides."""
@@ -431,7 +425,7 @@ class Call:
     # ---- requests from the caller -------------------------------------------------------------
 
     def on_cancel(self) -> None:
-        """CANCEL from the caller (already answered 200): 487, CANCEL the pending leg."""
+        """CANCEL from the caller (the layer has answered it 200): 487, CANCEL the pending leg."""
         if self.state not in ("routing", "trying", "early"):
             return
         if self.leg_id:
@@ -557,7 +551,16 @@ class Call:
             return
         self.state = "ended"
         self._drop_leg()
-        self.emit("ended", status=status, reason=reason, ended_by=ended_by, leg_id=self.leg_id)
+        trunk = self.targets[self.attempt - 1].trunk if self.leg_id else ""
+        self.emit(
+            "ended",
+            status=status,
+            reason=reason,
+            ended_by=ended_by,
+            leg_id=self.leg_id,
+            trunk=trunk,
+            attempt=self.attempt,
+        )
         self.span.set_attribute("sip.status", status)
         self.leg_span.set_attribute("sip.status", status)
         if status >= 400:

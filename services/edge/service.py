@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from tandem import bus, telemetry
 from tandem.config import DEFAULT_SIP_PORT, Edge, Policy, Trunk, split_host_port
 from tandem.edge.admission import Admission, RejectLimiter
-from tandem.edge.dialog import ACCEPT, ALLOW, SUPPORTED, USER_AGENT, Local
+from tandem.edge.dialog import ACCEPT, ALLOW, RETRY_AFTER_S, SUPPORTED, USER_AGENT, Local
 from tandem.edge.egress import Leg
 from tandem.edge.health import Probe
 from tandem.edge.ingress import Call, now_ms
@@ -40,7 +40,6 @@ log = logging.getLogger("tandem.edge")
 METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO")
 BODY_TYPES = ("application/sdp", "multipart/mixed", "application/dtmf-relay", "application/dtmf")
 HEARTBEAT_S = 2.0
-RETRY_AFTER_S = 5
 # Overload: more calls in setup than this, or an event loop running this late, and new
 # INVITEs get 503 + Retry-After at once rather than time out in a queue.
 MAX_CALLS_IN_SETUP = 3000
@@ -81,7 +80,7 @@ class Service:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
-        self._idle = asyncio.Event()  # set when the last call and leg end (for drain)
+        self._idle = asyncio.Event()  # set when no call or live leg is left (for drain)
         self.app = self._build_app(ctx.token)
 
     # ---- life cycle ---------------------------------------------------------------------------
@@ -114,9 +113,9 @@ class Service:
         """New INVITEs get 503 from now on; return when the last call has ended."""
         self.draining = True
         await self._send_heartbeat()
-        if self.calls or self.legs:
-            self._idle.clear()
-            await self._idle.wait()
+        self._idle.clear()
+        self.check_idle()
+        await self._idle.wait()
 
     async def stop(self) -> None:
         for call in list(self.calls.values()):
@@ -260,15 +259,18 @@ class Service:
             self.in_setup -= 1
         self.metrics.calls_active.dec()
         self.metrics.call_ended(status)
-        if not self.calls and not self.legs:
-            self._idle.set()
+        self.check_idle()
 
     def leg_ended(self, leg: Leg) -> None:
         if self.legs.pop(leg.id, None) is not None:
             self.dialogs.pop((leg.sip_call_id, leg.local_tag), None)
             self.metrics.legs_active.dec()
-            if not self.calls and not self.legs:
-                self._idle.set()
+            self.check_idle()
+
+    def check_idle(self) -> None:
+        """Drain is over when no call is left and no leg but those winding down (cancelled)."""
+        if not self.calls and all(leg.cancelled for leg in self.legs.values()):
+            self._idle.set()
 
     def transport_failed(self, peer: Peer) -> None:
         for leg in self.legs.values():
