@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tandem import bus, telemetry
 from tandem.config import Policy
 from tandem.pb import tandem_pb2 as pb
-from tandem.router.store import import_policy
+from tandem.router.store import import_policy, policy_entries
 
 from .conftest import StartReplica
 from .policies import redmond, route, trunk
@@ -154,3 +154,15 @@ async def test_with_no_stored_policy_every_call_gets_403(
     decision = await decide(nc, "pbx", "+14255551212")
     assert (decision.result, decision.status) == (pb.RouteDecision.NO_ROUTE, 403)
     assert replica.service.loaded.is_set()
+
+
+async def test_keys_without_a_commit_are_not_a_policy_yet(
+    js: JetStreamContext, nc: Client, start_replica: StartReplica
+) -> None:
+    kv = await js.key_value(bus.CONFIG_BUCKET)
+    for key, value in policy_entries(redmond()).items():  # a first import, interrupted
+        await kv.put(key, value)
+    replica = await start_replica()
+    assert (await decide(nc, "pbx", "+14255551212")).status == 403
+    await replica.service.applied(await kv.put("commit", b"{}"))
+    assert (await decide(nc, "pbx", "+14255551212")).route == "Redmond-Local"
