@@ -36,6 +36,12 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout_s: flo
         await asyncio.sleep(0.02)
 
 
+async def settled(service: Service) -> None:
+    """Wait for the batch being applied to be written: memory runs ahead of NATS until then."""
+    async with service.lock:
+        pass
+
+
 class Callstates:
     """Starts services (each with its own connection, as separate processes would have)."""
 

@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
 from tandem.callstate.service import Service
-from tests.callstate.conftest import Callstates, cdrs, eventually
+from tests.callstate.conftest import Callstates, cdrs, eventually, settled
 from tests.callstate.edge import T0, FakeEdge
 
 
@@ -50,6 +50,7 @@ async def test_calls_listed_inspected_and_hung_up_through_the_edge(
     assert response.status_code == 202
     assert [h.call_id for h in edge.hangups] == ["c1"]
     await eventually(lambda: "c1" not in callstate.calls)
+    await settled(callstate)
     [cdr] = await cdrs(js)
     assert (cdr.call_id, cdr.ended_by) == ("c1", "api")
     assert (await api.delete("/v1/calls/c1")).status_code == 404

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.js import JetStreamContext
 
 from tandem.callstate.service import Service
-from tests.callstate.conftest import cdrs, counters, eventually
+from tests.callstate.conftest import cdrs, counters, eventually, settled
 from tests.callstate.edge import T0, FakeEdge
 
 
@@ -69,6 +69,7 @@ async def test_counters_for_the_router(
         return (await counters(js, "gw2")).active_out == 0
 
     await eventually(gw2_down, 2.0)
+    await settled(callstate)
     gw2 = await counters(js, "gw2")
     assert (gw2.active_out, gw2.peak_active) == (0, 1)
     [cdr] = await cdrs(js)
@@ -96,6 +97,7 @@ async def test_a_redelivered_event_changes_nothing(
     await edge.republish(sent[0])  # a replayed `started` must not bring the call back
     await edge.event("other", "ended", ended_by="caller")
     await eventually(lambda: "other" not in callstate.calls)
+    await settled(callstate)
     assert "c1" not in callstate.calls
     assert sorted(c.call_id for c in await cdrs(js)) == ["c1", "other"]
     assert callstate.trunk_stats("pbx")["attempts"] == 2

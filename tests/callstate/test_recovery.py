@@ -11,7 +11,7 @@ from tandem import bus
 from tandem.callstate import records
 from tandem.callstate.service import Service
 from tandem.pb import tandem_pb2 as pb
-from tests.callstate.conftest import Callstates, cdrs, counters, eventually
+from tests.callstate.conftest import Callstates, cdrs, counters, eventually, settled
 from tests.callstate.edge import T0, FakeEdge
 
 CALLS = 200
@@ -82,6 +82,7 @@ async def test_a_cdr_written_just_before_a_kill_is_not_written_again(
     await eventually(lambda: "c1" not in second.calls)
     await edge.event("c2", "started")  # a marker: everything before it is consumed
     await eventually(lambda: "c2" in second.calls)
+    await settled(second)
     assert [c.call_id for c in await cdrs(js)] == ["c1"]
     assert await second.store.is_finished("c1")
     assert second.trunk_stats("pbx")["attempts"] == 2  # c1 once, c2
@@ -137,6 +138,7 @@ async def test_a_leader_whose_record_was_changed_by_another_is_fenced(
     await edge.event("c1", "ended", ended_by="caller")  # would end it again, and write a CDR
     await edge.event("c2", "started")
     await eventually(lambda: "c2" in callstate.calls and callstate.leading, 5.0)
+    await settled(callstate)
     assert "c1" not in callstate.calls
     assert await cdrs(js) == []  # the fenced leader wrote nothing for c1
     assert await callstate.store.is_finished("c1")
@@ -160,6 +162,7 @@ async def test_a_call_ended_just_before_a_kill_gets_its_cdr_once(
     second = await callstates.start()
     await edge.event("c2", "started")
     await eventually(lambda: "c2" in second.calls)
+    await settled(second)
     [cdr] = await cdrs(js)
     assert (cdr.call_id, cdr.ended_by, cdr.end_unix_ms) == ("c1", "callee", T0 + 70_000)
     assert "c1" not in second.calls
