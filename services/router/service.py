@@ -158,7 +158,10 @@ class Service:
                     await apply("", None, 0)
                     continue
                 value = None if store.is_delete(entry.operation) else entry.value
-                await apply(entry.key, value, entry.revision or 0)
+                try:
+                    await apply(entry.key, value, entry.revision or 0)
+                except Exception:  # one unreadable entry must not stop the watch
+                    log.exception("entry %s not applied", entry.key)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
@@ -181,9 +184,11 @@ class Service:
 
     async def _rebuild(self) -> None:
         """Compile the stored policy off the event loop; a refused one leaves the last in force."""
-        try:
-            policy = self.state.policy()
-            table = await asyncio.to_thread(RoutingTable, policy, self.table)
+        def build() -> RoutingTable:
+            return RoutingTable(self.state.policy(), self.table)
+
+        try:  # the watch awaits this, so nothing changes the state meanwhile
+            table = await asyncio.to_thread(build)
         except (ValidationError, ValueError) as exc:
             POLICY_ERRORS.inc()
             self.policy_error = str(exc)
@@ -194,6 +199,7 @@ class Service:
         # collection over 100,000 routes would stall decisions for tens of milliseconds)
         gc.freeze()
         self.policy_error = None
+        policy = table.policy
         POLICY_ROUTES.set(len(policy.routes))
         log.info(
             "policy in force", extra={"trunks": len(policy.trunks), "routes": len(policy.routes)}

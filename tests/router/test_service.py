@@ -166,3 +166,16 @@ async def test_keys_without_a_commit_are_not_a_policy_yet(
     assert (await decide(nc, "pbx", "+14255551212")).status == 403
     await replica.service.applied(await kv.put("commit", b"{}"))
     assert (await decide(nc, "pbx", "+14255551212")).route == "Redmond-Local"
+
+
+async def test_an_unreadable_health_entry_does_not_stop_the_watch(
+    js: JetStreamContext, start_replica: StartReplica
+) -> None:
+    replica = await start_replica()
+    health = await js.key_value(bus.TRUNK_HEALTH_BUCKET)
+    await health.put("gw-a", b"\xff\xff not protobuf")
+    await health.put("gw-b", pb.TrunkHealth(trunk="gw-b", up=False).SerializeToString())
+    deadline = time.monotonic() + 2
+    while replica.service.down != {"gw-b"}:
+        assert time.monotonic() < deadline, f"down is {replica.service.down}"
+        await asyncio.sleep(0.01)
