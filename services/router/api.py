@@ -16,7 +16,7 @@ import yaml
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from tandem.config import Policy, Route, Trunk, Usage, format_errors
+from tandem.config import Config, Policy, Route, Trunk, Usage, format_errors
 from tandem.http import AUTH
 from tandem.router import store
 from tandem.router.table import decision_dict
@@ -69,7 +69,7 @@ def build(service: Service) -> APIRouter:
                 await service.caught_up()
                 policy = mutate(current())
                 revision = await store.write_policy(service.kv, policy, dict(service.state.raw))
-        except store.PolicyBusyError as exc:
+        except (store.PolicyBusyError, TimeoutError) as exc:
             raise HTTPException(503, str(exc)) from None
         await service.applied(revision)  # read your writes: this replica has it in force
         return policy
@@ -103,7 +103,9 @@ def build(service: Service) -> APIRouter:
         data = parse_body(await request.body(), request.headers.get("content-type", ""))
         if not isinstance(data, dict):
             raise HTTPException(422, "a policy is a mapping of pstn_usages, trunks and routes")
-        policy = checked(422, **data)
+        # a whole config file is welcome: its deployment part (nats, edges...) is not policy
+        deployment = Config.model_fields.keys() - Policy.model_fields.keys()
+        policy = checked(422, **{k: v for k, v in data.items() if k not in deployment})
         await change(lambda _: policy)
         return {"trunks": len(policy.trunks), "routes": len(policy.routes)}
 

@@ -80,6 +80,14 @@ async def test_a_bad_import_changes_nothing(
     assert answer.status_code == 422
     assert "nowhere" in str(answer.json()["detail"])
     assert (await http.get(f"{replica.url}/v1/routes/local")).json()["trunks"] == ["gw"]
+    config_file = await http.put(
+        f"{replica.url}/v1/policy",
+        content="nats: nats://127.0.0.1:4222\nedges: []\n"
+        + POLICY_YAML.replace("[gw]", "[gw, pbx]"),
+        headers={"content-type": "application/yaml"},
+    )
+    assert config_file.status_code == 200, config_file.text
+    assert (await http.get(f"{replica.url}/v1/routes/local")).json()["trunks"] == ["gw", "pbx"]
     unreadable = await http.put(
         f"{replica.url}/v1/policy",
         content=b"{not json",
