@@ -134,12 +134,7 @@ class Leg:
             seq=self.seq,
             **fields,  # type: ignore[arg-type]
         )
-        nc = self.service.nc
-        self.service.spawn(
-            nc.publish(
-                bus.leg_event(self.id), event.SerializeToString(), headers=self.trace_headers
-            )
-        )
+        self.service.publish(bus.leg_event(self.id), event.SerializeToString(), self.trace_headers)
 
     # ---- the INVITE -----------------------------------------------------------------------
 

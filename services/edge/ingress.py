@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tandem import bus
+from tandem import bus, telemetry
 from tandem.config import Trunk
 from tandem.edge.dialog import ALLOW, RETRY_AFTER_S, USER_AGENT, new_id, new_tag
 from tandem.edge.transactions import ServerTransaction
@@ -110,11 +110,12 @@ class Call:
             attributes={"tandem.trunk": trunk.id, "sip.call_id": invite.call_id},
         )
         self.trace_id = format(self.span.get_span_context().trace_id, "032x")
+        self.trace_headers = telemetry.inject({}, trace.set_span_in_context(self.span))
 
     # ---- events ---------------------------------------------------------------------------
 
     def emit(self, kind: str, **fields: object) -> None:
-        """Publish a call event to JetStream, in order (tasks publish in creation order)."""
+        """Publish a call event to JetStream (through the service's ordered outbox)."""
         self.seq += 1
         event = pb.CallEvent(
             call_id=self.id,
@@ -126,10 +127,14 @@ class Call:
             trace_id=self.trace_id,
             **fields,  # type: ignore[arg-type]
         )
-        subject = bus.call_event(self.id, kind)
-        self.service.spawn(
-            bus.publish_event(self.service.js, subject, event, f"{self.id}.{self.seq}")
-        )
+        headers = {**self.trace_headers, "Nats-Msg-Id": f"{self.id}.{self.seq}"}
+        self.service.publish(bus.call_event(self.id, kind), event.SerializeToString(), headers)
+
+    def command(self, *, leg_id: str = "", edge: str = "", **command: Any) -> None:
+        """A command to the current leg (or the one named), on whichever edge runs it."""
+        message = pb.LegCommand(leg_id=leg_id or self.leg_id, call_id=self.id, **command)
+        subject = bus.edge_cmd(edge or self.leg_edge)
+        self.service.publish(subject, message.SerializeToString(), self.trace_headers)
 
     def _leg_fields(self, target: pb.RouteTarget) -> dict[str, object]:
         return {
@@ -246,7 +251,7 @@ class Call:
                 error = f"edge {target.edge} unreachable: {type(exc).__name__}"
         if self.leg_id != leg_id or self.state not in ("trying", "early", "answered"):
             if not error and self.state == "ended":  # cancelled while the leg was created
-                self.service.command(target.edge, leg_id, self.id, cancel=pb.LegCancel())
+                self.command(cancel=pb.LegCancel(), leg_id=leg_id, edge=target.edge)
             return True
         if error and self.state == "trying":
             self._failed(target, 503, error, "transport_error", timed_out=False)
@@ -258,9 +263,7 @@ class Call:
         if self.state != "trying":
             return
         target = self.targets[self.attempt - 1]
-        self.service.command(
-            self.leg_edge, self.leg_id, self.id, cancel=pb.LegCancel(reason="failover timer")
-        )
+        self.command(cancel=pb.LegCancel(reason="failover timer"))
         self._failed(
             target, 408, "no provisional response in time", "failover_timer", timed_out=True
         )
@@ -322,9 +325,7 @@ class Call:
             )
         elif kind == Kind.ANSWERED:
             if self.state not in ("trying", "early"):
-                self.service.command(
-                    self.leg_edge, self.leg_id, self.id, bye=pb.LegBye(reason="call over")
-                )
+                self.command(bye=pb.LegBye(reason="call over"))
                 return
             if self.failover_timer is not None:
                 self.failover_timer.cancel()
@@ -411,9 +412,7 @@ class Call:
     def _no_ack(self) -> None:
         """The caller never ACKed our 2xx: the call is over on both sides."""
         if self.state == "answered":
-            self.service.command(
-                self.leg_edge, self.leg_id, self.id, bye=pb.LegBye(reason="no ACK")
-            )
+            self.command(bye=pb.LegBye(reason="no ACK"))
             self._bye_caller()
             self.end("system", 408, "no ACK from the caller")
 
@@ -429,9 +428,7 @@ class Call:
         if self.state not in ("routing", "trying", "early"):
             return
         if self.leg_id:
-            self.service.command(
-                self.leg_edge, self.leg_id, self.id, cancel=pb.LegCancel(reason="caller cancelled")
-            )
+            self.command(cancel=pb.LegCancel(reason="caller cancelled"))
         self._drop_leg()
         self.service.respond(self.stx, 487, None, (), to_tag=self.local_tag)
         self.end("caller", 487, "caller cancelled")
@@ -442,7 +439,7 @@ class Call:
         if method == "ACK":
             if self.state == "answered":
                 ack = pb.LegAck(body=sip_body(request))
-                self.service.command(self.leg_edge, self.leg_id, self.id, ack=ack)
+                self.command(ack=ack)
             return
         assert stx is not None
         error = self.dialog.on_request(request) if self.dialog is not None else None
@@ -452,9 +449,7 @@ class Call:
         if method == "BYE":
             self.service.respond(stx, 200)
             if self.state == "answered":
-                self.service.command(
-                    self.leg_edge, self.leg_id, self.id, bye=pb.LegBye(reason="caller hung up")
-                )
+                self.command(bye=pb.LegBye(reason="caller hung up"))
                 self.end("caller", 200, "caller hung up")
             elif self.state != "ended":  # BYE before our 2xx: the caller gave up early
                 self.on_cancel()
@@ -466,10 +461,7 @@ class Call:
             self.service.respond(stx, 100)
         request_id = new_id()
         self.from_caller[request_id] = stx
-        self.service.command(
-            self.leg_edge,
-            self.leg_id,
-            self.id,
+        self.command(
             request=pb.LegRequest(
                 request_id=request_id,
                 method=method,
@@ -519,7 +511,7 @@ class Call:
                     headers=[pb.Header(name=n, value=v) for n, v in relayed_headers(response)],
                     body=sip_body(response),
                 )
-            self.service.command(self.leg_edge, self.leg_id, self.id, response=reply)
+            self.command(response=reply)
 
         self.service.transactions.send_request(out, self.peer, relay)
 
@@ -528,14 +520,12 @@ class Call:
     def hangup(self, ended_by: str, reason: str) -> None:
         """End the call from outside SIP (the API, or the edge stopping)."""
         if self.state == "answered":
-            self.service.command(self.leg_edge, self.leg_id, self.id, bye=pb.LegBye(reason=reason))
+            self.command(bye=pb.LegBye(reason=reason))
             self._bye_caller()
             self.end(ended_by, 200, reason)
         elif self.state != "ended":
             if self.leg_id:
-                self.service.command(
-                    self.leg_edge, self.leg_id, self.id, cancel=pb.LegCancel(reason=reason)
-                )
+                self.command(cancel=pb.LegCancel(reason=reason))
             self._drop_leg()
             self.service.respond(
                 self.stx,

@@ -80,6 +80,8 @@ class Service:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
+        self._outbox: list[tuple[str, bytes, dict[str, str]]] = []
+        self._flushing = False
         self._idle = asyncio.Event()  # set when no call or live leg is left (for drain)
         self.app = self._build_app(ctx.token)
 
@@ -233,17 +235,29 @@ class Service:
         self.metrics.response("out", status)
         return response
 
-    def command(self, edge: str, leg_id: str, call_id: str, **command: Any) -> None:
-        """Send a command to a running leg, on whichever edge runs it, in order, unanswered.
+    def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        """Queue a message for NATS: queued messages leave in order, in one task per loop turn.
 
-        Only `create` waits for its reply (a refused or unreachable edge means failover);
-        the rest are asked for no reply: one NATS message each instead of two, at the rate
-        calls end. A leg that is gone has nothing left to do with them.
+        Leg commands (but `create`), leg events and call events all go this way, unanswered:
+        a task and a reply per message would cost more than the call's SIP. Call events
+        reach the TANDEM_CALLS stream the same, deduplicated by their Nats-Msg-Id.
         """
-        message = pb.LegCommand(leg_id=leg_id, call_id=call_id, **command)
-        self.spawn(
-            self.nc.publish(bus.edge_cmd(edge), message.SerializeToString(), headers=bus.headers())
-        )
+        self._outbox.append((subject, data, headers))
+        if not self._flushing:
+            self._flushing = True
+            self.spawn(self._flush_outbox())
+
+    async def _flush_outbox(self) -> None:
+        try:
+            while self._outbox:
+                outbox, self._outbox = self._outbox, []
+                for subject, data, headers in outbox:
+                    await self.nc.publish(subject, data, headers=headers)
+        except Exception as exc:
+            log.warning("messages to NATS lost: %r", exc)
+            self._outbox.clear()
+        finally:
+            self._flushing = False
 
     def call_answered(self, call: Call) -> None:
         self.in_setup -= 1
