@@ -146,10 +146,21 @@ def _sip_port() -> int:
         return port
 
 
-def start_system(workdir: Path, **gateway_overrides: Any) -> System:
+def start_system(
+    workdir: Path, extra_trunks: tuple[str, ...] = (), **gateway_overrides: Any
+) -> System:
+    """tandem up with the policy above; each of `extra_trunks` (addresses) gets an edge and
+    a trunk of its own, with no route to it."""
     # trunks answer on free ports, not 5060: nothing else on the machine reaches them
-    peers = {ip: f"{ip}:{free_port(ip, socket.SOCK_DGRAM)}" for ip in (HQ, GW1, BRANCH, GW2)}
+    ips = (HQ, GW1, BRANCH, GW2, *extra_trunks)
+    peers = {ip: f"{ip}:{free_port(ip, socket.SOCK_DGRAM)}" for ip in ips}
     config = system_config(f"nats://127.0.0.1:{free_port()}", **policy(peers, **gateway_overrides))
+    for n, ip in enumerate(extra_trunks, start=1):
+        config["edges"].append({"id": f"edge-x{n}", "api": f"127.0.0.1:{free_port()}"})
+        config["trunks"].append(
+            {"id": f"trunk-x{n}", "edge": f"edge-x{n}", "peer": peers[ip], "sources": [ip]}
+            | {"pstn_usages": ["Internal"], "options_interval_s": 0}
+        )
     for edge in config["edges"]:
         edge["sip"] = f"127.0.0.1:{_sip_port()}"
     up = TandemUp(config, workdir)

@@ -217,7 +217,16 @@ def test_callee_hangs_up(system: System, sipp_dir: Path) -> None:
 def test_calls_complete_with_10_percent_of_datagrams_lost(system: System, sipp_dir: Path) -> None:
     calls = 10
     lossy = ("-lost", "10")
-    gw1 = trunk(system, GW1, "uas_answer.xml", sipp_dir, calls=calls, extra=lossy, timeout_s=60)
+    gw1 = trunk(  # lingers 2 s after each call to answer BYEs retransmitted over its lost 200
+        system,
+        GW1,
+        "uas_answer.xml",
+        sipp_dir,
+        calls=calls,
+        pause_ms=2000,
+        extra=lossy,
+        timeout_s=60,
+    )
     caller = Sipp(
         "uac_call.xml",
         sipp_dir,
