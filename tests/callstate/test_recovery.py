@@ -99,7 +99,12 @@ async def test_two_replicas_one_leads_and_the_other_takes_over(
     ids = [f"call{n:03}" for n in range(100)]
     await place_calls(edge, ids[:50])
     await edge.call("long", end=False)
-    await eventually(lambda: first.cdrs_written == 50 and "long" in first.calls)
+    await eventually(
+        lambda: (
+            first.cdrs_written == 50 and "long" in first.calls and first.calls["long"].last_seq == 8
+        )
+    )
+    await settled(first)
     transport = httpx.ASGITransport(app=standby.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://standby") as client:
         # the standby serves the API from what the leader keeps in NATS
