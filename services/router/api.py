@@ -68,7 +68,7 @@ def build(service: Service) -> APIRouter:
             async with store.write_lock(service.kv, service.ctx.name):
                 await service.caught_up()
                 policy = mutate(current())
-                revision = await store.write_policy(service.kv, policy, dict(service.state.raw))
+                revision = await store.write_policy(service.kv, policy, service.state)
         except (store.PolicyBusyError, TimeoutError) as exc:
             raise HTTPException(503, str(exc)) from None
         await service.applied(revision)  # read your writes: this replica has it in force

@@ -184,6 +184,7 @@ class Service:
 
     async def _rebuild(self) -> None:
         """Compile the stored policy off the event loop; a refused one leaves the last in force."""
+
         def build() -> RoutingTable:
             return RoutingTable(self.state.policy(), self.table)
 

@@ -76,6 +76,16 @@ class PolicyState:
         policy = Policy.model_construct(pstn_usages=usages, trunks=trunks, routes=routes)
         return policy.checked()
 
+    def entries(self, policy: Policy) -> dict[str, bytes]:
+        """The policy's keys and values; objects parsed from these keys keep their bytes."""
+        entries = {USAGES_KEY: json.dumps(policy.pstn_usages).encode()}
+        for prefix, objects in (("trunk.", policy.trunks), ("route.", policy.routes)):
+            for item in objects:
+                key = prefix + item.id
+                same = self._parsed.get(key) is item
+                entries[key] = self.raw[key] if same else item.model_dump_json().encode()
+        return entries
+
 
 def _parse(key: str, value: bytes) -> BaseModel | list[str]:
     if key.startswith(("trunk.", "route.")):
@@ -159,14 +169,18 @@ async def _take_stale_lock(kv: KeyValue, mine: bytes) -> bool:
     return True
 
 
-async def write_policy(kv: KeyValue, policy: Policy, old: dict[str, bytes] | None = None) -> int:
+async def write_policy(kv: KeyValue, policy: Policy, known: PolicyState | None = None) -> int:
     """Replace the stored policy with this one (call under write_lock); the commit revision.
 
-    `old` is what the caller knows to be stored (a watcher's state): saves reading it back.
+    `known` is what the caller knows to be stored (a watcher's state): saves reading it back,
+    and serializing again the objects it parsed.
     """
-    if old is None:
-        old = {k: v for k, v in (await read_entries(kv)).items() if is_policy_key(k)}
-    new = policy_entries(policy)
+    if known is None:
+        known = PolicyState()
+        for key, value in (await read_entries(kv)).items():
+            known.put(key, value)
+    old = dict(known.raw)
+    new = known.entries(policy)
     puts = [(k, v) for k, v in new.items() if old.get(k) != v]
     gone = sorted(old.keys() - new.keys())
     for start in range(0, len(puts), WRITE_BATCH):  # pipelined: 100,000 routes in seconds
