@@ -21,7 +21,15 @@ from nats.js.kv import KeyValue
 from tandem import bus, telemetry
 from tandem.config import DEFAULT_SIP_PORT, Edge, Policy, Trunk, split_host_port
 from tandem.edge.admission import Admission, RejectLimiter
-from tandem.edge.dialog import ACCEPT, ALLOW, RETRY_AFTER_S, SUPPORTED, USER_AGENT, Local
+from tandem.edge.dialog import (
+    ACCEPT,
+    ALLOW,
+    RETRY_AFTER_S,
+    SUPPORTED,
+    USER_AGENT,
+    Local,
+    new_tag,
+)
 from tandem.edge.egress import Leg
 from tandem.edge.health import Probe
 from tandem.edge.ingress import Call, now_ms
@@ -33,6 +41,7 @@ from tandem.pb import tandem_pb2 as pb
 from tandem.process import Context
 from tandem.router.store import COMMIT_KEY, read_policy
 from tandem.sip import ParseError, Request, Response, make_response, parse, validate_request
+from tandem.sip.message import REASONS
 from tandem.sip.transaction import CancelReceived, RequestReceived, TransactionKey
 
 log = logging.getLogger("tandem.edge")
@@ -45,6 +54,64 @@ HEARTBEAT_S = 2.0
 MAX_CALLS_IN_SETUP = 3000
 LAG_CHECK_S = 0.1
 OVERLOAD_LAG_S = 0.3
+
+
+ANSWER_HEADERS = ("via", "from", "to", "call-id", "cseq")  # what a response copies
+_RAW_ANSWER_HEADERS = {
+    b"via": b"Via",
+    b"v": b"Via",
+    b"from": b"From",
+    b"f": b"From",
+    b"to": b"To",
+    b"t": b"To",
+    b"call-id": b"Call-ID",
+    b"i": b"Call-ID",
+    b"cseq": b"CSeq",
+}
+
+
+def answer_unparsable(
+    data: bytes, status: int, extra: Iterable[tuple[str, str]] = ()
+) -> tuple[bytes, int | None] | None:
+    """The bytes of a stateless answer to a request too broken to parse, and its port.
+
+    Via, From, To, Call-ID and CSeq are copied line for line, as far as they are there (To
+    gets a tag); None without a Via to answer along. The port is the top Via's, 5060 by
+    default (RFC 3261 18.2.2), or None for the source port (rport).
+    """
+    head = data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
+    lines: list[bytes] = []
+    port: int | None = None
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        canonical = _RAW_ANSWER_HEADERS.get(name.strip().lower()) if colon else None
+        if canonical is None:
+            continue
+        value = value.strip()
+        if canonical == b"To" and b"tag=" not in value.lower():
+            value += b";tag=" + new_tag().encode()
+        if canonical == b"Via" and not any(line.startswith(b"Via") for line in lines):
+            port = _via_port(value.split(b",")[0])
+        lines.append(canonical + b": " + value)
+    if not any(line.startswith(b"Via") for line in lines):
+        return None
+    reason = REASONS.get(status, "Error").encode()
+    out = [b"SIP/2.0 %d %s" % (status, reason), *lines, b"Server: " + USER_AGENT.encode()]
+    out += [f"{name}: {value}".encode() for name, value in extra]
+    return b"\r\n".join([*out, b"Content-Length: 0", b"", b""]), port
+
+
+def _via_port(top: bytes) -> int | None:
+    sent_by, _, params = top.partition(b";")
+    if b"rport" in params.lower():
+        return None
+    hostport = sent_by.split()[-1] if sent_by.split() else b""
+    if hostport.startswith(b"["):
+        rest = hostport.partition(b"]")[2]
+        port = rest[1:] if rest.startswith(b":") else b""
+    else:
+        port = hostport.rpartition(b":")[2] if b":" in hostport else b""
+    return int(port) if port.isdigit() and 0 < int(port) < 65536 else 5060
 
 
 class Service:
@@ -311,9 +378,28 @@ class Service:
                     if call is not None:
                         call.on_cancel()
                 else:
-                    self.metrics.malformed("request" if event.error.status else "response")
+                    self._rejected(event.error, data, peer)
         except Exception:
             log.exception("edge %s: message from %s:%s failed", self.edge_id, peer.host, peer.port)
+
+    def _rejected(self, error: ParseError, data: bytes, peer: Peer) -> None:
+        """A message the parser refused: a response is dropped; a request gets its status.
+
+        The transaction layer answers when the request's Via, From, To, Call-ID and CSeq
+        parsed; otherwise (a bad start line, a malformed Via) the answer is built here from
+        the raw lines, as a stateless server would.
+        """
+        self.metrics.malformed("request" if error.status else "response")
+        partial = error.partial
+        if error.status is None or (
+            partial is not None and all(h in partial.headers for h in ANSWER_HEADERS)
+        ):
+            return
+        answer = answer_unparsable(data, error.status, error.headers)
+        if answer is not None:
+            data, port = answer
+            self.transports.send(data, peer if port is None else peer._replace(port=port))
+            self.metrics.response("out", error.status)
 
     def _unknown_source(self, data: bytes, peer: Peer) -> None:
         """403 to a request from no trunk's source, at a bounded rate; responses are dropped."""

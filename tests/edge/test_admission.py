@@ -87,6 +87,11 @@ async def test_malformed_requests_get_their_status_and_responses_are_dropped(
         system.a,
     )
     assert await pbx.silent(is_response, 0.3)  # nothing answers a response or garbage
+    pbx.send(options(pbx, system.a).replace(b" SIP/2.0\r\n", b" SIP/7.0\r\n", 1), system.a)
+    assert (await pbx.final("OPTIONS")).status == 505
+    bad_uri = options(pbx, system.a).replace(b"OPTIONS sip:", b"OPTIONS <sip:", 1)
+    pbx.send(bad_uri, system.a)  # no request line to go on: answered from the raw lines
+    assert (await pbx.final("OPTIONS")).status == 400
     pbx.send(options(pbx, system.a, "Require: 100rel\r\n"), system.a)
     answer = await pbx.final("OPTIONS")
     assert answer.status == 420 and answer.headers.get("unsupported") == "100rel"
