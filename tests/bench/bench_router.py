@@ -297,10 +297,10 @@ async def live_reload(nc: Any, api: str, policy: Policy) -> float:
     added = policy.trunks[0].model_copy(update={"id": "gw-reload"})
     edited = route.model_copy(update={"trunks": ["gw-reload"], "spread": "ordered", "weights": {}})
     async with httpx.AsyncClient(base_url=api, timeout=60) as client:
-        answer = await client.post("/v1/trunks", content=added.model_dump_json())
+        answer = await client.post("/v1/trunks", json=added.model_dump(mode="json"))
         answer.raise_for_status()
         started = time.perf_counter()
-        answer = await client.put(f"/v1/routes/{route.id}", content=edited.model_dump_json())
+        answer = await client.put(f"/v1/routes/{route.id}", json=edited.model_dump(mode="json"))
         answer.raise_for_status()
     while time.perf_counter() - started < 30:
         decision = await bus.request(nc, bus.ROUTE_DECIDE, probe, pb.RouteDecision)
