@@ -1,11 +1,11 @@
 """The callstate process: applies call events to records, writes CDRs and counters, serves the API.
 
 One replica leads at a time (the lease in `lease.py`); any other waits as a hot standby
-and serves the API from what the leader keeps in NATS.
-The leader keeps everything it derives in NATS (records in KV, CDRs in a stream, the
-figures of finished calls in a checkpoint), so it can be killed at any moment: the next
-leader reloads that state and re-reads the events from the consumer's ack floor, and
-every event it has already applied is recognised by its per-call seq.
+and serves the API from what the leader keeps in NATS. The leader keeps everything it
+derives there (records in KV, CDRs in a stream, the figures of finished calls in a
+checkpoint), so it can be killed at any moment: the next leader reloads that state and
+re-reads the events from the consumer's ack floor, and every event already applied is
+recognised by its per-call seq, or by the delete marker of a call that has ended.
 """
 
 from __future__ import annotations
@@ -416,11 +416,14 @@ class Service:
     def trunks(self) -> list[str]:
         return sorted(t for t in self.live.trunks() | self.checkpoint.finished.trunks() if t)
 
+    def both_ways(self, trunk: str) -> Figures:
+        total = Figures()
+        for part in self.figures(trunk).values():
+            total.add(part)
+        return total
+
     def counters(self, trunk: str) -> pb.TrunkCounters:
-        figures = self.figures(trunk)
-        both = Figures()
-        for part in figures.values():
-            both.add(part)
+        both = self.both_ways(trunk)
         active_in, active_out = self.active(trunk)
         return pb.TrunkCounters(
             trunk=trunk,
@@ -451,13 +454,10 @@ class Service:
 
     def trunk_stats(self, trunk: str) -> dict[str, Any]:
         figures = self.figures(trunk)
-        both = Figures()
-        for part in figures.values():
-            both.add(part)
         active_in, active_out = self.active(trunk)
         return {
             "trunk": trunk,
-            **both.summary(),
+            **self.both_ways(trunk).summary(),
             "active_in": active_in,
             "active_out": active_out,
             "active": active_in + active_out,
