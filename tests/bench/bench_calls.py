@@ -46,7 +46,9 @@ BISECT_STEPS = 2
 SIPP_BUFFER = str(4 * 1024 * 1024)
 KAMAILIO_RATES = [250, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 6000]
 TANDEM_RATES = [25, 50, 100, 150, 200, 300, 400, 500, 700, 1000]
-SLACK_S = 3.0  # a trial whose calls take longer than TRIAL_S * 1.1 + this did not hold the rate
+SLACK_S = 2.0  # a trial whose calls end later than TRIAL_S + this did not hold its rate
+# an ACK relayed after the BYE (RFC 3261 allows the reordering) is logged, not a failure
+TOLERATE_LATE_ACK = ("-default_behaviors", "all,-abortunexp")
 DRAIN_S = 10  # the callee's last calls may still be ending when the caller exits
 
 
@@ -61,7 +63,7 @@ class Trial:
 
     @property
     def held_rate(self) -> bool:
-        return self.duration_s <= TRIAL_S * 1.1 + SLACK_S
+        return self.duration_s <= TRIAL_S + SLACK_S
 
     @property
     def passed(self) -> bool:
@@ -158,8 +160,8 @@ def trial(target: Target, rate: int, workdir: Path, callee_port: int) -> Trial:
         workdir,
         ip=CALLEE_IP,
         port=callee_port,
-        pause_ms=0,  # no linger after the BYE: nothing is lost on loopback
-        extra=perf,
+        pause_ms=1000,  # linger to answer a retransmitted BYE
+        extra=(*perf, *TOLERATE_LATE_ACK),
         **common,
     ).start()
     start = time.monotonic()
@@ -202,7 +204,8 @@ def search(target: Target, rates: list[int], workdir: Path, callee_port: int) ->
         print(
             f"  {target.name:<9} {rate:>5} cps  {result.calls:>6} calls  "
             f"{result.successful:>6} ok  {result.failed:>5} failed  "
-            f"callee failed {result.callee_failed:>5}  {result.duration_s:6.1f} s  {verdict}",
+            f"callee failed {result.callee_failed:>5}  {result.duration_s:6.1f} s  "
+            f"({result.calls / result.duration_s:6.1f} calls/s)  {verdict}",
             flush=True,
         )
         if not result.passed:
@@ -258,6 +261,7 @@ def main() -> int:
             results[name] = measure(make, rates[:2] if args.quick else rates, workdir)
     print()
     print(f"{'system':<10} {'highest rate, 0 failed':>24} {'calls':>8} {'duration':>10}")
+    print("-" * 55)
     for name, best in results.items():
         if best is None:
             print(f"{name:<10} {'none passed':>24}")

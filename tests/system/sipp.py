@@ -21,6 +21,7 @@ SCENARIOS = REPO / "tests" / "sipp"
 SIPP_TIMEOUT_S = 30  # SIPp's own -timeout; the subprocess gets a little more
 BIND_TIMEOUT_S = 5.0
 EXIT_MARGIN_S = 10.0
+TRACE_SEPARATOR = "----------------------------------------------- "  # starts each -trace_msg entry
 
 
 def sipp_binary() -> str:
@@ -58,18 +59,16 @@ class SippResult:
 
     def received(self, first_line: str) -> list[str]:
         """Messages received whose first line starts with `first_line` ('INVITE', 'SIP/2.0 200')."""
-        found = []
-        for block in self.messages.split("----------------------------------------------- ")[1:]:
-            head, _, message = block.partition("\n\n")
-            if "message received" in head and message.startswith(first_line):
-                found.append(message)
-        return found
+        return self._traced("message received", first_line)
 
     def sent(self, first_line: str) -> list[str]:
+        return self._traced("message sent", first_line)
+
+    def _traced(self, direction: str, first_line: str) -> list[str]:
         found = []
-        for block in self.messages.split("----------------------------------------------- ")[1:]:
+        for block in self.messages.split(TRACE_SEPARATOR)[1:]:
             head, _, message = block.partition("\n\n")
-            if "message sent" in head and message.startswith(first_line):
+            if direction in head and message.startswith(first_line):
                 found.append(message)
         return found
 
