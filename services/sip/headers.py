@@ -189,11 +189,15 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first line's value of a header, or `default`."""
-        key = NAMES.get(name.lower(), (name.lower(), ""))[0]
+        value = self.first(name_key(name)[0])
+        return default if value is None else value
+
+    def first(self, key: str) -> str | None:
+        """`get` for a key already in its stored form (lower-case full name): the fast path."""
         for k, _, v in self._fields:
             if k == key:
                 return v
-        return default
+        return None
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value of a header, in order."""

@@ -132,19 +132,19 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        return self.headers.get("call-id") or ""
+        return self.headers.first("call-id") or ""
 
     @property
     def cseq(self) -> CSeq:
-        return CSeq.parse(self.headers.get("cseq") or "")
+        return CSeq.parse(self.headers.first("cseq") or "")
 
     @property
     def from_(self) -> NameAddr:
-        return NameAddr.parse(self.headers.get("from") or "")
+        return NameAddr.parse(self.headers.first("from") or "")
 
     @property
     def to(self) -> NameAddr:
-        return NameAddr.parse(self.headers.get("to") or "")
+        return NameAddr.parse(self.headers.first("to") or "")
 
     @property
     def vias(self) -> list[Via]:
@@ -153,7 +153,7 @@ class Message:
     @property
     def via(self) -> Via:
         """The top Via."""
-        top = self.headers.get("via") or ""
+        top = self.headers.first("via") or ""
         return Via.parse(split_outside_quotes(top, ",")[0])
 
     @property
@@ -171,13 +171,13 @@ class Message:
 
     @property
     def max_forwards(self) -> int | None:
-        value = self.headers.get("max-forwards")
+        value = self.headers.first("max-forwards")
         return None if value is None else int(value.lstrip("0") or "0")
 
     @property
     def content_type(self) -> str | None:
         """The media type, lower case and without parameters (`application/sdp`)."""
-        value = self.headers.get("content-type")
+        value = self.headers.first("content-type")
         if value is None:
             return None
         return "".join(value.partition(";")[0].split()).lower()
