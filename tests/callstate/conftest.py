@@ -118,7 +118,7 @@ async def cdrs(js: JetStreamContext) -> list[pb.Cdr]:
         if info.state.messages == 0:
             break
         msg = await js.get_msg(bus.CDR_STREAM, seq)
-        out.append(pb.Cdr.FromString(msg.data))
+        out.append(pb.Cdr.FromString(msg.data or b""))
     return out
 
 

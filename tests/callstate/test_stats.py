@@ -13,25 +13,27 @@ from tandem.pb import tandem_pb2 as pb
 CODES = [404, 408, 480, 486, 487, 503, 603]
 
 
+def leg_event(kind: str, leg_id: str, trunk: str, status: int = 0, at_ms: int = 0) -> pb.CallEvent:
+    return pb.CallEvent(kind=kind, leg_id=leg_id, trunk=trunk, status=status, time_unix_ms=at_ms)
+
+
 @st.composite
 def call_events(draw: st.DrawFn, call_id: str) -> list[pb.CallEvent]:
     """One call's events as an edge emits them: attempts that fail, maybe an answer, an end."""
     events = [pb.CallEvent(kind="started", ingress_trunk="pbx", time_unix_ms=0)]
     answered = False
     for n in range(1, draw(st.integers(1, 3)) + 1):
-        leg = dict(leg_id=f"{call_id}-{n}", trunk=draw(st.sampled_from(["gw1", "gw2"])))
-        events.append(pb.CallEvent(kind="leg_attempt", time_unix_ms=n * 10, **leg))
+        leg = (f"{call_id}-{n}", draw(st.sampled_from(["gw1", "gw2"])))
+        events.append(leg_event("leg_attempt", *leg, at_ms=n * 10))
         outcome = draw(st.sampled_from(["fail", "answer", "ring"]))
         if outcome == "fail":
             code = draw(st.sampled_from(CODES))
-            events.append(
-                pb.CallEvent(kind="leg_failed", status=code, time_unix_ms=n * 10 + 5, **leg)
-            )
+            events.append(leg_event("leg_failed", *leg, status=code, at_ms=n * 10 + 5))
             continue
-        events.append(pb.CallEvent(kind="leg_progress", status=180, **leg))
+        events.append(leg_event("leg_progress", *leg, status=180))
         if outcome == "answer":
-            events.append(pb.CallEvent(kind="leg_answered", status=200, time_unix_ms=100, **leg))
-            events.append(pb.CallEvent(kind="answered", time_unix_ms=100, **leg))
+            events.append(leg_event("leg_answered", *leg, status=200, at_ms=100))
+            events.append(leg_event("answered", *leg, at_ms=100))
             answered = True
         break
     if draw(st.booleans()):
