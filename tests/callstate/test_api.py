@@ -169,3 +169,7 @@ async def test_every_v1_route_needs_the_token(callstates: Callstates) -> None:
         ok = await client.get("/v1/stats", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert (await client.get("/healthz")).status_code == 200
+        paths = (await client.get("/openapi.json")).json()["paths"]  # what /docs shows
+        assert {"/v1/calls", "/v1/calls/{call_id}", "/v1/cdrs", "/v1/cdrs.csv", "/v1/stats"} <= set(
+            paths
+        )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.system.conftest import GW1, HQ, start_system
 from tests.system.sipp import Sipp
@@ -26,6 +27,7 @@ def answered_call(api: str, within_s: float = 15.0) -> dict[str, Any]:
         time.sleep(0.1)
 
 
+@pytest.mark.e2e
 def test_hangup_through_the_api_ends_a_call_through_a_running_system(tmp_path: Path) -> None:
     system = start_system(tmp_path)
     try:
