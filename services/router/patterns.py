@@ -24,6 +24,7 @@ import regex  # type: ignore[import-untyped]
 
 BACKTRACK_TIMEOUT_S = 0.002  # a decision's budget is ~200 µs; one runaway pattern may not eat 10x
 MAX_PREFIXES = 64  # alternations expanded into index prefixes, beyond which the index gives up
+_REGEX_FLAGS = regex.VERSION0 | regex.ASCII  # \d is 0-9 on every engine, as RE2 reads it
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a refusal is expected (lookaround): no stderr noise from C++
 
@@ -52,7 +53,7 @@ class Pattern:
         """The engine's compiled form: for the digit shape, only once something needs it."""
         if self.engine == "re2":
             return re2.compile(self.text, _RE2_OPTIONS)
-        return regex.compile(self.text, regex.VERSION0)
+        return regex.compile(self.text, _REGEX_FLAGS)
 
     def search(self, number: str) -> _Match | None:
         if self.engine == "re2":
@@ -100,7 +101,7 @@ def compile_pattern(pattern: str) -> Pattern:
         found.__dict__["compiled"] = compiled
         return found
     try:
-        backtracking = regex.compile(pattern, regex.VERSION0)
+        backtracking = regex.compile(pattern, _REGEX_FLAGS)
     except regex.error as exc:
         raise PatternError(
             f"invalid pattern {pattern!r}: {exc} (and RE2 says: {re2_reason})"

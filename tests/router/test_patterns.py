@@ -78,6 +78,13 @@ def test_lookaround_and_backreferences_run_on_the_backtracking_engine() -> None:
     assert not repeated.matches("7778")
 
 
+def test_every_engine_reads_digits_as_ascii_digits() -> None:
+    arabic_indic = "\u0667\u0667\u0667\u0667"  # four sevens, not in a SIP number
+    for text in (r"^(\d)\1{3}$", r"^\d{4}$", r"^(\d{2}|\d{4})$"):
+        assert compile_pattern(text).matches("7777")
+        assert not compile_pattern(text).matches(arabic_indic), text
+
+
 def test_a_runaway_backtracking_search_is_cut_short() -> None:
     runaway = compile_pattern(r"^(\d|\d\d|\d{3})*(?=x)\1$")
     assert runaway.engine == "regex"
