@@ -13,6 +13,7 @@ from tandem.callstate.service import Service
 from tandem.pb import tandem_pb2 as pb
 from tests.callstate.conftest import Callstates, cdrs, counters, eventually, settled
 from tests.callstate.edge import T0, FakeEdge
+from tests.conftest import NatsServer
 
 CALLS = 200
 WAVE = 20
@@ -171,3 +172,27 @@ async def test_a_call_ended_just_before_a_kill_gets_its_cdr_once(
     [cdr] = await cdrs(js)
     assert (cdr.call_id, cdr.ended_by, cdr.end_unix_ms) == ("c1", "callee", T0 + 70_000)
     assert "c1" not in second.calls
+
+
+async def test_a_nats_restart_loses_no_call_and_doubles_no_cdr(
+    callstates: Callstates, nats_server: NatsServer, edge: FakeEdge, js: JetStreamContext
+) -> None:
+    service = await callstates.start()
+    ids = [f"call{n:03}" for n in range(60)]
+    await place_calls(edge, ids[:30])
+    await edge.call("across", end=False)  # up while NATS restarts
+    await eventually(lambda: service.cdrs_written == 30 and "across" in service.calls)
+    nats_server.stop()
+    await asyncio.sleep(0.5)
+    nats_server.start()
+    await eventually(lambda: edge.nc.is_connected and service.ctx.nc.is_connected, 10.0)
+    await place_calls(edge, ids[30:])
+    await edge.event("across", "ended", ended_by="caller")
+
+    async def all_written() -> bool:
+        return len(await cdrs(js)) >= 61 and not service.calls and service.leading
+
+    await eventually(all_written, 20.0)
+    await settled(service)
+    assert sorted(c.call_id for c in await cdrs(js)) == sorted([*ids, "across"])
+    assert service.trunk_stats("pbx")["attempts"] == 61
