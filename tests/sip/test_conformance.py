@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from sip_corpus import CASES, Case
 
 from tandem.sip import ParseError, Request, Response, make_response, parse, validate_request
 from tandem.sip.headers import name_key
 from tandem.sip.sdp import SessionDescription
+
+from .sip_corpus import CASES, Case
 
 # What the edge allows; everything else a non-registrar answers 405 (or 501 if unknown).
 EDGE_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO", "PRACK")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from sip_corpus import CASES
 
 from tandem.sip import parse
 from tandem.sip.multipart import boundary_of, split_multipart
+
+from .sip_corpus import CASES
 
 
 def test_rfc4475_mpart01() -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sip_corpus import CASES
 
 from tandem.sip import URI, NameAddr, ParseError, Request, Response, StreamFramer, Via, parse
 from tandem.sip.uri import quote_display
+
+from .sip_corpus import CASES
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CORPUS = [c.data for c in CASES]

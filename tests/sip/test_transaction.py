@@ -11,7 +11,6 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sip_corpus import CASES
 
 from tandem.sip import Request, make_response, parse
 from tandem.sip.dialog import Dialog, DialogSet, DialogState
@@ -29,6 +28,8 @@ from tandem.sip.transaction import (
     TransactionTerminated,
     TransactionTimeout,
 )
+
+from .sip_corpus import CASES
 
 UAC_ADDR: Addr = ("10.0.0.1", 5060)
 UAS_ADDR: Addr = ("10.0.0.2", 5060)
