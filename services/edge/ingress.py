@@ -276,7 +276,8 @@ class Call:
         self.emit(
             "leg_failed", status=status, reason=f"{failure}: {reason}", **self._leg_fields(target)
         )
-        self.service.metrics.failover(failure)
+        if self.attempt < len(self.targets):  # a failover only if a target is left to try
+            self.service.metrics.failover(failure)
         self.leg_span.add_event(
             "attempt failed", {"sip.status": status, "tandem.failover_reason": failure}
         )

@@ -29,6 +29,11 @@ def is_response(message: Request | Response) -> bool:
     return isinstance(message, Response)
 
 
+def rejects() -> float:
+    labels = {"edge": "edge-a", "reason": "unknown_source"}
+    return REGISTRY.get_sample_value("tandem_edge_admission_rejects_total", labels) or 0.0
+
+
 async def test_options_from_a_trunk_are_answered(make_system: MakeSystem) -> None:
     system = await make_system()
     system.pbx.send(options(system.pbx, system.a), system.a)
@@ -56,11 +61,6 @@ async def test_an_unknown_source_gets_403_and_a_flood_is_not_answered(
     system.pbx.send(options(system.pbx, system.a), system.a)  # trunks are still served
     assert (await system.pbx.final("OPTIONS")).status == 200
     assert rejects() - before == 60  # every one counted
-
-
-def rejects() -> float:
-    labels = {"edge": "edge-a", "reason": "unknown_source"}
-    return REGISTRY.get_sample_value("tandem_edge_admission_rejects_total", labels) or 0.0
 
 
 async def test_an_unknown_source_cannot_place_a_call(make_system: MakeSystem) -> None:
