@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tests.system.conftest import BRANCH, FAILOVER_TIMER_S, GW1, GW2, HQ, STRANGER, System
 from tests.system.sipp import Sipp, SippResult
 
@@ -165,9 +167,23 @@ def test_no_route_gives_403(system: System, sipp_dir: Path) -> None:
     assert caller.final_statuses() == [403]
     forbidden = caller.received("SIP/2.0 403")[0]
     assert re.search(r"^(Reason|Warning)\s*:.*rout", forbidden, re.M | re.I), forbidden
+    cdr = system.cdr(call_id(caller))
+    assert (cdr["final_status"], cdr["attempts"], cdr["answer_unix_ms"]) == (403, [], None)
+
+
+def unknown_source_rejects(system: System) -> float:
+    """edge-pbx's count of requests refused for their source (its Prometheus /metrics)."""
+    metrics = httpx.get(f"{system.edge_api('edge-pbx')}/metrics").text
+    found = re.search(
+        r'^tandem_edge_admission_rejects_total\{[^}]*reason="unknown_source"[^}]*\} (\S+)',
+        metrics,
+        re.M,
+    )
+    return float(found.group(1)) if found else 0.0
 
 
 def test_unknown_source_gives_403(system: System, sipp_dir: Path) -> None:
+    rejected_before = unknown_source_rejects(system)
     gw1 = trunk(system, GW1, "uas_answer.xml", sipp_dir)
     caller = Sipp(
         "uac_rejected.xml", sipp_dir, ip=STRANGER, remote=system.pbx_edge, called=LOCAL
@@ -176,6 +192,7 @@ def test_unknown_source_gives_403(system: System, sipp_dir: Path) -> None:
 
     assert caller.final_statuses() == [403]
     assert gw1.stop().received("INVITE") == []
+    assert unknown_source_rejects(system) > rejected_before
 
 
 def test_hold_and_resume(system: System, sipp_dir: Path) -> None:
