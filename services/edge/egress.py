@@ -46,6 +46,7 @@ class Leg:
         self.service = service
         self.id = command.leg_id
         self.call_id = command.call_id
+        self.owner_edge = command.create.owner_edge
         create = command.create
         target = create.target
         self.trunk = trunk

@@ -235,6 +235,7 @@ class Call:
             max_forwards=(70 if mf is None else mf) - 1,
             attempt=self.attempt,
             sip_call_id=self.leg_sip_call_id,
+            owner_edge=self.service.edge_id,
         )
         command = pb.LegCommand(leg_id=leg_id, call_id=self.id, create=create)
         with trace.use_span(self.span, end_on_exit=False):

@@ -49,6 +49,7 @@ log = logging.getLogger("tandem.edge")
 METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO")
 BODY_TYPES = ("application/sdp", "multipart/mixed", "application/dtmf-relay", "application/dtmf")
 HEARTBEAT_S = 2.0
+EDGE_LOST_AFTER = 3  # heartbeats missed: the edge is gone, and its half of our calls with it
 # Overload: more calls in setup than this, or an event loop running this late, and new
 # INVITEs get 503 + Retry-After at once rather than time out in a queue.
 MAX_CALLS_IN_SETUP = 3000
@@ -149,6 +150,8 @@ class Service:
         self._loops: list[asyncio.Task[None]] = []
         self._outbox: list[tuple[str, bytes, dict[str, str]]] = []
         self._flushing = False
+        self.heartbeat_s = HEARTBEAT_S
+        self.heard: dict[str, float] = {}  # edge id -> when its last heartbeat came (loop time)
         self._idle = asyncio.Event()  # set when no call or live leg is left (for drain)
         self.app = self._build_app(ctx.token)
 
@@ -165,10 +168,12 @@ class Service:
         await self.transports.start()
         self._subs.append(await self.nc.subscribe(bus.edge_cmd(self.edge_id), cb=self.on_command))
         self._subs.append(await self.nc.subscribe(bus.call_hangup("*"), cb=self.on_hangup))
+        self._subs.append(await self.nc.subscribe(bus.edge_heartbeat("*"), cb=self.on_heartbeat))
         for probe in self.probes.values():
             probe.start()
         self._loops += [
             asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._watch_edges()),
             asyncio.create_task(self._watch_policy(kv, seen)),
             asyncio.create_task(self._watch_lag()),
         ]
@@ -241,7 +246,34 @@ class Service:
                 await self._send_heartbeat()
             except Exception as exc:
                 log.warning("heartbeat not sent: %r", exc)
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        self.heard[msg.subject.split(".")[2]] = asyncio.get_running_loop().time()
+
+    async def _watch_edges(self) -> None:
+        """End our half of the calls whose other edge stopped heartbeating.
+
+        Only while our own heartbeats come back: an edge cut off from NATS hears nobody,
+        and must not take that for every other edge being gone.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            silent_s = self.heartbeat_s * EDGE_LOST_AFTER
+            now = loop.time()
+            if now - self.heard.get(self.edge_id, 0.0) > silent_s:
+                continue
+            lost = {edge for edge, heard in self.heard.items() if now - heard > silent_s}
+            if not lost:
+                continue
+            for edge in lost:
+                log.warning("edge %s lost: ending the calls and legs it shared with us", edge)
+                del self.heard[edge]
+            for call in [c for c in self.calls.values() if c.leg_edge in lost]:
+                call.hangup("edge_lost", f"edge {call.leg_edge} lost")
+            for leg in [g for g in self.legs.values() if g.owner_edge in lost]:
+                leg.cancel(f"edge {leg.owner_edge} lost")
 
     async def _send_heartbeat(self) -> None:
         beat = pb.EdgeHeartbeat(

@@ -96,7 +96,7 @@ class SipBody(_message.Message):
     def __init__(self, content_type: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class LegCreate(_message.Message):
-    __slots__ = ("target", "calling_display", "headers", "body", "max_forwards", "attempt", "sip_call_id")
+    __slots__ = ("target", "calling_display", "headers", "body", "max_forwards", "attempt", "sip_call_id", "owner_edge")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CALLING_DISPLAY_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class LegCreate(_message.Message):
     MAX_FORWARDS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_EDGE_FIELD_NUMBER: _ClassVar[int]
     target: RouteTarget
     calling_display: str
     headers: _containers.RepeatedCompositeFieldContainer[Header]
@@ -111,7 +112,8 @@ class LegCreate(_message.Message):
     max_forwards: int
     attempt: int
     sip_call_id: str
-    def __init__(self, target: _Optional[_Union[RouteTarget, _Mapping]] = ..., calling_display: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., max_forwards: _Optional[int] = ..., attempt: _Optional[int] = ..., sip_call_id: _Optional[str] = ...) -> None: ...
+    owner_edge: str
+    def __init__(self, target: _Optional[_Union[RouteTarget, _Mapping]] = ..., calling_display: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., max_forwards: _Optional[int] = ..., attempt: _Optional[int] = ..., sip_call_id: _Optional[str] = ..., owner_edge: _Optional[str] = ...) -> None: ...
 
 class LegCancel(_message.Message):
     __slots__ = ("reason",)

@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from nats.aio.msg import Msg
 
 from tandem import bus
+from tandem.edge import service as edge_service
 from tandem.pb import tandem_pb2 as pb
 from tandem.router.store import config_bucket, write_policy
 from tests.conftest import NatsServer, free_port
@@ -103,3 +105,25 @@ async def test_tandem_edge_serves_sip_and_exits_on_sigterm(
             proc.kill()
             await proc.wait()
         pbx.close()
+
+
+@pytest.mark.parametrize("lost", ["egress", "ingress"])
+async def test_a_lost_edge_takes_its_half_of_the_call_down(
+    make_system: MakeSystem, lost: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(edge_service, "HEARTBEAT_S", 0.1)
+    system = await make_system()
+    await asyncio.sleep(0.3)  # each edge has heard the other
+    invite = system.pbx.invite(system.a, LOCAL)
+    out, addr = await system.gw1.request("INVITE")
+    system.gw1.answer(out, 200, addr, body=SDP)
+    await system.pbx.response(200)
+    silent = system.edge_b if lost == "egress" else system.edge_a
+    silent._loops[0].cancel()  # its heartbeat stops, as a crashed edge's would
+    if lost == "egress":  # the caller's side is ended by the edge that owns the call
+        bye, _ = await system.pbx.request("BYE", within=3)
+        assert bye.call_id == invite.call_id
+        assert (await system.call_events())[-1].ended_by == "edge_lost"
+    else:  # the callee's side is ended by the edge that runs its leg
+        bye, _ = await system.gw1.request("BYE", within=3)
+        assert bye.call_id == out.call_id
