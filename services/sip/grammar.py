@@ -79,3 +79,15 @@ CALL_ID = re.compile(
 )
 MEDIA_TYPE = re.compile(rf"{_TOKEN}{_LWS}/{_LWS}{_TOKEN}{_PARAMS}")
 SIP_VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+")
+
+# Fast paths: strict subsets of the grammar above, in the one shape trunks nearly always
+# send (a quoted or no display name, <sip:...>, plain parameters). A value they match is
+# valid; one they miss goes through the full grammar. tests/sip/test_grammar.py checks
+# that every string they match, the full grammar matches too.
+_PLAIN = r"[A-Za-z0-9_.!~*'()\-]"
+_PLAIN_PARAMS = rf"(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}]+)?)*"
+FAST_VIA = re.compile(rf"SIP/2\.0/[A-Z]+ [A-Za-z0-9_.\-]+(?::{_PORT})?{_PLAIN_PARAMS}")
+FAST_NAME_ADDR = re.compile(
+    rf'(?:"[^"\\\x00-\x1f\x7f]*" ?)?<sips?:(?:[A-Za-z0-9_.!~*\'()&=+$,\-]+@)?[A-Za-z0-9_.\-]+'
+    rf"(?::{_PORT})?(?:;{_PLAIN}+(?:={_PLAIN}+)?)*>{_PLAIN_PARAMS}"
+)

@@ -321,9 +321,9 @@ def _take_headers(msg: Request | Response, lines: list[str]) -> int | None:
                 raise _Folded
             entry = _slow_name(name.rstrip(" \t"), colon)
         value = value.strip(" \t")
-        key, canonical, check, single = entry
+        key, canonical, fast, check, single = entry
         if check is not None:
-            if check.fullmatch(value) is None:
+            if (fast is None or fast.fullmatch(value) is None) and check.fullmatch(value) is None:
                 raise _Invalid(f"malformed {canonical}")
             if single:
                 if key in seen:
@@ -357,7 +357,7 @@ def _slow_name(name: str, colon: str) -> _Entry:
     """The table entry of a header name with LWS before its colon, or of an unknown one."""
     entry = _TABLE.get(name.lower())
     if entry is None and colon and grammar.TOKEN.fullmatch(name) is not None:
-        return (name.lower(), name, None, False)
+        return (name.lower(), name, None, None, False)
     if entry is None or not colon:
         raise _Invalid(f"bad header line {name[:40]!r}")
     return entry
@@ -405,11 +405,20 @@ _CHECKS = {
     "content-length": grammar.DIGITS,
     "content-type": grammar.MEDIA_TYPE,
 }
-_Entry = tuple[str, str, "re.Pattern[str] | None", bool]
+# Shortcuts tried first: a value they match is valid (see grammar).
+_FAST = {
+    "via": grammar.FAST_VIA,
+    "from": grammar.FAST_NAME_ADDR,
+    "to": grammar.FAST_NAME_ADDR,
+    "contact": grammar.FAST_NAME_ADDR,
+    "route": grammar.FAST_NAME_ADDR,
+    "record-route": grammar.FAST_NAME_ADDR,
+}
+_Entry = tuple[str, str, "re.Pattern[str] | None", "re.Pattern[str] | None", bool]
 # name as received, in lower case or canonical (the common case, which spares a lower())
-# -> (key, canonical name, check, single-valued)
+# -> (key, canonical name, fast check, check, single-valued)
 _TABLE: dict[str, _Entry] = {
-    name: (key, canonical, _CHECKS.get(key), key in _SINGLE)
+    name: (key, canonical, _FAST.get(key), _CHECKS.get(key), key in _SINGLE)
     for name, (key, canonical) in NAMES.items()
 }
 _TABLE.update({canonical: _TABLE[key] for key, canonical in NAMES.values()})
