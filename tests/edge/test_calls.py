@@ -178,3 +178,21 @@ async def test_a_2xx_crossing_a_cancel_is_acked_and_ended(make_system: MakeSyste
     ack, _ = await gw1.request("ACK")
     bye, _ = await gw1.request("BYE")
     assert ack.call_id == bye.call_id == out.call_id
+
+
+async def test_a_cancel_before_any_leg_exists(make_system: MakeSystem) -> None:
+    system = await make_system()
+    pbx = system.pbx
+    invite = pbx.invite(system.a, LOCAL)
+    pbx.cancel(invite, system.a)  # at once: the route decision is not even back
+    assert (await pbx.response(200, "CANCEL")).status == 200
+    assert (await pbx.final()).status == 487
+    events = await system.call_events()
+    assert events[-1].ended_by == "caller" and events[-1].status == 487
+    try:  # if the leg was created after all, it is cancelled as soon as it rings
+        out, addr = await system.gw1.request("INVITE", within=0.5)
+    except TimeoutError:
+        return
+    system.gw1.answer(out, 180, addr)
+    cancel, _ = await system.gw1.request("CANCEL")
+    assert cancel.call_id == out.call_id

@@ -83,3 +83,18 @@ async def test_the_status_page_lists_listeners_trunks_and_calls(make_system: Mak
     assert [c["state"] for c in status["calls"]] == ["answered"]
     assert 'tandem_edge_calls_active{edge="edge-a"} 1.0' in metrics
     assert "tandem_edge_sip_requests_total" in metrics
+
+
+async def test_hangup_before_answer_cancels_the_leg(make_system: MakeSystem) -> None:
+    system = await make_system()
+    system.pbx.invite(system.a, LOCAL)
+    out, addr = await system.gw1.request("INVITE")
+    system.gw1.answer(out, 180, addr)
+    await system.pbx.response(180)
+    started = (await system.call_events(last="leg_progress"))[0]
+    await system.nc.publish(
+        bus.call_hangup(started.call_id), pb.Hangup(call_id=started.call_id).SerializeToString()
+    )
+    assert (await system.pbx.final()).status == 487
+    cancel, _ = await system.gw1.request("CANCEL")
+    assert cancel.call_id == out.call_id
