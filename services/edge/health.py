@@ -43,7 +43,9 @@ class Probe:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self.trunk.options_interval_s > 0:
+        if self.trunk.transport == "tls":
+            self.reason = "not probed: TLS is not available on this edge yet"
+        elif self.trunk.options_interval_s > 0:
             self.task = asyncio.create_task(self._run())
 
     def stop(self) -> None:
