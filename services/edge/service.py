@@ -28,12 +28,12 @@ from tandem.edge.dialog import (
     SUPPORTED,
     USER_AGENT,
     Local,
-    new_tag,
 )
 from tandem.edge.egress import Leg
 from tandem.edge.health import Probe
 from tandem.edge.ingress import Call, now_ms
 from tandem.edge.metrics import EdgeMetrics
+from tandem.edge.stateless import ANSWER_HEADERS, answer_unparsable
 from tandem.edge.transactions import ServerTransaction, Transactions
 from tandem.edge.transport import Peer, Transports
 from tandem.http import AUTH, create_app
@@ -41,7 +41,6 @@ from tandem.pb import tandem_pb2 as pb
 from tandem.process import Context
 from tandem.router.store import COMMIT_KEY, read_policy
 from tandem.sip import ParseError, Request, Response, make_response, parse, validate_request
-from tandem.sip.message import REASONS
 from tandem.sip.transaction import CancelReceived, RequestReceived, TransactionKey
 
 log = logging.getLogger("tandem.edge")
@@ -55,64 +54,6 @@ EDGE_LOST_AFTER = 3  # heartbeats missed: the edge is gone, and its half of our 
 MAX_CALLS_IN_SETUP = 3000
 LAG_CHECK_S = 0.1
 OVERLOAD_LAG_S = 0.3
-
-
-ANSWER_HEADERS = ("via", "from", "to", "call-id", "cseq")  # what a response copies
-_RAW_ANSWER_HEADERS = {
-    b"via": b"Via",
-    b"v": b"Via",
-    b"from": b"From",
-    b"f": b"From",
-    b"to": b"To",
-    b"t": b"To",
-    b"call-id": b"Call-ID",
-    b"i": b"Call-ID",
-    b"cseq": b"CSeq",
-}
-
-
-def answer_unparsable(
-    data: bytes, status: int, extra: Iterable[tuple[str, str]] = ()
-) -> tuple[bytes, int | None] | None:
-    """The bytes of a stateless answer to a request too broken to parse, and its port.
-
-    Via, From, To, Call-ID and CSeq are copied line for line, as far as they are there (To
-    gets a tag); None without a Via to answer along. The port is the top Via's, 5060 by
-    default (RFC 3261 18.2.2), or None for the source port (rport).
-    """
-    head = data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
-    lines: list[bytes] = []
-    port: int | None = None
-    for line in head.split(b"\r\n")[1:]:
-        name, colon, value = line.partition(b":")
-        canonical = _RAW_ANSWER_HEADERS.get(name.strip().lower()) if colon else None
-        if canonical is None:
-            continue
-        value = value.strip()
-        if canonical == b"To" and b"tag=" not in value.lower():
-            value += b";tag=" + new_tag().encode()
-        if canonical == b"Via" and not any(line.startswith(b"Via") for line in lines):
-            port = _via_port(value.split(b",")[0])
-        lines.append(canonical + b": " + value)
-    if not any(line.startswith(b"Via") for line in lines):
-        return None
-    reason = REASONS.get(status, "Error").encode()
-    out = [b"SIP/2.0 %d %s" % (status, reason), *lines, b"Server: " + USER_AGENT.encode()]
-    out += [f"{name}: {value}".encode() for name, value in extra]
-    return b"\r\n".join([*out, b"Content-Length: 0", b"", b""]), port
-
-
-def _via_port(top: bytes) -> int | None:
-    sent_by, _, params = top.partition(b";")
-    if b"rport" in params.lower():
-        return None
-    hostport = sent_by.split()[-1] if sent_by.split() else b""
-    if hostport.startswith(b"["):
-        rest = hostport.partition(b"]")[2]
-        port = rest[1:] if rest.startswith(b":") else b""
-    else:
-        port = hostport.rpartition(b":")[2] if b":" in hostport else b""
-    return int(port) if port.isdigit() and 0 < int(port) < 65536 else 5060
 
 
 class Service:
