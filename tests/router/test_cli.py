@@ -67,3 +67,16 @@ def test_a_bad_config_is_refused_with_its_field(
     config.write_text(POLICY_YAML.replace(r"'^\+1425\d{7}$'", "'^(+1'"))
     assert main(["route-test", "--config", str(config), "--trunk", "pbx", "--called", "1"]) == 2
     assert "routes.0.number_pattern" in capsys.readouterr().err
+
+
+def test_the_readme_route_test_example_is_what_the_command_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text()
+    block = readme.split("$ tandem route-test ", 1)[1].split("```", 1)[0]
+    command, _, expected = block.partition("\n")
+    args = command.split()
+    args[args.index("--config") + 1] = str(repo / args[args.index("--config") + 1])
+    assert main(["route-test", *args]) == 0
+    assert capsys.readouterr().out == expected
