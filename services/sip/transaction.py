@@ -492,11 +492,13 @@ class TransactionLayer:
         cancel = server.request
         invite_key = server_key(cancel, "INVITE")
         invite = self._transactions.get(invite_key)
-        if isinstance(invite, InviteServerTransaction) and invite.state is State.PROCEEDING:
-            server.respond(make_response(cancel, 200), now)
-            self._emit(CancelReceived(invite_key, cancel))
-        else:
+        if not isinstance(invite, InviteServerTransaction):
             server.respond(make_response(cancel, 481), now)
+            return
+        # After a final response the CANCEL changes nothing, but is still answered 200.
+        server.respond(make_response(cancel, 200), now)
+        if invite.state is State.PROCEEDING:
+            self._emit(CancelReceived(invite_key, cancel))
 
     def send_request(self, request: Request, addr: Addr, now: float) -> TransactionKey:
         """Start a client transaction. A top Via with a fresh branch is added if none is there.
@@ -508,6 +510,8 @@ class TransactionLayer:
         if "via" not in request.headers:
             request.headers.prepend("Via", self.make_via())
         key = client_key(request)
+        if key in self._transactions:
+            raise ValueError(f"a client transaction with branch {key[1]!r} exists")
         cls: type[_ClientTransaction] = (
             InviteClientTransaction if request.method == "INVITE" else NonInviteClientTransaction
         )
@@ -534,7 +538,7 @@ class TransactionLayer:
         """Cancel INVITE client transaction `key` (9.1): at once if a provisional response
         came, else as soon as one does; nothing if a final response came."""
         txn = self._transactions.get(key)
-        if not isinstance(txn, InviteClientTransaction):
+        if not isinstance(txn, InviteClientTransaction) or txn.cancelled:
             return
         if txn.state is State.PROCEEDING:
             self._send_cancel(txn, now)

@@ -300,6 +300,36 @@ def test_cancel_matches_the_invite_and_gets_200() -> None:
     assert len(net.sent_times(b"ACK", UAS_ADDR)) == 1
 
 
+def test_cancel_after_the_final_response_is_answered_but_changes_nothing() -> None:
+    layer = TransactionLayer(UAS_ADDR)
+    (event,) = layer.receive(wire("INVITE", "z9hG4bKf1"), UAC_ADDR, 0.0)
+    assert isinstance(event, RequestReceived) and event.key is not None
+    layer.respond(event.key, make_response(event.request, 486, to_tag="t"), 0.0)
+    layer.datagrams_to_send()
+    assert layer.receive(wire("CANCEL", "z9hG4bKf1"), UAC_ADDR, 0.1) == []
+    ((answer, _),) = layer.datagrams_to_send()
+    assert answer.startswith(b"SIP/2.0 200 ")
+    assert layer.transaction_state(event.key) is State.COMPLETED
+
+
+def test_cancelling_twice_sends_one_cancel() -> None:
+    net = Network()
+    key = net.uac.send_request(request("INVITE"), UAS_ADDR, 0.0)
+    net.run(0.5)
+    net.uac.cancel(key, net.now)
+    net.uac.cancel(key, net.now)
+    net.run(1)
+    assert len(net.sent_times(b"CANCEL", UAS_ADDR)) == 1
+
+
+def test_a_branch_in_use_is_refused() -> None:
+    layer = TransactionLayer(UAC_ADDR)
+    req = request()
+    layer.send_request(req, UAS_ADDR, 0.0)
+    with pytest.raises(ValueError):
+        layer.send_request(req, UAS_ADDR, 0.1)
+
+
 def test_cancel_waits_for_a_provisional_response() -> None:
     net = Network(uas_trying=False)
     key = net.uac.send_request(request("INVITE"), UAS_ADDR, 0.0)
