@@ -98,11 +98,13 @@ class Transactions:
         self._timer = None
         self._armed_at = None
         now = self.loop.time()
-        for transport, layer in self.layers.items():
-            for event in self._after(layer, layer.handle_timer(now), transport):
-                log.debug("unexpected event from a timer: %r", event)
-        for layer in self.layers.values():
-            self._arm(layer)
+        try:
+            for transport, layer in self.layers.items():
+                for event in self._after(layer, layer.handle_timer(now), transport):
+                    log.debug("unexpected event from a timer: %r", event)
+        finally:  # whatever failed, the timers of every other transaction keep running
+            for layer in self.layers.values():
+                self._arm(layer)
 
     def _after(self, layer: TransactionLayer, events: list[Event], transport: str) -> list[ForEdge]:
         """Send what the layer queued, route client events, re-arm; the rest is the edge's."""
@@ -111,24 +113,27 @@ class Transactions:
             return []
         mine: list[ForEdge] = []
         for event in events:
-            if isinstance(event, ResponseReceived):
-                entry = self.client.get(event.key)
-                if entry is not None:
-                    entry[0](event.response)
-            elif isinstance(event, TransactionTimeout):
-                if event.timer == "L":
-                    callback = self.no_ack.pop(event.key, None)
-                    if callback is not None:
-                        callback()
-                else:
-                    entry = self.client.pop(event.key, None)
+            try:
+                if isinstance(event, ResponseReceived):
+                    entry = self.client.get(event.key)
                     if entry is not None:
-                        entry[0](None)
-            elif isinstance(event, TransactionTerminated):
-                self.client.pop(event.key, None)
-                self.no_ack.pop(event.key, None)
-            else:
-                mine.append(event)
+                        entry[0](event.response)
+                elif isinstance(event, TransactionTimeout):
+                    if event.timer == "L":
+                        callback = self.no_ack.pop(event.key, None)
+                        if callback is not None:
+                            callback()
+                    else:
+                        entry = self.client.pop(event.key, None)
+                        if entry is not None:
+                            entry[0](None)
+                elif isinstance(event, TransactionTerminated):
+                    self.client.pop(event.key, None)
+                    self.no_ack.pop(event.key, None)
+                else:
+                    mine.append(event)
+            except Exception:  # one call's fault must not stop the others' timers and sends
+                log.exception("transaction event %r failed", type(event).__name__)
         self._flush(layer, transport)  # the callbacks may have sent more
         return mine
 
