@@ -48,7 +48,10 @@ class MediaLine:
 
 
 class Section:
-    """The session part or one media part: its lines, in order, with their endings."""
+    """The session part or one media part: its lines, in order, with their endings.
+
+    Typed reads (`connection`, `media`) raise ValueError when their line is malformed.
+    """
 
     __slots__ = ("_eol", "lines")
 
@@ -70,9 +73,14 @@ class Section:
                 return
         at = len(self.lines)
         for i, (text, _) in enumerate(self.lines):
-            if text[:1] in after:
+            if text[1:2] == "=" and text[0] in after:
                 at = i + 1
-        self.lines.insert(at, (prefix + value, self._eol))
+        self._insert(at, prefix + value)
+
+    def _insert(self, at: int, text: str) -> None:
+        if at and not self.lines[at - 1][1]:  # the body's last line had no line ending
+            self.lines[at - 1] = (self.lines[at - 1][0], self._eol)
+        self.lines.insert(at, (text, self._eol))
 
     @property
     def connection(self) -> Connection | None:
@@ -81,7 +89,8 @@ class Section:
 
     @connection.setter
     def connection(self, value: Connection) -> None:
-        self._set("c", str(value), after="movispeu")
+        # c= follows v o s i u e p in a session, m i in a media section (RFC 8866 5)
+        self._set("c", str(value), after="vosiuepmi")
 
     @property
     def attributes(self) -> list[tuple[str, str | None]]:
@@ -100,8 +109,7 @@ class Section:
         return None
 
     def add_attribute(self, name: str, value: str | None = None) -> None:
-        text = f"a={name}" if value is None else f"a={name}:{value}"
-        self.lines.append((text, self._eol))
+        self._insert(len(self.lines), f"a={name}" if value is None else f"a={name}:{value}")
 
     def remove_attribute(self, name: str) -> None:
         self.lines = [

@@ -44,3 +44,9 @@ def test_rewrite_only_touches_what_changed() -> None:
         .replace(b"a=sendrecv\r\n", b"a=sendonly\r\n")
     )
     assert bytes(sdp) == expected
+
+
+def test_adding_after_a_last_line_without_ending() -> None:
+    sdp = SessionDescription.parse(b"v=0\r\nm=audio 1 RTP/AVP 0")
+    sdp.media[0].add_attribute("sendonly")
+    assert bytes(sdp) == b"v=0\r\nm=audio 1 RTP/AVP 0\r\na=sendonly\r\n"
