@@ -3,7 +3,7 @@ those of the final records, and Teams' NER counts busy, ring-no-answer and termi
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tandem.callstate import records
@@ -70,6 +70,7 @@ def same(a: Ledger, b: Ledger) -> None:
         assert a.get(trunk, direction) == b.get(trunk, direction), (trunk, direction)
 
 
+@settings(max_examples=60, deadline=None)
 @given(traffic())
 def test_totals_are_those_of_the_final_records_however_events_come(
     events: list[pb.CallEvent],
