@@ -321,19 +321,19 @@ def _take_headers(msg: Request | Response, lines: list[str]) -> int | None:
                 raise _Folded
             entry = _slow_name(name.rstrip(" \t"), colon)
         value = value.strip(" \t")
-        key, canonical, fast, check, single = entry
+        check = entry[3]
         if check is not None:
+            fast = entry[2]
             if (fast is None or fast.fullmatch(value) is None) and check.fullmatch(value) is None:
-                raise _Invalid(f"malformed {canonical}")
-            if single:
-                if key in seen:
-                    raise _Invalid(f"more than one {canonical}")
-                if key == "content-length":
-                    seen[key] = value
-                    length = _number(value, _MAX_CSEQ, "Content-Length")
-                    continue  # framing, not a header: bytes() writes it
+                raise _Invalid(f"malformed {entry[1]}")
+            key = entry[0]
+            if key in seen and entry[4]:
+                raise _Invalid(f"more than one {entry[1]}")
             seen[key] = value
-        fields.append((key, canonical, value))
+            if key == "content-length":
+                length = _number(value, _MAX_CSEQ, "Content-Length")
+                continue  # framing, not a header: bytes() writes it
+        fields.append((entry[0], entry[1], value))
     for key in _REQUIRED:
         if key not in seen:
             raise _Invalid(f"missing {key}")
@@ -346,11 +346,12 @@ def _take_headers(msg: Request | Response, lines: list[str]) -> int | None:
 
 
 def _number(digits: str, limit: int, what: str) -> int:
-    """A checked decimal up to `limit`; the length test first, as int() refuses 4301 digits."""
-    digits = digits.lstrip("0") or "0"
-    if len(digits) > len(str(limit)) or int(digits) > limit:
+    """A checked decimal up to `limit` (< 2**31); the length test first, as int() refuses
+    4301 digits."""
+    digits = digits.lstrip("0")
+    if len(digits) > 10 or (value := int(digits or "0")) > limit:
         raise _Invalid(f"{what} above {limit}")
-    return int(digits)
+    return value
 
 
 def _slow_name(name: str, colon: str) -> _Entry:
