@@ -1,9 +1,10 @@
 """The leader lease: which callstate replica applies the call events (one at a time).
 
-The lease is one KV key written with compare-and-set. The holder renews it every third of
+The lease is one KV key written with compare-and-set. The holder renews it every sixth of
 its time to live and stops leading as soon as half of it has passed without a renewal, well
 before another replica may take it over (when the stored expiry has passed), so two
 replicas never apply events at once unless their clocks disagree by more than that margin.
+Record writes are compare-and-set too (store.py), which fences a leader that missed all this.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class Lease:
         self.ttl_s = ttl_s
         self.revision = 0
         self.valid_until = 0.0  # monotonic
+
+    @property
+    def renew_every_s(self) -> float:
+        return self.ttl_s / 6
 
     @property
     def held(self) -> bool:

@@ -121,7 +121,7 @@ class Service:
         while not self.stopping:
             try:
                 if not await self.lease.try_acquire():
-                    await asyncio.sleep(self.lease.ttl_s / 3)
+                    await asyncio.sleep(self.lease.renew_every_s)
                     continue
                 await self._lead()
             except asyncio.CancelledError:
@@ -146,6 +146,7 @@ class Service:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._consume(feed))
+                group.create_task(self._keep_lease())
                 group.create_task(self._housekeeping())
                 group.create_task(self._purge_markers())
         finally:
@@ -348,17 +349,20 @@ class Service:
                 log.warning("call %s closed: edge %s lost", call.call_id, call.edge)
             await self._persist([], self._apply(ends)[1])
 
-    # ---- housekeeping: counters for the router, edge timeouts, lease, checkpoint -------------
-    async def _housekeeping(self) -> None:
+    # ---- housekeeping: the lease, counters for the router, edge timeouts, checkpoint --------
+    async def _keep_lease(self) -> None:
+        """Renew the lease on its own, never behind the lock a long batch holds."""
         assert self.lease is not None
-        next_renew = next_checkpoint = next_edge_check = next_stats = time.monotonic()
+        while not self.stopping:
+            await asyncio.sleep(self.lease.renew_every_s)
+            if not await self.lease.renew():
+                raise LeaseLostError("another replica holds the leader lease")
+
+    async def _housekeeping(self) -> None:
+        next_checkpoint = next_edge_check = next_stats = time.monotonic()
         while not self.stopping:
             await asyncio.sleep(HOUSEKEEPING_S)
             now = time.monotonic()
-            if now >= next_renew:
-                if not await self.lease.renew():
-                    raise LeaseLostError("another replica holds the leader lease")
-                next_renew = now + self.lease.ttl_s / 3
             if now >= next_edge_check:
                 await self._close_lost_calls()
                 next_edge_check = now + EDGE_CHECK_S
