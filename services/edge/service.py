@@ -28,6 +28,7 @@ from tandem.edge.dialog import (
     SUPPORTED,
     USER_AGENT,
     Local,
+    new_tag,
 )
 from tandem.edge.egress import Leg
 from tandem.edge.health import Probe
@@ -260,14 +261,18 @@ class Service:
         body: bytes = b"",
         to_tag: str | None = None,
     ) -> Response | None:
-        """Answer a request through its transaction; None if it was answered already."""
+        """Answer a request through its transaction; None if it was answered already.
+
+        A request outside a dialog gets a To tag on all but 100 (RFC 3261 8.2.6.2): the
+        call's own, or a fresh one for an answer that creates no dialog.
+        """
         if stx.final:
             return None
         response = make_response(
             stx.request,
             status,
             reason,
-            to_tag=to_tag,
+            to_tag=to_tag or new_tag(),
             headers=[("Server", USER_AGENT), *headers],
             body=body,
         )
@@ -388,6 +393,7 @@ class Service:
         response = make_response(
             request,
             403,
+            to_tag=new_tag(),
             headers=[("Server", USER_AGENT), ("Warning", '399 tandem "unknown source"')],
         )
         self.transports.send(bytes(response), peer)

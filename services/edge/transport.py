@@ -17,9 +17,11 @@ from tandem.sip import ParseError, StreamFramer
 
 log = logging.getLogger("tandem.edge.transport")
 
-# A burst of datagrams must wait in the kernel while the loop is busy, not be dropped:
-# the default (about 200 KB, a hundred messages) overflows at a few hundred calls/s.
-UDP_BUFFER_BYTES = 8 * 1024 * 1024
+# A burst of datagrams must wait in the kernel while the loop is busy, not be dropped: the
+# default (about 200 KB, a hundred messages) overflows in bursts of a few hundred calls/s.
+# Much more would only queue an overload for seconds, retransmissions included, where a
+# drop lets the sender's timers and the edge's 503s do their work.
+UDP_BUFFER_BYTES = 2 * 1024 * 1024
 
 TCP_CONNECT_TIMEOUT_S = 2.0
 

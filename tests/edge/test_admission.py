@@ -43,6 +43,7 @@ async def test_options_from_a_trunk_are_answered(make_system: MakeSystem) -> Non
     assert answer.headers.get("accept") == "application/sdp"
     assert "supported" in answer.headers
     assert (answer.headers.get("server") or "").startswith("tandem/")
+    assert answer.to.tag  # RFC 3261 8.2.6.2
 
 
 async def test_an_unknown_source_gets_403_and_a_flood_is_not_answered(
