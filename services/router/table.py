@@ -12,6 +12,7 @@ but no usable trunk: 503 (12000).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Collection, Mapping
@@ -71,6 +72,10 @@ class CompiledRoute:
     pattern: Pattern
     rank: tuple[int, str]  # (priority, id): lower first; ids break ties the same on every replica
     prefixes: tuple[str, ...] | None  # what the index files it under (None: every number)
+
+    @functools.cached_property
+    def label(self) -> str:
+        return f"{self.config.id} (priority {self.config.priority})"
 
     @classmethod
     def build(cls, route: Route) -> CompiledRoute:
@@ -229,7 +234,7 @@ class RoutingTable:
             if not routes:
                 explain.append(f"usage {usage}: no voice route matches {called}")
                 continue
-            names = ", ".join(f"{r.config.id} (priority {r.config.priority})" for r in routes)
+            names = ", ".join(r.label for r in routes)
             explain.append(f"usage {usage}: {names} match {called}")
             if not decision.usage:
                 decision.usage, decision.route = usage, routes[0].config.id
