@@ -345,7 +345,11 @@ def test_a_table_evolved_from_the_last_one_equals_a_fresh_build() -> None:
     kept = [r for r in before.routes if r.id not in {"r1", "r2", "r3", "catch-all"}]
     changed = [r.model_copy(update={"trunks": ["gw2"], "priority": -1}) for r in before.routes[1:3]]
     added = Policy.model_validate(
-        {"pstn_usages": ["U"], "trunks": [trunk("gw3")], "routes": [route("new", r"^\+1031", ["U"], ["gw3"])]}
+        {
+            "pstn_usages": ["U"],
+            "trunks": [trunk("gw3")],
+            "routes": [route("new", r"^\+1031", ["U"], ["gw3"])],
+        }
     ).routes
     after = Policy.model_construct(
         pstn_usages=[],
