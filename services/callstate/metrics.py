@@ -1,7 +1,8 @@
 """Prometheus figures of callstate: the same per-trunk figures as `GET /v1/stats`, at scrape time.
 
 A collector reads them from the leading Service when scraped, so /metrics and the API can
-never disagree. It is registered once per process (tests run several services in one).
+never disagree; a standby exports none (sum over replicas safely). It is registered once
+per process (tests run several services in one).
 """
 
 from __future__ import annotations
