@@ -65,7 +65,7 @@ class PolicyState:
         self._parsed.pop(key, None)
 
     def policy(self) -> Policy:
-        """The policy these keys describe (pydantic ValidationError if it is inconsistent)."""
+        """The policy these keys describe; ValueError (pydantic's included) if it is invalid."""
         for key, value in self.raw.items():
             if key not in self._parsed:
                 self._parsed[key] = _parse(key, value)
