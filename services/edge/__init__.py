@@ -1,0 +1,1 @@
+"""The edge: where trunks meet tandem: SIP sockets, admission, call control, egress legs, health."""
