@@ -22,7 +22,7 @@ from tests.callstate.edge import FakeEdge
 from tests.conftest import NatsServer
 
 
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0) -> None:
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 20.0) -> None:
     """Wait until `check` (plain or async) holds; fail the test if it does not in time."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -79,8 +79,8 @@ class Callstates:
 
 @pytest.fixture(autouse=True)
 def short_lease(monkeypatch: pytest.MonkeyPatch) -> None:
-    # a killed leader's lease expires in 1.5 s instead of 6: the tests wait for it
-    monkeypatch.setattr(lease, "LEASE_TTL_S", 1.5)
+    # a killed leader's lease expires in 2.4 s instead of 6: the tests wait for it
+    monkeypatch.setattr(lease, "LEASE_TTL_S", 2.4)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ async def test_an_edge_that_stops_heartbeating_has_its_calls_closed(
     await eventually(lambda: len(service.calls) == 3)
 
     await lost.stop_heartbeats()
-    await eventually(lambda: set(service.calls) == {"kept"} and service.cdrs_written == 2, 5.0)
+    await eventually(lambda: set(service.calls) == {"kept"} and service.cdrs_written == 2, 10.0)
     by_id = {c.call_id: c for c in await cdrs(js)}
     assert set(by_id) == {"answered", "ringing"}
     answered, ringing = by_id["answered"], by_id["ringing"]
@@ -57,7 +57,7 @@ async def test_a_call_its_edge_stops_listing_is_closed(
     await edge.call("listed", end=False)
     await eventually(lambda: len(service.calls) == 2)
     edge.calls.discard("forgotten")  # the edge restarted and lost it: no `ended` will come
-    await eventually(lambda: set(service.calls) == {"listed"} and service.cdrs_written == 1, 5.0)
+    await eventually(lambda: set(service.calls) == {"listed"} and service.cdrs_written == 1, 10.0)
     [cdr] = await cdrs(js)
     assert (cdr.call_id, cdr.ended_by) == ("forgotten", "edge_lost")
 
@@ -71,6 +71,6 @@ async def test_an_edge_never_heard_from_after_a_restart_times_out(
     await callstates.shut_down(first)
     second = await callstates.start(edge_lost_s=1.0)
     assert "orphan" in second.calls
-    await eventually(lambda: not second.calls and second.cdrs_written == 1, 5.0)
+    await eventually(lambda: not second.calls and second.cdrs_written == 1, 10.0)
     [cdr] = await cdrs(js)
     assert cdr.ended_by == "edge_lost"

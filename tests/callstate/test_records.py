@@ -56,7 +56,7 @@ async def test_counters_for_the_router(
     async def gw2_up() -> bool:
         return (await counters(js, "gw2")).active_out == 1
 
-    await eventually(gw2_up, 2.0)  # the router's figures are current within a second
+    await eventually(gw2_up, 3.0)  # the router's figures are current within a second
     pbx, gw1, gw2 = [await counters(js, t) for t in ("pbx", "gw1", "gw2")]
     assert (pbx.active_in, pbx.active_out, pbx.attempts) == (1, 0, 1)
     assert (gw1.active_out, gw1.attempts, dict(gw1.failures)) == (0, 1, {503: 1})
@@ -68,7 +68,7 @@ async def test_counters_for_the_router(
     async def gw2_down() -> bool:
         return (await counters(js, "gw2")).active_out == 0
 
-    await eventually(gw2_down, 2.0)
+    await eventually(gw2_down, 3.0)
     await settled(callstate)
     gw2 = await counters(js, "gw2")
     assert (gw2.active_out, gw2.peak_active) == (0, 1)

@@ -59,7 +59,7 @@ async def test_killed_in_the_middle_of_200_calls_misses_none_and_writes_no_cdr_t
         got = await counters(js, "pbx")
         return (got.attempts, got.answered, got.active_in) == (CALLS, CALLS, 0)
 
-    await eventually(router_sees_it, 2.0)
+    await eventually(router_sees_it, 3.0)
 
 
 async def test_a_cdr_written_just_before_a_kill_is_not_written_again(
@@ -118,10 +118,10 @@ async def test_two_replicas_one_leads_and_the_other_takes_over(
             served = (await client.get("/v1/stats")).json()["trunks"]
             return bool(served == first.all_stats())
 
-        await eventually(same_stats, 3.0)
+        await eventually(same_stats, 5.0)
 
     await callstates.shut_down(first)  # SIGTERM: the lease is handed on at once
-    await eventually(lambda: standby.leading, 3.0)
+    await eventually(lambda: standby.leading, 5.0)
     await eventually(lambda: "long" in standby.calls)
     await place_calls(edge, ids[50:])
     await edge.event("long", "ended", ended_by="callee")
@@ -143,7 +143,7 @@ async def test_a_leader_whose_record_was_changed_by_another_is_fenced(
     await kv.delete("c1")
     await edge.event("c1", "ended", ended_by="caller")  # would end it again, and write a CDR
     await edge.event("c2", "started")
-    await eventually(lambda: "c2" in callstate.calls and callstate.leading, 5.0)
+    await eventually(lambda: "c2" in callstate.calls and callstate.leading, 10.0)
     await settled(callstate)
     assert "c1" not in callstate.calls
     assert await cdrs(js) == []  # the fenced leader wrote nothing for c1
