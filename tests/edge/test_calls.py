@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tandem.sip import Request, Response
+import asyncio
+
+from tandem.sip import Request, Response, StreamFramer, make_response, parse
 from tests.edge.conftest import LOCAL, MakeSystem
 from tests.edge.phones import SDP
 
@@ -196,3 +198,31 @@ async def test_a_cancel_before_any_leg_exists(make_system: MakeSystem) -> None:
     system.gw1.answer(out, 180, addr)
     cancel, _ = await system.gw1.request("CANCEL")
     assert cancel.call_id == out.call_id
+
+
+async def test_a_call_to_a_tcp_trunk(make_system: MakeSystem) -> None:
+    received: asyncio.Queue[Request] = asyncio.Queue()
+
+    async def gateway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        framer = StreamFramer()
+        while data := await reader.read(65536):
+            for frame in framer.feed(data):
+                message = parse(frame)
+                if isinstance(message, Request):
+                    await received.put(message)
+                    if message.method == "INVITE":
+                        writer.write(bytes(make_response(message, 486, to_tag="gw")))
+
+    server = await asyncio.start_server(gateway, "127.0.0.3", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        system = await make_system(gw1={"transport": "tcp", "peer": f"127.0.0.3:{port}"})
+        system.pbx.invite(system.a, LOCAL)
+        async with asyncio.timeout(3):
+            invite = await received.get()
+            ack = await received.get()
+        assert invite.via.transport == "TCP" and "transport=tcp" in invite.uri
+        assert ack.method == "ACK" and ack.call_id == invite.call_id
+        assert (await system.pbx.final()).status == 486
+    finally:
+        server.close()
