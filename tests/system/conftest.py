@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.support import TandemUp, system_config
+from tests.system.sipp import Sipp
 
 HQ, GW1, BRANCH, GW2 = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
 STRANGER = "127.0.0.9"  # no trunk admits it
@@ -177,5 +178,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
 
 @pytest.fixture
-def sipp_dir(tmp_path: Path) -> Path:
-    return tmp_path
+def sipp_dir(tmp_path: Path) -> Iterator[Path]:
+    """Where a test's SIPp traces go; SIPp processes a failed test left running are killed."""
+    yield tmp_path
+    Sipp.stop_all()

@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from tests.conftest import REPO, free_port
 
@@ -97,6 +98,8 @@ class SippResult:
 class Sipp:
     """One SIPp process playing a scenario from tests/sipp as a trunk at ip:port."""
 
+    started: ClassVar[list[Sipp]] = []  # so a failed test's leftovers can be stopped
+
     def __init__(
         self,
         scenario: str,
@@ -143,7 +146,8 @@ class Sipp:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Sipp:
-        """Start and wait until the SIP socket is bound (a UAS is then ready for INVITEs)."""
+        """Start and wait until the SIP socket is bound (a UAS is then ready for INVITEs);
+        a SIPp that exits first (a short call, a bad argument) is left to wait() to judge."""
         deadline = time.monotonic() + BIND_TIMEOUT_S
         while not udp_port_free(self.ip, self.port):  # the previous test's SIPp still exiting
             if time.monotonic() > deadline:
@@ -151,8 +155,9 @@ class Sipp:
             time.sleep(0.05)
         with self.output_file.open("wb") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
-        while not udp_bound(self.ip, self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+        Sipp.started.append(self)
+        while not udp_bound(self.ip, self.port) and self.proc.poll() is None:
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"sipp did not bind {self.ip}:{self.port}: {self.output()}")
             time.sleep(0.02)
         return self
@@ -185,6 +190,14 @@ class Sipp:
 
     def run(self) -> SippResult:
         return self.start().wait()
+
+    @classmethod
+    def stop_all(cls) -> None:
+        while cls.started:
+            sipp = cls.started.pop()
+            if sipp.proc is not None and sipp.proc.poll() is None:
+                sipp.proc.kill()
+                sipp.proc.wait()
 
     @staticmethod
     def _read(path: Path) -> str:
