@@ -159,8 +159,10 @@ class Leg:
                     Kind.PROGRESS, status=status, reason=response.reason, body=sip_body(response)
                 )
         elif status < 300:
-            if self.state == "answered":  # a retransmission: our ACK was lost
-                if self.ack is not None:
+            if self.state == "answered":
+                if dialog is not None and dialog is not self.dialog:
+                    self._end_fork(dialog)
+                elif self.ack is not None:  # a retransmission: our ACK was lost
                     self.service.transactions.send_stateless(self.ack, self.peer)
                 return
             self.dialog = dialog
@@ -177,6 +179,12 @@ class Leg:
             self.end(status, response.reason)
         else:
             self.fail(status, response.reason, "response")
+
+    def _end_fork(self, dialog: Dialog) -> None:
+        """A second fork answered too: ACK it, then hang it up (RFC 3261 13.2.2.4)."""
+        self.service.transactions.send_stateless(dialog.create_ack(), self.peer)
+        bye = dialog.create_request("BYE", [("User-Agent", USER_AGENT)])
+        self.service.transactions.send_request(bye, self.peer, ignore)
 
     def fail(self, status: int, reason: str, failure: str) -> None:
         if not self.cancelled:

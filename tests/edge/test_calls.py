@@ -226,3 +226,16 @@ async def test_a_call_to_a_tcp_trunk(make_system: MakeSystem) -> None:
         assert (await system.pbx.final()).status == 486
     finally:
         server.close()
+
+
+async def test_a_second_fork_answering_is_acked_and_ended(make_system: MakeSystem) -> None:
+    system = await make_system()
+    pbx, gw1 = system.pbx, system.gw1
+    pbx.invite(system.a, LOCAL)
+    out, addr = await gw1.request("INVITE")
+    gw1.answer(out, 200, addr, tag="fork1", body=SDP)
+    await pbx.response(200)
+    gw1.answer(out, 200, addr, tag="fork2", body=SDP)
+    ack, _ = await gw1.request("ACK")
+    bye, _ = await gw1.request("BYE")
+    assert ack.to.tag == bye.to.tag == "fork2"
