@@ -2,8 +2,9 @@
 
 RFC 7502's method: at each rate, a SIPp caller places a fixed number of calls (TRIAL_S
 seconds' worth) through the system under test to a SIPp callee; a trial passes only when
-every call completes (INVITE, 200, ACK, BYE, 200) with zero failed calls on either side.
-The rate rises step by step until a trial fails, then the gap is bisected a few times.
+every call completes (INVITE, 200, ACK, BYE, 200) with zero failed calls on either side,
+and the last one ends within half a trial of the trial's length (the rate was held, not
+queued). The rate rises step by step until a trial fails, then the gap is bisected.
 
 - tandem: SIPp caller (trunk pbx-hq) -> edge-pbx -> NATS -> router, callstate -> edge-pstn
   -> SIPp callee (trunk pstn-gw1), all started by `tandem up`.
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +53,7 @@ SLACK_S = TRIAL_S / 2  # calls ending later than TRIAL_S + this: the rate was no
 # an ACK relayed after the BYE (RFC 3261 allows the reordering) is logged, not a failure
 TOLERATE_LATE_ACK = ("-default_behaviors", "all,-abortunexp")
 DRAIN_S = 10  # the callee's last calls may still be ending when the caller exits
+STOP_S = 10
 
 
 @dataclass
@@ -108,7 +112,9 @@ class Kamailio(Target):
             "-Y", str(rundir), "-P", str(rundir / "kamailio.pid"), "-m", "256", "-M", "16",
         ]  # fmt: skip
         with (self.workdir / "kamailio.log").open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 10
         while not udp_bound("127.0.0.1", self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -116,9 +122,15 @@ class Kamailio(Target):
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
+        """SIGTERM; its workers and all, killed when they linger over pending transactions."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 class Tandem(Target):
