@@ -61,8 +61,11 @@ proto: venv
 demo: venv
 	$(BIN)/tandem demo --config $(CONFIG)
 
+# speed and memory, measured (never asserted by a timed test); figures in the README
+BENCHES := tests.bench.bench_sip tests.bench.bench_router tests.bench.bench_callstate \
+	tests.bench.bench_calls
 bench: venv system-deps
-	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for m in $(BENCHES); do echo "== $$m"; $(BIN)/python -m $$m || exit 1; done
 
 clean:
 	rm -rf .tandem build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

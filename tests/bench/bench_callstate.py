@@ -1,4 +1,4 @@
-"""How many call events per second one callstate applies (run: python -m tests.callstate.bench_callstate).
+"""How many call events per second one callstate applies (run: make bench, or python -m tests.bench.bench_callstate).
 
 A real nats-server; N calls of 9 events each are on the stream before callstate starts, and
 the clock runs until every CDR is written: the catch-up rate after a restart, which bounds
