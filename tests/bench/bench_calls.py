@@ -15,7 +15,8 @@ Both run on this machine in the same run; the callers and callees share its core
 system under test, as in the DESIGN.md targets. A failed trial restarts the system, so
 retransmissions left over from it cannot fail the next one.
 
-Run: .venv/bin/python tests/bench/bench_calls.py [--quick]
+Run: .venv/bin/python -m tests.bench.bench_calls [--quick] [--only kamailio|tandem]
+(`make bench` runs it with the other benchmarks)
 """
 
 from __future__ import annotations
@@ -34,12 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from tests.conftest import free_port  # noqa: E402
-from tests.support import TandemUp, system_config  # noqa: E402
-from tests.system.sipp import Sipp, udp_bound  # noqa: E402
+from tests.conftest import REPO, free_port
+from tests.support import TandemUp, system_config
+from tests.system.sipp import Sipp, udp_bound
 
 # the bench's own loopback addresses: nothing else (tests, `make run`) uses them
 CALLER_IP, CALLEE_IP = "127.0.1.2", "127.0.1.3"
