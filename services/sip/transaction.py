@@ -536,7 +536,11 @@ class TransactionLayer:
 
     def cancel(self, key: TransactionKey, now: float) -> None:
         """Cancel INVITE client transaction `key` (9.1): at once if a provisional response
-        came, else as soon as one does; nothing if a final response came."""
+        came, else as soon as one does; nothing if a final response came.
+
+        Before any provisional response the INVITE is no longer retransmitted (a silent
+        peer gets nothing more); the transaction stays until timer B only to match a late
+        response: a provisional one is CANCELled, a 2xx still reaches the TU."""
         txn = self._transactions.get(key)
         if not isinstance(txn, InviteClientTransaction) or txn.cancelled:
             return
@@ -544,6 +548,7 @@ class TransactionLayer:
             self._send_cancel(txn, now)
         elif txn.state is State.CALLING:
             txn.cancel_pending = True
+            txn.timers.pop("A", None)
 
     def _send_cancel(self, txn: InviteClientTransaction, now: float) -> None:
         txn.cancel_pending = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tandem.sip import Request, Response, StreamFramer, make_response, parse
-from tests.edge.conftest import LOCAL, MakeSystem
+from tests.edge.conftest import LOCAL, MakeSystem, System
 from tests.edge.phones import SDP
 
 
@@ -87,6 +87,61 @@ async def test_a_silent_gateway_fails_over_after_its_timer(make_system: MakeSyst
     second, addr = await gw2.request("INVITE", within=2.0)
     gw2.answer(second, 200, addr, body=SDP)
     assert (await pbx.final()).status == 200
+
+
+async def _silent_until_failover(system: System) -> tuple[Request, tuple[str, int]]:
+    """The call's INVITE to gw1, unanswered until the edge has failed over to gw2."""
+    pbx, gw1, gw2 = system.pbx, system.gw1, system.gw2
+    pbx.invite(system.a, LOCAL)
+    first, addr = await gw1.request("INVITE")
+    await gw2.request("INVITE", within=2.0)  # the failover timer fired (0.7 s)
+    while not gw1.inbox.empty():  # what reached gw1 before (timer A's resend at 0.5 s)
+        gw1.inbox.get_nowait()
+    # timer A would resend at 1.5 s and 3.5 s: nothing may reach the silent gateway
+    assert await gw1.silent(lambda m: isinstance(m, Request) and m.method == "INVITE", 2.0)
+    return first, addr
+
+
+async def test_failover_stops_the_invite_to_the_silent_gateway(make_system: MakeSystem) -> None:
+    system = await make_system(gw1={"failover_timer_s": 0.7})
+    first, addr = await _silent_until_failover(system)
+    # no provisional came, so no CANCEL either (RFC 3261 9.1) ...
+    assert await system.gw1.silent(lambda m: isinstance(m, Request), 0.2)
+    # ... until a late one does: it is CANCELled at once
+    system.gw1.answer(first, 180, addr)
+    cancel, addr = await system.gw1.request("CANCEL")
+    assert cancel.call_id == first.call_id
+    system.gw1.answer(cancel, 200, addr)
+    system.gw1.answer(first, 487, addr)
+    ack, _ = await system.gw1.request("ACK")
+    assert ack.cseq.number == first.cseq.number
+
+
+async def test_a_late_2xx_from_the_silent_gateway_is_acked_and_ended(
+    make_system: MakeSystem,
+) -> None:
+    system = await make_system(gw1={"failover_timer_s": 0.7})
+    first, addr = await _silent_until_failover(system)
+    system.gw1.answer(first, 200, addr, body=SDP)
+    ack, _ = await system.gw1.request("ACK")
+    bye, addr = await system.gw1.request("BYE")
+    assert ack.call_id == bye.call_id == first.call_id
+    system.gw1.answer(bye, 200, addr)
+
+
+async def test_failover_after_a_100_cancels_the_invite(make_system: MakeSystem) -> None:
+    system = await make_system(gw1={"failover_timer_s": 0.7})
+    gw1 = system.gw1
+    system.pbx.invite(system.a, LOCAL)
+    first, addr = await gw1.request("INVITE")
+    gw1.answer(first, 100, addr)
+    await system.gw2.request("INVITE", within=2.0)
+    cancel, addr = await gw1.request("CANCEL")
+    assert cancel.call_id == first.call_id
+    gw1.answer(cancel, 200, addr)
+    gw1.answer(first, 487, addr)
+    await gw1.request("ACK")
+    assert await gw1.silent(lambda m: isinstance(m, Request) and m.method == "INVITE", 2.0)
 
 
 async def test_every_target_timing_out_gives_503(make_system: MakeSystem) -> None:

@@ -345,6 +345,17 @@ def test_cancel_waits_for_a_provisional_response() -> None:
     assert len(net.of("uas", CancelReceived)) == 1
 
 
+def test_cancel_before_a_provisional_stops_the_invite_retransmissions() -> None:
+    net = Network(loss=1.0)
+    key = net.uac.send_request(request("INVITE"), UAS_ADDR, 0.0)
+    net.run(1.6)  # sent at 0, 0.5, 1.5
+    net.uac.cancel(key, net.now)
+    net.run(40)
+    assert net.sent_times(b"INVITE sip", UAS_ADDR) == [0.0, 0.5, 1.5]
+    assert net.sent_times(b"CANCEL", UAS_ADDR) == []
+    assert net.of("uac", TransactionTimeout) == [(32.0, TransactionTimeout(key, "B"))]
+
+
 def test_cancel_without_a_transaction_gets_481() -> None:
     layer = TransactionLayer(UAS_ADDR)
     raw = wire("CANCEL", "z9hG4bKc9")
