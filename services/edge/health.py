@@ -1,8 +1,10 @@
 """OPTIONS keepalive of the trunks an edge serves, and their up/down state on the bus.
 
 A trunk is down after 3 failed probes in a row (no answer, 408 or 503) and up again after
-one good one (any other response, 501 included). Each change, and the first result, is
-published on `tandem.trunk.<trunk>.health` and put in KV TANDEM_TRUNK_HEALTH.
+one good one (any other response, 501 included). Every probe result is put in KV
+TANDEM_TRUNK_HEALTH (its time, failed count and reason move with each probe, so the record
+is never stale); the first result and each up/down change are also published on
+`tandem.trunk.<trunk>.health`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING
+
+from nats.js.kv import KeyValue
 
 from tandem import bus
 from tandem.config import Trunk
@@ -41,6 +45,8 @@ class Probe:
         self.last_probe_ms = 0
         self.reason = "not probed yet"
         self.task: asyncio.Task[None] | None = None
+        self._kv: KeyValue | None = None
+        self._writing = asyncio.Lock()  # the records are put in the order of the probes
 
     def start(self) -> None:
         if self.trunk.transport == "tls":
@@ -105,11 +111,12 @@ class Probe:
             self.reason = f"{response.status} {response.reason}"
             change = not self.up
             self.up = True
-        if change or not self.reported:
+        announce = change or not self.reported
+        if announce:
             self.reported = True
             log.info("trunk %s is %s (%s)", self.trunk.id, "up" if self.up else "down", self.reason)
             self.service.metrics.trunk_up(self.trunk.id, self.up)
-            self.service.spawn(self.publish())
+        self.service.spawn(self.publish(announce))
 
     @property
     def health(self) -> pb.TrunkHealth:
@@ -122,9 +129,14 @@ class Probe:
             failed_probes=self.failed,
         )
 
-    async def publish(self) -> None:
+    async def publish(self, announce: bool) -> None:
         """The KV first: whoever hears the change can read the bucket and find it there."""
         data = self.health.SerializeToString()
-        kv = await self.service.js.key_value(bus.TRUNK_HEALTH_BUCKET)
-        await kv.put(self.trunk.id, data)
-        await self.service.nc.publish(bus.trunk_health(self.trunk.id), data, headers=bus.headers())
+        async with self._writing:
+            if self._kv is None:
+                self._kv = await self.service.js.key_value(bus.TRUNK_HEALTH_BUCKET)
+            await self._kv.put(self.trunk.id, data)
+        if announce:
+            await self.service.nc.publish(
+                bus.trunk_health(self.trunk.id), data, headers=bus.headers()
+            )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
 
 from tandem import bus
 from tandem.pb import tandem_pb2 as pb
@@ -54,3 +57,49 @@ async def test_503_answers_count_as_failed_probes(make_system: MakeSystem) -> No
         gw2.answer(probe, 503, addr)
     await asyncio.sleep(0.05)
     assert system.edge_b.probes["gw2"].up is False
+
+
+async def test_the_kv_record_follows_every_probe_and_the_subject_only_changes(
+    make_system: MakeSystem,
+) -> None:
+    announced: list[pb.TrunkHealth] = []
+
+    async def on_health(msg: Msg) -> None:
+        announced.append(pb.TrunkHealth.FromString(msg.data))
+
+    system = await make_system(gw1={"options_interval_s": 0.2})
+    await system.nc.subscribe(bus.trunk_health("gw1"), cb=on_health)
+    kv = await system.js.key_value(bus.TRUNK_HEALTH_BUCKET)
+
+    async def stored_when(check: Callable[[pb.TrunkHealth], bool]) -> pb.TrunkHealth:
+        async with asyncio.timeout(5):
+            while True:
+                with contextlib.suppress(KeyNotFoundError):
+                    health = pb.TrunkHealth.FromString((await kv.get("gw1")).value or b"")
+                    if check(health):
+                        return health
+                await asyncio.sleep(0.02)
+
+    # one unanswered probe, then answers: the record must not keep "no answer, 1 failed"
+    first = await stored_when(lambda h: h.failed_probes == 1)
+    assert first.up and first.reason == "no answer"
+
+    async def answer_probes() -> None:
+        while True:  # (the unanswered one is answered too late and changes nothing)
+            probe, addr = await system.gw1.request("OPTIONS", within=5)
+            system.gw1.answer(probe, 200, addr)
+
+    answering = asyncio.create_task(answer_probes())
+    alive = await stored_when(lambda h: h.failed_probes == 0)
+    answering.cancel()
+    assert alive.up and alive.reason == "200 OK"
+    assert alive.last_probe_unix_ms > first.last_probe_unix_ms
+
+    # silent again: each probe moves the record, up to down and on
+    records = [await stored_when(lambda h, n=n: h.failed_probes == n) for n in (1, 2, 3, 4)]
+    assert [r.up for r in records] == [True, True, False, False]
+    times = [r.last_probe_unix_ms for r in records]
+    assert times == sorted(times) and len(set(times)) == 4
+    await asyncio.sleep(0.1)
+    # announced: the first result (up) and the one change (down); never the steady probes
+    assert [(h.up, h.failed_probes) for h in announced] == [(True, 1), (False, 3)]
