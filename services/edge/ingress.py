@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
@@ -40,6 +41,7 @@ ROUTE_TIMEOUT_S = 2.0
 COMMAND_TIMEOUT_S = 2.0
 DEFAULT_FAILOVER_TIMER_S = 10.0
 Kind = pb.LegEvent.Kind
+M = TypeVar("M", bound=Message)
 
 
 def now_ms() -> int:
@@ -130,6 +132,15 @@ class Call:
         headers = {**self.trace_headers, "Nats-Msg-Id": f"{self.id}.{self.seq}"}
         self.service.publish(bus.call_event(self.id, kind), event.SerializeToString(), headers)
 
+    async def _request(
+        self, subject: str, message: Message, reply_type: type[M], timeout_s: float
+    ) -> M:
+        """A request in the call's trace: its context is the call span's, injected once."""
+        reply = await self.service.nc.request(
+            subject, message.SerializeToString(), timeout=timeout_s, headers=self.trace_headers
+        )
+        return reply_type.FromString(reply.data)
+
     def command(self, *, leg_id: str = "", edge: str = "", **command: Any) -> None:
         """A command to the current leg (or the one named), on whichever edge runs it."""
         message = pb.LegCommand(leg_id=leg_id or self.leg_id, call_id=self.id, **command)
@@ -158,15 +169,14 @@ class Call:
         request = pb.RouteRequest(
             call_id=self.id, ingress_trunk=self.trunk.id, called=self.called, calling=self.calling
         )
-        with trace.use_span(self.span, end_on_exit=False):
-            try:
-                decision = await bus.request(
-                    self.service.nc, bus.ROUTE_DECIDE, request, pb.RouteDecision, ROUTE_TIMEOUT_S
-                )
-            except Exception as exc:  # no router answering: the caller may retry elsewhere
-                log.warning("route request for call %s failed: %r", self.id, exc)
-                self.reject(503, "Router Unavailable", retry_after=True, reason="no route decision")
-                return
+        try:
+            decision = await self._request(
+                bus.ROUTE_DECIDE, request, pb.RouteDecision, ROUTE_TIMEOUT_S
+            )
+        except Exception as exc:  # no router answering: the caller may retry elsewhere
+            log.warning("route request for call %s failed: %r", self.id, exc)
+            self.reject(503, "Router Unavailable", retry_after=True, reason="no route decision")
+            return
         if self.state == "ended":
             return
         self.span.set_attribute("tandem.route", decision.route)
@@ -238,18 +248,13 @@ class Call:
             owner_edge=self.service.edge_id,
         )
         command = pb.LegCommand(leg_id=leg_id, call_id=self.id, create=create)
-        with trace.use_span(self.span, end_on_exit=False):
-            try:
-                reply = await bus.request(
-                    self.service.nc,
-                    bus.edge_cmd(target.edge),
-                    command,
-                    pb.CommandReply,
-                    COMMAND_TIMEOUT_S,
-                )
-                error = "" if reply.ok else reply.error or "refused"
-            except Exception as exc:
-                error = f"edge {target.edge} unreachable: {type(exc).__name__}"
+        try:
+            reply = await self._request(
+                bus.edge_cmd(target.edge), command, pb.CommandReply, COMMAND_TIMEOUT_S
+            )
+            error = "" if reply.ok else reply.error or "refused"
+        except Exception as exc:
+            error = f"edge {target.edge} unreachable: {type(exc).__name__}"
         if self.leg_id != leg_id or self.state not in ("trying", "early", "answered"):
             if not error and self.state == "ended":  # cancelled while the leg was created
                 self.command(cancel=pb.LegCancel(), leg_id=leg_id, edge=target.edge)
