@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= examples/tandem.yaml
 PYTEST_ARGS ?=
 
-# command or file that proves a package is there : the Debian package
+# command or file that proves a package is there : the Debian package. The machine image's
+# kubectl (1.27 or later) is kept when present: Debian's 1.20 cannot render kustomize v5
+# overlays, and tests/deploy says so if that is the one installed.
 SYSTEM_DEPS := \
 	/usr/bin/sipp:sip-tester \
 	/usr/sbin/kamailio:kamailio \
