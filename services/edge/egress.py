@@ -17,7 +17,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from tandem import bus, telemetry
 from tandem.config import Trunk
 from tandem.edge.dialog import ALLOW, USER_AGENT, new_id, new_tag
-from tandem.edge.ingress import body_headers, ignore, now_ms, relayed_headers, sip_body
+from tandem.edge.ingress import (
+    answer_relayed,
+    body_headers,
+    ignore,
+    now_ms,
+    relayed_headers,
+    sip_body,
+)
 from tandem.edge.transactions import ClientTransaction, ServerTransaction
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
@@ -270,19 +277,9 @@ class Leg:
         self.service.transactions.send_request(request, self.peer, on_response)
 
     def respond(self, response: pb.LegResponse) -> None:
-        stx = self.from_callee.get(response.request_id)
-        if stx is None:
-            return
-        if response.status >= 200:
-            del self.from_callee[response.request_id]
-        headers = [(h.name, h.value) for h in response.headers]
-        headers += body_headers(response.body)
-        if stx.request.method == "INVITE" and 200 <= response.status < 300:
-            headers.append(("Contact", self.local.contact))
+        stx = answer_relayed(self.service, self.from_callee, response, self.local.contact)
+        if stx is not None and stx.request.method == "INVITE" and 200 <= response.status < 300:
             self.callee_invite = stx
-        self.service.respond(
-            stx, response.status, response.reason or None, headers, response.body.body
-        )
 
     # ---- requests from the callee -----------------------------------------------------------
 

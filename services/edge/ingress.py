@@ -478,18 +478,7 @@ class Call:
         )
 
     def _response_from_callee(self, response: pb.LegResponse) -> None:
-        stx = self.from_caller.get(response.request_id)
-        if stx is None:
-            return
-        if response.status >= 200:
-            del self.from_caller[response.request_id]
-        headers = [(h.name, h.value) for h in response.headers]
-        headers += body_headers(response.body)
-        if stx.request.method == "INVITE" and 200 <= response.status < 300:
-            headers.append(("Contact", self.local.contact))
-        self.service.respond(
-            stx, response.status, response.reason or None, headers, response.body.body
-        )
+        answer_relayed(self.service, self.from_caller, response, self.local.contact)
 
     def _from_callee(self, request: pb.LegRequest) -> None:
         """A request the callee sent in its dialog: the same request in the caller's dialog."""
@@ -585,6 +574,26 @@ def sip_body(message: Request | Response) -> pb.SipBody:
 
 def body_headers(body: pb.SipBody) -> list[tuple[str, str]]:
     return [("Content-Type", body.content_type or "application/sdp")] if body.body else []
+
+
+def answer_relayed(
+    service: Service,
+    pending: dict[str, ServerTransaction],
+    response: pb.LegResponse,
+    contact: str,
+) -> ServerTransaction | None:
+    """Answer a request relayed to the other leg with the response that came back from it;
+    the transaction answered, if it is still pending (a final response ends it)."""
+    stx = pending.get(response.request_id)
+    if stx is None:
+        return None
+    if response.status >= 200:
+        del pending[response.request_id]
+    headers = [(h.name, h.value) for h in response.headers] + body_headers(response.body)
+    if stx.request.method == "INVITE" and 200 <= response.status < 300:
+        headers.append(("Contact", contact))  # a target refresh: our side's contact
+    service.respond(stx, response.status, response.reason or None, headers, response.body.body)
+    return stx
 
 
 def ignore(_: Response | None) -> None:
