@@ -78,7 +78,7 @@ class Source(BaseModel):
     @classmethod
     def parse(cls, text: str) -> Source:
         port: int | None = None
-        if "/" not in text and (text.startswith("[") or text.count(":") == 1):
+        if "/" not in text and ("]:" in text or text.count(":") == 1):
             text, port = split_host_port(text)
         return cls(network=ipaddress.ip_network(text.strip("[]"), strict=False), port=port)
 

@@ -135,6 +135,7 @@ def test_sources_most_specific_first() -> None:
     assert not port.matches(ip, 5060)
     assert max((wide, host, port), key=lambda s: s.specificity) is port
     assert Source.parse("[2001:db8::1]:5060").port == 5060
+    assert Source.parse("[2001:db8::1]") == Source.parse("2001:db8::1/128")
 
 
 def test_check_config_command(tmp_path: Path) -> None:
