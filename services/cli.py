@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import uvloop
+
 from tandem import __version__, bus, telemetry
 from tandem.config import Config, ConfigError, load_config
 from tandem.http import InsecureApiError
@@ -170,7 +172,7 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
             raise ConfigError(args.config, [f"  edges: no edge with id {args.id!r}"]) from None
         overrides = {"sip": args.sip, "api": args.api, "advertise": args.advertise}
         edge = edge.model_copy(update={k: v for k, v in overrides.items() if v})
-        return asyncio.run(
+        return uvloop.run(
             process.run(
                 f"edge:{edge.id}",
                 config,
@@ -184,7 +186,7 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
     if args.command == "router":
         from tandem.router.service import Service as RouterService
 
-        return asyncio.run(
+        return uvloop.run(
             process.run(
                 "router",
                 config,
@@ -197,7 +199,7 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
         )
     from tandem.callstate.service import Service as CallstateService
 
-    return asyncio.run(
+    return uvloop.run(
         process.run(
             "callstate",
             config,
