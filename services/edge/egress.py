@@ -22,6 +22,7 @@ from tandem.edge.ingress import (
     body_headers,
     ignore,
     now_ms,
+    relay_request,
     relayed_headers,
     sip_body,
 )
@@ -305,16 +306,7 @@ class Leg:
         if self.state != "answered":
             self.service.respond(stx, 491 if method in ("INVITE", "UPDATE") else 481)
             return
-        if method == "INVITE":
-            self.service.respond(stx, 100)
-        request_id = new_id()
-        self.from_callee[request_id] = stx
-        relayed = pb.LegRequest(
-            request_id=request_id,
-            method=method,
-            headers=[pb.Header(name=n, value=v) for n, v in relayed_headers(request)],
-            body=sip_body(request),
-        )
+        relayed = relay_request(self.service, self.from_callee, stx, request)
         self.publish(Kind.REQUEST, request=relayed)
 
     def end(self, status: int, reason: str) -> None:

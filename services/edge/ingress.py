@@ -464,18 +464,7 @@ class Call:
         if self.state != "answered":
             self.service.respond(stx, 491 if method in ("INVITE", "UPDATE") else 481)
             return
-        if method == "INVITE":
-            self.service.respond(stx, 100)
-        request_id = new_id()
-        self.from_caller[request_id] = stx
-        self.command(
-            request=pb.LegRequest(
-                request_id=request_id,
-                method=method,
-                headers=[pb.Header(name=n, value=v) for n, v in relayed_headers(request)],
-                body=sip_body(request),
-            ),
-        )
+        self.command(request=relay_request(self.service, self.from_caller, stx, request))
 
     def _response_from_callee(self, response: pb.LegResponse) -> None:
         answer_relayed(self.service, self.from_caller, response, self.local.contact)
@@ -574,6 +563,26 @@ def sip_body(message: Request | Response) -> pb.SipBody:
 
 def body_headers(body: pb.SipBody) -> list[tuple[str, str]]:
     return [("Content-Type", body.content_type or "application/sdp")] if body.body else []
+
+
+def relay_request(
+    service: Service,
+    pending: dict[str, ServerTransaction],
+    stx: ServerTransaction,
+    request: Request,
+) -> pb.LegRequest:
+    """An in-dialog request for the other leg; its transaction waits in `pending` for the
+    answer (answer_relayed). A re-INVITE gets 100 Trying at once: the far end may be slow."""
+    if request.method == "INVITE":
+        service.respond(stx, 100)
+    request_id = new_id()
+    pending[request_id] = stx
+    return pb.LegRequest(
+        request_id=request_id,
+        method=request.method,
+        headers=[pb.Header(name=n, value=v) for n, v in relayed_headers(request)],
+        body=sip_body(request),
+    )
 
 
 def answer_relayed(
