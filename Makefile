@@ -32,7 +32,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,sim]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -46,11 +46,9 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 
-# mypy sees services/ as the package tandem through a symlink (setuptools maps it at install)
 lint: venv
 	$(BIN)/ruff check services tests
 	$(BIN)/ruff format --check services tests
-	mkdir -p .tandem/mypy && ln -sfn ../../services .tandem/mypy/tandem
 	$(BIN)/mypy
 
 format: venv
@@ -58,7 +56,7 @@ format: venv
 	$(BIN)/ruff format services tests
 
 proto: venv
-	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=services/pb --pyi_out=services/pb proto/tandem.proto
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=services/tandem/pb --pyi_out=services/tandem/pb proto/tandem.proto
 
 demo: venv
 	$(BIN)/tandem demo --config $(CONFIG)

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tandem.config import ConfigError, Source, load_config, parse_config, split_host_port
+from tandem.config import ConfigError, load_config, parse_config
+from tandem.policy import Source
+from tandem.sip.uri import split_host_port
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "tandem.yaml"

@@ -1,4 +1,4 @@
-"""The generated bus-contract code in services/pb is what `make proto` makes of proto/."""
+"""The generated bus-contract code in services/tandem/pb is what `make proto` makes of proto/."""
 
 from __future__ import annotations
 
@@ -24,4 +24,6 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     )
     for name in ("tandem_pb2.py", "tandem_pb2.pyi"):
         fresh = (tmp_path / name).read_text()
-        assert (REPO / "services/pb" / name).read_text() == fresh, f"{name} is stale: make proto"
+        assert (REPO / "services/tandem/pb" / name).read_text() == fresh, (
+            f"{name} is stale: make proto"
+        )

@@ -30,10 +30,10 @@ from typing import Any
 import httpx
 
 from tandem import bus
-from tandem.config import Policy
 from tandem.pb import tandem_pb2 as pb
-from tandem.router.patterns import compile_pattern
-from tandem.router.store import config_bucket, write_lock, write_policy
+from tandem.policy import Policy
+from tandem.policy.patterns import compile_pattern
+from tandem.policy.store import config_bucket, write_lock, write_policy
 from tandem.router.table import RoutingTable, Spreader
 from tandem.up import nats_server_command
 

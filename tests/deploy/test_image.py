@@ -117,12 +117,12 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
         if word == "COPY" and not rest.startswith("--from")
     ]
     assert copied == ["pyproject.toml", "services"]
-    for path in ("pyproject.toml", "services/cli.py", "services/sip/message.py"):
+    for path in ("pyproject.toml", "services/tandem/cli.py", "services/tandem/sip/message.py"):
         assert not _ignored(path, patterns), path
     for path in (
         ".venv/bin/python",
         ".git/HEAD",
         "tests/conftest.py",
-        "services/__pycache__/x.pyc",
+        "services/tandem/__pycache__/x.pyc",
     ):
         assert _ignored(path, patterns), path

@@ -23,9 +23,9 @@ from tandem import telemetry
 from tandem.config import Config, parse_config
 from tandem.edge.service import Service as EdgeService
 from tandem.pb import tandem_pb2 as pb
+from tandem.policy.store import import_policy
 from tandem.process import Context
 from tandem.router.service import Service as RouterService
-from tandem.router.store import import_policy
 from tests.conftest import free_port
 from tests.edge.phones import Phone
 

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from tandem import bus
 from tandem.edge import service as edge_service
 from tandem.pb import tandem_pb2 as pb
-from tandem.router.store import config_bucket, write_policy
+from tandem.policy.store import config_bucket, write_policy
 from tests.conftest import NatsServer, free_port
 from tests.edge.conftest import LOCAL, MakeSystem
 from tests.edge.phones import SDP, Phone

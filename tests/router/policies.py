@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tandem.config import Policy
+from tandem.policy import Policy
 
 
 def trunk(trunk_id: str, usages: list[str] | None = None, **fields: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import httpx
 import yaml
 from nats.js import JetStreamContext
 
-from tandem.router.store import import_policy
+from tandem.policy.store import import_policy
 
 from .conftest import Replica, StartReplica
 from .policies import redmond, route, trunk

@@ -13,9 +13,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tandem import bus, telemetry
-from tandem.config import Policy
 from tandem.pb import tandem_pb2 as pb
-from tandem.router.store import import_policy, policy_entries
+from tandem.policy import Policy
+from tandem.policy.store import import_policy, policy_entries
 
 from .conftest import StartReplica
 from .policies import redmond, route, trunk

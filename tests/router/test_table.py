@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tandem.config import Policy
 from tandem.pb import tandem_pb2 as pb
+from tandem.policy import Policy
 from tandem.router.table import Conditions, RoutingTable, Spreader, decision_dict
 
 from .policies import redmond, route, trunk

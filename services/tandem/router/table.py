@@ -19,9 +19,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tandem.config import Policy, Route, Trunk
 from tandem.pb import tandem_pb2 as pb
-from tandem.router.patterns import (
+from tandem.policy import Policy, Route, Trunk
+from tandem.policy.patterns import (
     CompiledRule,
     Pattern,
     apply_rules,

@@ -15,7 +15,6 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tandem import bus, telemetry
-from tandem.config import Trunk
 from tandem.edge.dialog import ALLOW, USER_AGENT, new_id, new_tag
 from tandem.edge.ingress import (
     answer_relayed,
@@ -29,6 +28,7 @@ from tandem.edge.ingress import (
 from tandem.edge.transactions import ClientTransaction, ServerTransaction
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
+from tandem.policy import Trunk
 from tandem.sip import Request, Response
 from tandem.sip.dialog import Dialog, DialogSet
 from tandem.sip.uri import quote_display

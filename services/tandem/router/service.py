@@ -24,11 +24,11 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from tandem import bus, telemetry
-from tandem.config import Policy
 from tandem.http import create_app
 from tandem.pb import tandem_pb2 as pb
+from tandem.policy import Policy, store
 from tandem.process import Context
-from tandem.router import api, store
+from tandem.router import api
 from tandem.router.table import RESULT_NAMES, Conditions, RoutingTable, Spreader
 
 log = logging.getLogger("tandem.router")

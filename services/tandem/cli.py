@@ -125,7 +125,7 @@ def summary(config: Config) -> str:
 
 
 async def _import(config: Config, nats_url: str, if_empty: bool) -> bool:
-    from tandem.router.store import import_policy
+    from tandem.policy.store import import_policy
 
     nc = await bus.connect(nats_url, "tandem-config")
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from tandem.config import Source, Trunk
+from tandem.policy import Source, Trunk
 
 # An unknown source gets at most this many 403s per second (with a burst of REJECT_BURST);
 # past that its requests are dropped, so a flood costs a counter increment, not a reply.

@@ -20,11 +20,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tandem import bus, telemetry
-from tandem.config import Trunk
 from tandem.edge.dialog import ALLOW, RETRY_AFTER_S, USER_AGENT, new_id, new_tag
 from tandem.edge.transactions import ServerTransaction
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
+from tandem.policy import Trunk
 from tandem.sip import Request, Response
 from tandem.sip.dialog import Dialog, DialogState
 from tandem.telemetry import mask_number

@@ -1,7 +1,7 @@
-"""The configuration file: a local deployment (NATS, APIs, edges) and its routing policy.
+"""The routing policy's objects as Lync and Teams name them: trunks, voice routes, rules.
 
-Validated once, here, with pydantic; the rest of tandem trusts these typed objects. An
-invalid file is refused with every error's field path and reason before anything starts.
+Validated once, when they are read (a config file, an API body, a stored key), with every
+error's field path and reason; the router, the edges and `tandem up` trust them after that.
 """
 
 from __future__ import annotations
@@ -10,22 +10,13 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tandem.router.patterns import PatternError, check_translation, compile_pattern
+from tandem.policy.patterns import PatternError, check_translation, compile_pattern
+from tandem.sip.uri import DEFAULT_PORT, split_host_port
 
-DEFAULT_SIP_PORT = 5060
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _ALTERNATE_CALLER_ID = re.compile(r"^(\+)?[1-9]\d*(;ext=[1-9]\d*)?$")
 
@@ -37,33 +28,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """'1.2.3.4:5060', '[::1]:5060', 'gw.example.com' -> (host, port)."""
-    host, sep, port = text.rpartition(":") if not text.endswith("]") else ("", "", "")
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"unclosed IPv6 reference in {text!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"expected ':port' after ']' in {text!r}")
-        port = rest[1:]
-    elif not sep or ":" in host:  # no port, or a bare IPv6 address
-        host, port = text, ""
-    if not host:
-        raise ValueError(f"missing host in {text!r}")
-    if not port and text.endswith(":"):
-        raise ValueError(f"missing port after ':' in {text!r}")
-    if not port:
-        if default_port is None:
-            raise ValueError(f"missing port in {text!r}")
-        return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad port {port!r} in {text!r}")
-    return host, int(port)
-
-
-def _host_port(value: str, default_port: int | None) -> str:
+def host_port(value: str, default_port: int | None) -> str:
     split_host_port(value, default_port)
     return value
 
@@ -136,7 +101,7 @@ class Trunk(Strict):
     @field_validator("peer")
     @classmethod
     def _peer(cls, value: str) -> str:
-        return _host_port(value, DEFAULT_SIP_PORT)
+        return host_port(value, DEFAULT_PORT)
 
     @field_validator("sources")
     @classmethod
@@ -159,7 +124,7 @@ class Trunk(Strict):
     @field_validator("pstn_usages")
     @classmethod
     def _unique_usages(cls, value: list[str]) -> list[str]:
-        return _unique(value, "usage")
+        return unique(value, "usage")
 
     @property
     def admitted(self) -> list[Source]:
@@ -167,7 +132,7 @@ class Trunk(Strict):
 
     @property
     def peer_address(self) -> tuple[str, int]:
-        return split_host_port(self.peer, DEFAULT_SIP_PORT)
+        return split_host_port(self.peer, DEFAULT_PORT)
 
 
 class Route(Strict):
@@ -199,7 +164,7 @@ class Route(Strict):
     @field_validator("trunks")
     @classmethod
     def _unique_trunks(cls, value: list[str]) -> list[str]:
-        return _unique(value, "trunk")
+        return unique(value, "trunk")
 
     @model_validator(mode="after")
     def _consistent(self) -> Route:
@@ -228,8 +193,8 @@ class Policy(Strict):
 
     def checked(self) -> Policy:
         """Self, once ids are unique and routes name only known trunks and usages."""
-        _unique([t.id for t in self.trunks], "trunk id")
-        _unique([r.id for r in self.routes], "route id")
+        unique([t.id for t in self.trunks], "trunk id")
+        unique([r.id for r in self.routes], "route id")
         trunks = {t.id for t in self.trunks}
         usages = self.usages
         for route in self.routes:
@@ -246,73 +211,7 @@ class Policy(Strict):
         return set(self.pstn_usages).union(*(t.pstn_usages for t in self.trunks))
 
 
-class ApiService(Strict):
-    api: str = "127.0.0.1:8080"
-
-    @field_validator("api")
-    @classmethod
-    def _api(cls, value: str) -> str:
-        return _host_port(value, None)
-
-
-class Callstate(ApiService):
-    edge_lost_s: float = Field(default=10.0, gt=0, le=3600)  # no heartbeat this long: edge lost
-
-
-class Edge(ApiService):
-    id: Id
-    sip: str
-    advertise: str | None = None  # the address trunks reach us at, when not the sip host
-
-    @field_validator("sip")
-    @classmethod
-    def _sip(cls, value: str) -> str:
-        return _host_port(value, DEFAULT_SIP_PORT)
-
-
-class Telemetry(Strict):
-    mask_numbers: bool = False  # numbers in spans and logs: full, or all but the last 4 masked
-    # where `tandem up` receives the spans of its children when no OTEL endpoint is set
-    collector: str | None = "127.0.0.1:4318"
-
-    @field_validator("collector")
-    @classmethod
-    def _collector(cls, value: str | None) -> str | None:
-        return None if value is None else _host_port(value, None)
-
-
-class Config(Policy):
-    """A whole deployment: where NATS and the APIs are, the edges, and the routing policy."""
-
-    nats: str = "nats://127.0.0.1:4222"
-    api_token: str | None = Field(default=None, repr=False)
-    router: ApiService = ApiService(api="127.0.0.1:8081")
-    callstate: Callstate = Callstate(api="127.0.0.1:8082")
-    edges: list[Edge] = []
-    telemetry: Telemetry = Telemetry()
-
-    @model_validator(mode="after")
-    def _edges(self) -> Config:
-        _unique([e.id for e in self.edges], "edge id")
-        if self.edges:
-            known = {e.id for e in self.edges}
-            for trunk in self.trunks:
-                if trunk.edge not in known:
-                    raise ValueError(f"trunk {trunk.id!r} names unknown edge {trunk.edge!r}")
-        return self
-
-    @property
-    def policy(self) -> Policy:
-        return Policy(pstn_usages=self.pstn_usages, trunks=self.trunks, routes=self.routes)
-
-    def edge(self, edge_id: str) -> Edge:
-        for edge in self.edges:
-            if edge.id == edge_id:
-                return edge
-        raise KeyError(edge_id)
-
-
-def _unique(values: Iterable[str], what: str) -> list[str]:
+def unique(values: Iterable[str], what: str) -> list[str]:
     values = list(values)
     if len(set(values)) == len(values):  # the usual case, quickly (100,000 routes load)
         return values
@@ -320,35 +219,3 @@ def _unique(values: Iterable[str], what: str) -> list[str]:
     if dup:
         raise ValueError(f"duplicate {what}: {dup}")
     return values
-
-
-class ConfigError(Exception):
-    """An invalid configuration: one line per error, each with its field path and reason."""
-
-    def __init__(self, source: str, errors: list[str]) -> None:
-        self.errors = errors
-        super().__init__(f"{source}: invalid configuration\n" + "\n".join(errors))
-
-
-def format_errors(exc: ValidationError) -> list[str]:
-    lines = []
-    for error in exc.errors(include_url=False):
-        path = ".".join(str(part) for part in error["loc"]) or "(top)"
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"  {path}: {message}")
-    return lines
-
-
-def parse_config(data: Any, source: str = "config") -> Config:
-    try:
-        return Config.model_validate(data if data is not None else {})
-    except ValidationError as exc:
-        raise ConfigError(source, format_errors(exc)) from None
-
-
-def load_config(path: str | Path) -> Config:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(str(path), [f"  (file): {exc}"]) from None
-    return parse_config(data, str(path))

@@ -236,3 +236,37 @@ class NameAddr:
     @property
     def tag(self) -> str | None:
         return self.param("tag") or None
+
+
+DEFAULT_PORT = 5060  # RFC 3261 19.1.2, for sip: over UDP and TCP
+
+
+def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """'1.2.3.4:5060', '[::1]:5060', 'gw.example.com' -> (host, port)."""
+    host, sep, port = text.rpartition(":") if not text.endswith("]") else ("", "", "")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"unclosed IPv6 reference in {text!r}")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected ':port' after ']' in {text!r}")
+        port = rest[1:]
+    elif not sep or ":" in host:  # no port, or a bare IPv6 address
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"missing host in {text!r}")
+    if not port and text.endswith(":"):
+        raise ValueError(f"missing port after ':' in {text!r}")
+    if not port:
+        if default_port is None:
+            raise ValueError(f"missing port in {text!r}")
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port {port!r} in {text!r}")
+    return host, int(port)
+
+
+def format_host_port(host: str, port: int) -> str:
+    """host:port, with an IPv6 address in brackets (RFC 3261 25.1)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

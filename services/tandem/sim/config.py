@@ -13,8 +13,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tandem.config import ConfigError, Strict, format_errors, split_host_port
+from tandem.config import ConfigError, format_errors
 from tandem.http import is_loopback
+from tandem.policy.model import Strict
+from tandem.sip.uri import split_host_port
 
 Kind = Literal["pbx", "gateway"]
 Number = Annotated[str, Field(pattern=r"^\+?[0-9*#]{1,32}$")]

@@ -19,7 +19,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from tandem import bus, telemetry
-from tandem.config import DEFAULT_SIP_PORT, Edge, Policy, Trunk, split_host_port
+from tandem.config import Edge
 from tandem.edge.admission import Admission, RejectLimiter
 from tandem.edge.dialog import (
     ACCEPT,
@@ -39,10 +39,12 @@ from tandem.edge.transactions import ServerTransaction, Transactions
 from tandem.edge.transport import Peer, Transports
 from tandem.http import AUTH, create_app
 from tandem.pb import tandem_pb2 as pb
+from tandem.policy import Policy, Trunk
+from tandem.policy.store import COMMIT_KEY, read_policy
 from tandem.process import Context
-from tandem.router.store import COMMIT_KEY, read_policy
 from tandem.sip import ParseError, Request, Response, make_response, parse, validate_request
 from tandem.sip.transaction import CancelReceived, RequestReceived, TransactionKey
+from tandem.sip.uri import DEFAULT_PORT, split_host_port
 
 log = logging.getLogger("tandem.edge")
 
@@ -69,7 +71,7 @@ class Service:
         self.mask = ctx.config.telemetry.mask_numbers
         self.tracer = telemetry.tracer("tandem.edge")
         self.metrics = EdgeMetrics(edge.id)
-        host, port = split_host_port(edge.sip, DEFAULT_SIP_PORT)
+        host, port = split_host_port(edge.sip, DEFAULT_PORT)
         self.transports = Transports(host, port, self.receive, self.transport_failed)
         self.sent_by = split_host_port(edge.advertise or edge.sip, port)
         self.transactions = Transactions(self.sent_by, self.transports.send)

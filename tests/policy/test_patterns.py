@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tandem.config import Rule
-from tandem.router.patterns import (
+from tandem.policy import Rule
+from tandem.policy.patterns import (
     PatternError,
     apply_rules,
     compile_pattern,

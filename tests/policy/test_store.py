@@ -9,9 +9,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from tandem import bus
-from tandem.router import store
-
-from .policies import redmond
+from tandem.policy import store
+from tests.router.policies import redmond
 
 
 async def test_a_written_policy_reads_back_whole(js: JetStreamContext) -> None:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 from nats.js.kv import KeyValue
 
 from tandem import bus
-from tandem.config import Trunk
 from tandem.edge.dialog import USER_AGENT, new_id, new_tag
 from tandem.edge.ingress import now_ms
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
+from tandem.policy import Trunk
 from tandem.sip import Request, Response
 
 if TYPE_CHECKING:

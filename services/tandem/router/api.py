@@ -16,9 +16,9 @@ import yaml
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from tandem.config import Config, Policy, Route, Trunk, Usage, format_errors
+from tandem.config import Config, format_errors
 from tandem.http import AUTH
-from tandem.router import store
+from tandem.policy import Policy, Route, Trunk, Usage, store
 from tandem.router.table import decision_dict
 
 if TYPE_CHECKING:

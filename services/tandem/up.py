@@ -25,7 +25,7 @@ import httpx
 from tandem import bus, telemetry
 from tandem.config import Config
 from tandem.http import ApiServer, is_loopback
-from tandem.router.store import import_policy
+from tandem.policy.store import import_policy
 from tandem.traces import TraceStore, receiver_app
 
 log = logging.getLogger("tandem.up")

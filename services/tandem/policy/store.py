@@ -21,7 +21,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import BaseModel
 
 from tandem import bus
-from tandem.config import Policy, Route, Trunk
+from tandem.policy.model import Policy, Route, Trunk
 
 COMMIT_KEY = "commit"
 USAGES_KEY = "usages"

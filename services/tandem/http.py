@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tandem import __version__
-from tandem.config import split_host_port
+from tandem.sip.uri import split_host_port
 
 TOKEN_ENV = "TANDEM_API_TOKEN"
 log = logging.getLogger("tandem.http")
