@@ -16,9 +16,9 @@ async def test_stores_are_created_idempotently(js: JetStreamContext) -> None:
 
 
 async def test_a_repeated_event_is_stored_once(js: JetStreamContext) -> None:
-    event = pb.CallEvent(call_id="c1", kind="started", seq=1)
+    event = pb.CallEvent(call_id="c1", kind="STARTED", seq=1)
     for _ in range(3):
-        await bus.publish_event(js, bus.call_event("c1", "started"), event, "c1.1")
+        await bus.publish_event(js, bus.call_event("c1", pb.CallEvent.STARTED), event, "c1.1")
     info = await js.stream_info(bus.CALLS_STREAM)
     assert info.state.messages == 1
     msg = await js.get_msg(bus.CALLS_STREAM, seq=1)

@@ -21,22 +21,19 @@ from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from tandem import telemetry
+from tandem.pb import tandem_pb2 as pb
 
 log = logging.getLogger("tandem.bus")
 
 # ---- subjects ---------------------------------------------------------------------------
 ROUTE_DECIDE = "tandem.route.decide"
 ROUTER_QUEUE = "router"
-CALL_EVENT_KINDS = (
-    "started",
-    "routed",
-    "leg_attempt",
-    "leg_progress",
-    "leg_answered",
-    "leg_failed",
-    "answered",
-    "ended",
-)
+# a call event's subject ends with its kind's name: tandem.call.<call>.leg_answered
+CALL_EVENT_KINDS = {
+    kind: name.lower()
+    for name, kind in pb.CallEvent.Kind.items()
+    if kind != pb.CallEvent.KIND_UNSPECIFIED
+}
 
 
 def edge_cmd(edge: str) -> str:
@@ -51,8 +48,8 @@ def leg_event(leg: str) -> str:
     return f"tandem.leg.{leg}.evt"
 
 
-def call_event(call: str, kind: str) -> str:
-    return f"tandem.call.{call}.{kind}"
+def call_event(call: str, kind: int) -> str:
+    return f"tandem.call.{call}.{CALL_EVENT_KINDS[kind]}"
 
 
 def call_hangup(call: str) -> str:

@@ -38,7 +38,7 @@ class FakeEdge:
         fields.setdefault("time_unix_ms", int(time.time() * 1000))
         event = pb.CallEvent(
             call_id=call_id,
-            kind=kind,
+            kind=pb.CallEvent.Kind.Value(kind.upper()),
             seq=self.seq[call_id],
             edge=self.edge,
             ingress_trunk=self.ingress.get(call_id, fields.pop("ingress_trunk", "pbx")),
@@ -51,7 +51,7 @@ class FakeEdge:
         elif kind == "ended":
             self.calls.discard(call_id)
         await bus.publish_event(
-            self.js, bus.call_event(call_id, kind), event, f"{call_id}.{event.seq}"
+            self.js, bus.call_event(call_id, event.kind), event, f"{call_id}.{event.seq}"
         )
         return event
 

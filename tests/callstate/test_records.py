@@ -5,6 +5,7 @@ from __future__ import annotations
 from nats.js import JetStreamContext
 
 from tandem.callstate.service import Service
+from tandem.pb import tandem_pb2 as pb
 from tests.callstate.conftest import cdrs, counters, eventually, settled
 from tests.callstate.edge import T0, FakeEdge
 
@@ -15,7 +16,7 @@ async def test_a_call_with_failover_gives_its_record_and_one_cdr(
     sent = await edge.call("c1", end=False)
     await eventually(lambda: "c1" in callstate.calls and callstate.calls["c1"].last_seq == 8)
     call = callstate.calls["c1"]
-    assert call.state == "answered"
+    assert call.state == pb.CallState.ANSWERED
     assert call.answer_unix_ms == T0 + 10 + 200 + 1000
     assert [(a.trunk, a.status) for a in call.attempts] == [("gw1", 503), ("gw2", 200)]
     assert [e.kind for e in call.timeline] == [e.kind for e in sent]
@@ -51,7 +52,9 @@ async def test_counters_for_the_router(
     callstate: Service, edge: FakeEdge, js: JetStreamContext
 ) -> None:
     await edge.call("c1", answer=False)  # ringing on gw2 after a 503 on gw1
-    await eventually(lambda: "c1" in callstate.calls and callstate.calls["c1"].state == "ringing")
+    await eventually(
+        lambda: "c1" in callstate.calls and callstate.calls["c1"].state == pb.CallState.RINGING
+    )
 
     async def gw2_up() -> bool:
         return (await counters(js, "gw2")).active_out == 1

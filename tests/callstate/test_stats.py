@@ -14,13 +14,15 @@ CODES = [404, 408, 480, 486, 487, 503, 603]
 
 
 def leg_event(kind: str, leg_id: str, trunk: str, status: int = 0, at_ms: int = 0) -> pb.CallEvent:
-    return pb.CallEvent(kind=kind, leg_id=leg_id, trunk=trunk, status=status, time_unix_ms=at_ms)
+    return pb.CallEvent(
+        kind=kind.upper(), leg_id=leg_id, trunk=trunk, status=status, time_unix_ms=at_ms
+    )
 
 
 @st.composite
 def call_events(draw: st.DrawFn, call_id: str) -> list[pb.CallEvent]:
     """One call's events as an edge emits them: attempts that fail, maybe an answer, an end."""
-    events = [pb.CallEvent(kind="started", ingress_trunk="pbx", time_unix_ms=0)]
+    events = [pb.CallEvent(kind="STARTED", ingress_trunk="pbx", time_unix_ms=0)]
     answered = False
     for n in range(1, draw(st.integers(1, 3)) + 1):
         leg = (f"{call_id}-{n}", draw(st.sampled_from(["gw1", "gw2"])))
@@ -38,7 +40,7 @@ def call_events(draw: st.DrawFn, call_id: str) -> list[pb.CallEvent]:
         break
     if draw(st.booleans()):
         status = 0 if answered else draw(st.sampled_from(CODES))
-        events.append(pb.CallEvent(kind="ended", status=status, time_unix_ms=1000))
+        events.append(pb.CallEvent(kind="ENDED", status=status, time_unix_ms=1000))
     for seq, event in enumerate(events, start=1):
         event.call_id, event.seq = call_id, seq
     return events
@@ -90,7 +92,7 @@ def test_totals_are_those_of_the_final_records_however_events_come(
         else:
             live.add(call, -1)
         records.apply(call, event)
-        if call.state == records.ENDED:
+        if call.state == records.State.ENDED:
             del calls[event.call_id]
             ended.add(event.call_id)
             cdrs.append(records.cdr(call, event))

@@ -19,7 +19,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from tandem import telemetry
+from tandem import bus, telemetry
 from tandem.config import Config, parse_config
 from tandem.edge.service import Service as EdgeService
 from tandem.pb import tandem_pb2 as pb
@@ -63,7 +63,7 @@ class System:
                     msg = await sub.next_msg(timeout=within)
                     event = pb.CallEvent.FromString(msg.data)
                     events.append(event)
-                    if event.kind == last:
+                    if bus.CALL_EVENT_KINDS[event.kind] == last:
                         return events
         finally:
             await sub.unsubscribe()

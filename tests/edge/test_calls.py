@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from tandem import bus
+from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response, StreamFramer, make_response, parse
 from tests.edge.conftest import LOCAL, MakeSystem, System
 from tests.edge.phones import SDP
@@ -45,7 +47,7 @@ async def test_a_call_is_relayed_end_to_end(make_system: MakeSystem) -> None:
     gw1.answer(bye, 200, addr)
 
     events = await system.call_events()
-    kinds = [e.kind for e in events]
+    kinds = [bus.CALL_EVENT_KINDS[e.kind] for e in events]
     assert kinds == [
         "started",
         "routed",
@@ -74,7 +76,7 @@ async def test_503_fails_over_to_the_next_gateway(make_system: MakeSystem) -> No
     final = await pbx.final()
     assert final.status == 486  # not a failover code: relayed, no third attempt
     events = await system.call_events()
-    failed = [e for e in events if e.kind == "leg_failed"]
+    failed = [e for e in events if e.kind == pb.CallEvent.LEG_FAILED]
     assert [(e.trunk, e.status) for e in failed] == [("gw1", 503), ("gw2", 486)]
 
 
@@ -217,7 +219,7 @@ async def test_a_transport_error_fails_over(make_system: MakeSystem) -> None:
     system.gw2.answer(second, 200, addr, body=SDP)
     assert (await system.pbx.final()).status == 200
     events = await system.call_events(last="answered")
-    failed = next(e for e in events if e.kind == "leg_failed")
+    failed = next(e for e in events if e.kind == pb.CallEvent.LEG_FAILED)
     assert failed.trunk == "gw1" and "transport_error" in failed.reason
 
 

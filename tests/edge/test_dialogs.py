@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response
 from tests.edge.conftest import LOCAL, PRIVATE, SAME_EDGE, MakeSystem, System
 from tests.edge.phones import SDP, Phone
@@ -29,7 +30,7 @@ async def test_a_call_on_the_same_edge_takes_the_same_path(make_system: MakeSyst
     system.gw3.callee_request(out, "BYE", addr)
     await system.pbx.request("BYE")
     events = await system.call_events()
-    assert [e.trunk for e in events if e.kind == "leg_attempt"] == ["gw3"]
+    assert [e.trunk for e in events if e.kind == pb.CallEvent.LEG_ATTEMPT] == ["gw3"]
     assert events[-1].ended_by == "callee"
 
 

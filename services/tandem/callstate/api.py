@@ -74,7 +74,8 @@ def attempt_json(a: pb.Attempt) -> dict[str, Any]:
 
 def event_json(e: pb.CallEvent) -> dict[str, Any]:
     fields = ("leg_id", "trunk", "status", "reason", "ended_by", "sip_call_id", "called")
-    out: dict[str, Any] = {"seq": e.seq, "kind": e.kind, "time_unix_ms": e.time_unix_ms}
+    kind = bus.CALL_EVENT_KINDS.get(e.kind, "unknown")
+    out: dict[str, Any] = {"seq": e.seq, "kind": kind, "time_unix_ms": e.time_unix_ms}
     out.update({name: getattr(e, name) for name in fields if getattr(e, name)})
     return out
 
@@ -82,7 +83,7 @@ def event_json(e: pb.CallEvent) -> dict[str, Any]:
 def call_json(call: pb.ActiveCall, timeline: bool = False) -> dict[str, Any]:
     out = {
         "call_id": call.call_id,
-        "state": call.state,
+        "state": pb.CallState.Name(call.state).lower(),
         "edge": call.edge,
         "ingress_trunk": call.ingress_trunk,
         "sip_call_id": call.sip_call_id,

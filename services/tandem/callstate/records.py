@@ -6,10 +6,12 @@ redelivery, a duplicate publish) is recognised and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tandem.pb import tandem_pb2 as pb
 
-ROUTING, RINGING, ANSWERED = "routing", "ringing", "answered"
-ENDED = "ended"
+Kind = pb.CallEvent.Kind
+State = pb.CallState
 EDGE_LOST = "edge_lost"
 EDGE_LOST_REASON = "edge lost"
 
@@ -26,7 +28,7 @@ def new_call(event: pb.CallEvent) -> pb.ActiveCall:
         call_id=event.call_id,
         edge=event.edge,
         ingress_trunk=event.ingress_trunk,
-        state=ROUTING,
+        state=State.ROUTING,
         invite_unix_ms=event.time_unix_ms,
     )
 
@@ -51,56 +53,92 @@ def _pending(call: pb.ActiveCall) -> pb.Attempt | None:
     return next((a for a in reversed(call.attempts) if not a.end_unix_ms), None)
 
 
+def _started(call: pb.ActiveCall, event: pb.CallEvent) -> None:
+    call.invite_unix_ms = event.time_unix_ms or call.invite_unix_ms
+    call.sip_call_id = event.sip_call_id
+    call.called, call.calling = event.called, event.calling
+
+
+def _routed(call: pb.ActiveCall, event: pb.CallEvent) -> None:
+    call.usage, call.route = event.usage, event.route
+    call.normalized_called = event.normalized_called
+    if call.state == State.ROUTING:
+        call.state = State.TRYING
+
+
+def _leg_attempt(call: pb.ActiveCall, event: pb.CallEvent) -> None:
+    attempt = _attempt(call, event)
+    attempt.start_unix_ms = event.time_unix_ms
+    attempt.called, attempt.calling = event.called, event.calling
+    attempt.attempt = event.attempt or attempt.attempt
+
+
+def _leg_progress(call: pb.ActiveCall, event: pb.CallEvent) -> None:
+    attempt = _attempt(call, event)
+    attempt.status, attempt.reason = event.status, event.reason
+    if call.state in (State.ROUTING, State.TRYING):
+        call.state = State.RINGING
+
+
+def _leg_answered(call: pb.ActiveCall, event: pb.CallEvent) -> None:
+    attempt = _attempt(call, event)
+    attempt.status, attempt.reason = event.status or 200, event.reason or "OK"
+    attempt.answer_unix_ms = event.time_unix_ms
+
+
+def _leg_failed(call: pb.ActiveCall, event: pb.CallEvent) -> None:
+    attempt = _attempt(call, event)
+    attempt.status, attempt.reason = event.status, event.reason
+    attempt.end_unix_ms = event.time_unix_ms
+
+
+def _answered(call: pb.ActiveCall, event: pb.CallEvent) -> None:
+    call.state = State.ANSWERED
+    call.answer_unix_ms = event.time_unix_ms
+    leg = _attempt(call, event) if event.leg_id else _pending(call)
+    if leg is not None:
+        leg.answer_unix_ms = leg.answer_unix_ms or event.time_unix_ms
+        leg.status = leg.status if leg.status >= 200 else 200
+
+
+def _ended(call: pb.ActiveCall, event: pb.CallEvent) -> None:
+    call.state = State.ENDED
+
+
+APPLY: dict[int, Callable[[pb.ActiveCall, pb.CallEvent], None]] = {
+    Kind.STARTED: _started,
+    Kind.ROUTED: _routed,
+    Kind.LEG_ATTEMPT: _leg_attempt,
+    Kind.LEG_PROGRESS: _leg_progress,
+    Kind.LEG_ANSWERED: _leg_answered,
+    Kind.LEG_FAILED: _leg_failed,
+    Kind.ANSWERED: _answered,
+    Kind.ENDED: _ended,
+}
+
+
 def apply(call: pb.ActiveCall, event: pb.CallEvent) -> None:
-    """Fold one new event into the record (the caller has checked it is not a duplicate)."""
+    """Fold one new event into the record (the caller has checked it is not a duplicate).
+
+    An event of a kind this version does not know is kept in the timeline and changes
+    nothing else: a newer edge may send kinds an older callstate has not learnt.
+    """
     call.timeline.append(event)
     if event.seq:
         call.last_seq = event.seq
     call.edge = call.edge or event.edge
     call.ingress_trunk = call.ingress_trunk or event.ingress_trunk
     call.trace_id = call.trace_id or event.trace_id
-    kind = event.kind
-    if kind == "started":
-        call.invite_unix_ms = event.time_unix_ms or call.invite_unix_ms
-        call.sip_call_id = event.sip_call_id
-        call.called, call.calling = event.called, event.calling
-    elif kind == "routed":
-        call.usage, call.route = event.usage, event.route
-        call.normalized_called = event.normalized_called
-    elif kind == "leg_attempt":
-        attempt = _attempt(call, event)
-        attempt.start_unix_ms = event.time_unix_ms
-        attempt.called, attempt.calling = event.called, event.calling
-        attempt.attempt = event.attempt or attempt.attempt
-    elif kind == "leg_progress":
-        attempt = _attempt(call, event)
-        attempt.status, attempt.reason = event.status, event.reason
-        if call.state == ROUTING:
-            call.state = RINGING
-    elif kind == "leg_answered":
-        attempt = _attempt(call, event)
-        attempt.status, attempt.reason = event.status or 200, event.reason or "OK"
-        attempt.answer_unix_ms = event.time_unix_ms
-    elif kind == "leg_failed":
-        attempt = _attempt(call, event)
-        attempt.status, attempt.reason = event.status, event.reason
-        attempt.end_unix_ms = event.time_unix_ms
-    elif kind == "answered":
-        call.state = ANSWERED
-        call.answer_unix_ms = event.time_unix_ms
-        leg = _attempt(call, event) if event.leg_id else _pending(call)
-        if leg is not None:
-            leg.answer_unix_ms = leg.answer_unix_ms or event.time_unix_ms
-            leg.status = leg.status if leg.status >= 200 else 200
-    elif kind == ENDED:
-        call.state = ENDED
+    handler = APPLY.get(event.kind)
+    if handler is not None:
+        handler(call, event)
 
 
 def ended_event(call: pb.ActiveCall, time_unix_ms: int, ended_by: str, reason: str) -> pb.CallEvent:
     """The `ended` event callstate writes itself when it closes a call (edge lost)."""
     return pb.CallEvent(
         call_id=call.call_id,
-        kind=ENDED,
+        kind=Kind.ENDED,
         seq=call.last_seq + 1,
         time_unix_ms=time_unix_ms,
         edge=call.edge,

@@ -169,7 +169,7 @@ class Service:
                 # written just before a crash, the record not yet deleted: the call is over
                 await self.store.delete_call(cdr.call_id)
         # ended before a crash, its CDR not written yet: write it now
-        ended = [c for c in self.calls.values() if c.state == records.ENDED]
+        ended = [c for c in self.calls.values() if c.state == records.State.ENDED]
         for call in ended:
             del self.calls[call.call_id]
             self._remember_ended(call.call_id)
@@ -229,7 +229,7 @@ class Service:
         if event.call_id in self.calls or event.call_id in self.recently_ended:
             return False
         meta = msg.metadata
-        first = event.kind == "started" and event.seq == 1
+        first = event.kind == records.Kind.STARTED and event.seq == 1
         return not first or meta.num_delivered > 1 or meta.sequence.stream <= self.replay_until
 
     async def _skip_finished(self, call_ids: set[str]) -> None:
@@ -266,7 +266,7 @@ class Service:
                 seen.monotonic = max(seen.monotonic, time.monotonic())
             records.apply(call, event)
             EVENTS.labels("applied").inc()
-            if call.state == records.ENDED:
+            if call.state == records.State.ENDED:
                 del self.calls[call.call_id], changed[call.call_id]
                 self.missing_since.pop(call.call_id, None)
                 self._remember_ended(call.call_id)

@@ -121,7 +121,7 @@ class Call:
         self.seq += 1
         event = pb.CallEvent(
             call_id=self.id,
-            kind=kind,
+            kind=kind.upper(),
             seq=self.seq,
             time_unix_ms=now_ms(),
             edge=self.service.edge_id,
@@ -130,7 +130,9 @@ class Call:
             **fields,  # type: ignore[arg-type]
         )
         headers = {**self.trace_headers, "Nats-Msg-Id": f"{self.id}.{self.seq}"}
-        self.service.publish(bus.call_event(self.id, kind), event.SerializeToString(), headers)
+        self.service.publish(
+            bus.call_event(self.id, event.kind), event.SerializeToString(), headers
+        )
 
     async def _request(
         self, subject: str, message: Message, reply_type: type[M], timeout_s: float

@@ -7,6 +7,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CallState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CALL_STATE_UNSPECIFIED: _ClassVar[CallState]
+    ROUTING: _ClassVar[CallState]
+    TRYING: _ClassVar[CallState]
+    RINGING: _ClassVar[CallState]
+    ANSWERED: _ClassVar[CallState]
+    ENDED: _ClassVar[CallState]
+CALL_STATE_UNSPECIFIED: CallState
+ROUTING: CallState
+TRYING: CallState
+RINGING: CallState
+ANSWERED: CallState
+ENDED: CallState
+
 class Header(_message.Message):
     __slots__ = ("name", "value")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +252,26 @@ class LegEvent(_message.Message):
 
 class CallEvent(_message.Message):
     __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[CallEvent.Kind]
+        STARTED: _ClassVar[CallEvent.Kind]
+        ROUTED: _ClassVar[CallEvent.Kind]
+        LEG_ATTEMPT: _ClassVar[CallEvent.Kind]
+        LEG_PROGRESS: _ClassVar[CallEvent.Kind]
+        LEG_ANSWERED: _ClassVar[CallEvent.Kind]
+        LEG_FAILED: _ClassVar[CallEvent.Kind]
+        ANSWERED: _ClassVar[CallEvent.Kind]
+        ENDED: _ClassVar[CallEvent.Kind]
+    KIND_UNSPECIFIED: CallEvent.Kind
+    STARTED: CallEvent.Kind
+    ROUTED: CallEvent.Kind
+    LEG_ATTEMPT: CallEvent.Kind
+    LEG_PROGRESS: CallEvent.Kind
+    LEG_ANSWERED: CallEvent.Kind
+    LEG_FAILED: CallEvent.Kind
+    ANSWERED: CallEvent.Kind
+    ENDED: CallEvent.Kind
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -257,7 +292,7 @@ class CallEvent(_message.Message):
     NORMALIZED_CALLED_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     call_id: str
-    kind: str
+    kind: CallEvent.Kind
     seq: int
     time_unix_ms: int
     edge: str
@@ -275,7 +310,7 @@ class CallEvent(_message.Message):
     route: str
     normalized_called: str
     attempt: int
-    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[str] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[_Union[CallEvent.Kind, str]] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Hangup(_message.Message):
     __slots__ = ("call_id", "reason")
@@ -392,7 +427,7 @@ class ActiveCall(_message.Message):
     sip_call_id: str
     called: str
     calling: str
-    state: str
+    state: CallState
     invite_unix_ms: int
     answer_unix_ms: int
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
@@ -402,7 +437,7 @@ class ActiveCall(_message.Message):
     normalized_called: str
     usage: str
     route: str
-    def __init__(self, call_id: _Optional[str] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., state: _Optional[str] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., trace_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., timeline: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ..., normalized_called: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., state: _Optional[_Union[CallState, str]] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., trace_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., timeline: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ..., normalized_called: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
 
 class Cdr(_message.Message):
     __slots__ = ("call_id", "sip_call_ids", "ingress_trunk", "egress_trunk", "attempts", "called_received", "calling_received", "called_sent", "calling_sent", "invite_unix_ms", "answer_unix_ms", "end_unix_ms", "duration_s", "final_status", "final_reason", "ended_by", "failover_count", "trace_id", "edge", "usage", "route")
