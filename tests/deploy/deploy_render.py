@@ -1,14 +1,16 @@
-"""Renders the helm chart (through the Go renderer in helmrender/) and the kustomize overlays.
+"""Renders the helm chart with helm and the kustomize overlays with kubectl.
 
-Both tools must be present: a missing `go`, sprig source or `kubectl` fails the tests with
-the package to install, it never skips them. The renderer is built once per source version
-into .tandem/ (gitignored), so later runs only execute it.
+Both are the pinned binaries that `make tools` (part of `make test`) installs into
+.tandem/tools/bin: a missing one fails the tests with that command, it never skips them.
+helm renders a temporary copy of the chart without its NATS dependency, which cannot be
+fetched offline; the values that configure that subchart are still checked (test_chart).
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
-import hashlib
+import functools
 import os
 import shutil
 import subprocess
@@ -23,9 +25,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "tandem"
 DEPLOY = REPO / "deploy"
-RENDERER_SRC = Path(__file__).resolve().parent / "helmrender" / "main.go"
-GOCODE = Path("/usr/share/gocode")
-CACHE = REPO / ".tandem" / "helmrender"
+TOOLS_BIN = REPO / ".tandem" / "tools" / "bin"
+HELM = TOOLS_BIN / "helm"
+KUBECTL = TOOLS_BIN / "kubectl"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema.
 KUBE_VERSIONS = ("1.26", kubernetes_validate.latest_version())
 # Kinds from CRDs, which the Kubernetes schemas do not hold; tests check them by hand.
@@ -38,54 +40,34 @@ class ToolMissing(RuntimeError):
     """A tool the deploy checks need is not installed."""
 
 
-def _renderer() -> Path:
-    go = shutil.which("go")
-    if go is None:
-        raise ToolMissing("`go` not found: apt-get install golang-go")
-    if not (GOCODE / "src/github.com/Masterminds/sprig").is_dir():
+def tool(binary: Path) -> str:
+    if not os.access(binary, os.X_OK):
         raise ToolMissing(
-            "sprig source not found: apt-get install golang-github-masterminds-sprig-dev"
+            f"{binary} not found: `make tools` installs helm and kubectl there"
+            " (`make test` does it first)"
         )
-    digest = hashlib.sha256(RENDERER_SRC.read_bytes()).hexdigest()[:16]
-    binary = CACHE / f"helmrender-{digest}"
-    if binary.exists():
-        return binary
-    CACHE.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        # GOPATH mode against Debian's packaged sources: no module proxy, no network.
-        "GO111MODULE": "off",
-        "GOPATH": str(GOCODE),
-        "GOCACHE": str(CACHE / "gocache"),
-        "GOFLAGS": "",
-        "GOPROXY": "off",
-        "CGO_ENABLED": "0",
-    }
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        out = Path(tmp) / "helmrender"
-        subprocess.run(
-            [go, "build", "-o", str(out), str(RENDERER_SRC)],
-            check=True,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        out.replace(binary)  # atomic: a concurrent build just wins the same name
-    for stale in CACHE.glob("helmrender-*"):
-        if stale != binary:
-            stale.unlink(missing_ok=True)
-    return binary
+    return str(binary)
 
 
-def helm_template(
-    *value_files: Path | str,
-    values: dict[str, Any] | None = None,
-    name: str = "tandem",
-    namespace: str = "tandem",
-    chart: Path = CHART,
+@functools.cache
+def offline_chart() -> Path:
+    """A copy of the chart without the NATS dependency (and any fetched subchart)."""
+    tmp = Path(tempfile.mkdtemp(prefix="tandem-chart-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    chart = tmp / CHART.name
+    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    meta["dependencies"] = [d for d in meta.get("dependencies", []) if d["name"] != "nats"]
+    if not meta["dependencies"]:
+        del meta["dependencies"]
+    (chart / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return chart
+
+
+def _helm(
+    args: list[str], value_files: Iterable[Path | str], values: dict[str, Any] | None
 ) -> subprocess.CompletedProcess[str]:
-    """Runs the renderer like `helm template NAME CHART -f ...`; the caller checks the result."""
-    args = [str(_renderer()), "-chart", str(chart), "-name", name, "-namespace", namespace]
+    argv = [tool(HELM), *args, str(offline_chart())]
     with tempfile.TemporaryDirectory() as tmp:
         files = [str(f) for f in value_files]
         if values is not None:
@@ -93,8 +75,29 @@ def helm_template(
             extra.write_text(yaml.safe_dump(values))
             files.append(str(extra))
         for f in files:
-            args += ["-f", f]
-        return subprocess.run(args, capture_output=True, text=True, check=False)
+            argv += ["-f", f]
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def helm_template(
+    *value_files: Path | str,
+    values: dict[str, Any] | None = None,
+    name: str = "tandem",
+    namespace: str = "tandem",
+    kube_version: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`helm template NAME CHART -n NAMESPACE -f ...`; the caller checks the result."""
+    args = ["template", name, "--namespace", namespace]
+    if kube_version is not None:
+        args += ["--kube-version", kube_version]
+    return _helm(args, value_files, values)
+
+
+def helm_lint(
+    *value_files: Path | str, values: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`helm lint --strict CHART -f ...`: warnings fail too."""
+    return _helm(["lint", "--strict"], value_files, values)
 
 
 def render_chart(*value_files: Path | str, **kwargs: Any) -> list[Manifest]:
@@ -105,11 +108,8 @@ def render_chart(*value_files: Path | str, **kwargs: Any) -> list[Manifest]:
 
 
 def kustomize(overlay: Path) -> list[Manifest]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        raise ToolMissing("`kubectl` not found: apt-get install kubernetes-client (or kubectl)")
     result = subprocess.run(
-        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=False
+        [tool(KUBECTL), "kustomize", str(overlay)], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize {overlay} failed:\n{result.stderr}")

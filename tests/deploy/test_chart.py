@@ -1,8 +1,9 @@
-"""The helm chart, rendered by a real Go text/template engine with sprig, in every mode.
+"""The helm chart, linted and rendered by helm in every mode.
 
-Each render validates against the strict Kubernetes schemas; the tests then check what the
-deployment of a SIP service depends on: where the edges' advertised address comes from,
-the drain on SIGTERM, the policy import, secrets, probes and the NATS switch.
+Each set of values passes `helm lint --strict` and renders into objects valid against the
+strict Kubernetes schemas; the tests then check what the deployment of a SIP service
+depends on: where the edges' advertised address comes from, the drain on SIGTERM, the
+policy import, secrets, probes and the NATS switch.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from tandem.config import parse_config
 from tests.deploy import deploy_render
 from tests.deploy.deploy_render import (
     CHART,
+    KUBE_VERSIONS,
     Manifest,
     ToolMissing,
     containers,
     deep_merge,
     env_of,
     find,
+    helm_lint,
     helm_template,
     one,
     pod_spec,
@@ -36,6 +39,27 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
+
+# The values the tests below render besides the defaults and ci/; all are linted too.
+NUMERIC_EDGE_ID = {"edges": {"instances": [{"id": "123", "sipPort": 5060, "apiPort": 8091}]}}
+ONE_TRUNK = {
+    "policy": {
+        "trunks": [{"id": "t1", "edge": "edge-1", "peer": "10.0.0.9:5060", "sources": ["10.0.0.9"]}]
+    }
+}
+OTHER_TOKEN = {"apiToken": {"value": "other"}}
+TOKEN_SECRET = {"apiToken": {"existingSecret": "voice-api"}}
+EXTERNAL_NATS_URL = "nats://nats.messaging:4222"
+EXTERNAL_NATS = {"nats": {"enabled": False}, "bus": {"url": EXTERNAL_NATS_URL}}
+MATRIX = [
+    pytest.param([], None, id="default"),
+    *(pytest.param([f], None, id=f.name) for f in CI_VALUES),
+    pytest.param([], NUMERIC_EDGE_ID, id="numeric-edge-id"),
+    pytest.param([], ONE_TRUNK, id="one-trunk"),
+    pytest.param([], OTHER_TOKEN, id="token-in-values"),
+    pytest.param([], TOKEN_SECRET, id="token-in-a-secret"),
+    pytest.param([], EXTERNAL_NATS, id="external-nats-url"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -116,18 +140,36 @@ def test_schema_refuses_bad_values(override: dict[str, Any], why: str) -> None:
     merged = deep_merge(DEFAULTS, override)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(SCHEMA).validate(merged)
+    result = helm_template(values=override)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
 
 
-# --- every render is valid Kubernetes ---
+# --- every render lints clean and is valid Kubernetes ---
 
 
-@pytest.mark.parametrize(
-    "values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "default"
-)
-def test_chart_renders_valid_kubernetes_objects(values_file: Path | None) -> None:
-    manifests = render_chart(*([values_file] if values_file else []))
+@pytest.mark.parametrize(("value_files", "values"), MATRIX)
+def test_chart_passes_helm_lint_strict(
+    value_files: list[Path], values: dict[str, Any] | None
+) -> None:
+    result = helm_lint(*value_files, values=values)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("value_files", "values"), MATRIX)
+def test_chart_renders_valid_kubernetes_objects(
+    value_files: list[Path], values: dict[str, Any] | None
+) -> None:
+    manifests = render_chart(*value_files, values=values)
     assert workloads(manifests), "no workloads rendered"
     assert validation_errors(manifests) == []
+
+
+def test_the_chart_admits_the_oldest_kubernetes_it_is_validated_against() -> None:
+    assert helm_template(kube_version=KUBE_VERSIONS[0]).returncode == 0
+    older = helm_template(kube_version="1.25")
+    assert older.returncode != 0
+    assert "chart requires kubeVersion" in older.stderr
 
 
 def test_validation_catches_a_broken_object(default: list[Manifest]) -> None:
@@ -137,18 +179,19 @@ def test_validation_catches_a_broken_object(default: list[Manifest]) -> None:
     assert validation_errors([router])
 
 
-def test_a_missing_go_toolchain_fails_rather_than_skips(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deploy_render.shutil, "which", lambda _: None)
-    with pytest.raises(ToolMissing, match="golang-go"):
+def test_a_missing_tool_fails_rather_than_skips(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(deploy_render, "HELM", tmp_path / "helm")
+    monkeypatch.setattr(deploy_render, "KUBECTL", tmp_path / "kubectl")
+    with pytest.raises(ToolMissing, match=r"helm not found: `make tools`.*`make test`"):
         render_chart()
-    with pytest.raises(ToolMissing, match="kubectl"):
+    with pytest.raises(ToolMissing, match=r"kubectl not found: `make tools`.*`make test`"):
         deploy_render.kustomize(deploy_render.DEPLOY / "overlays" / "dev")
 
 
 def test_numeric_looking_edge_ids_stay_strings() -> None:
-    manifests = render_chart(
-        values={"edges": {"instances": [{"id": "123", "sipPort": 5060, "apiPort": 8091}]}}
-    )
+    manifests = render_chart(values=NUMERIC_EDGE_ID)
     edge = one(manifests, "DaemonSet", "tandem-123")
     assert edge["metadata"]["labels"]["tandem.io/edge-id"] == "123"
     assert pod_spec(edge)["nodeSelector"] == {"tandem.io/edge": "123"}
@@ -406,9 +449,8 @@ def test_pods_roll_when_the_config_or_secrets_change(default: list[Manifest]) ->
     assert all(set(c) == {"checksum/config", "checksum/secret"} for c in before.values())
     again = _checksums(render_chart())
     assert again == before, "an unchanged release must not roll its pods"
-    trunk = {"id": "t1", "edge": "edge-1", "peer": "10.0.0.9:5060"}
-    changed = _checksums(render_chart(values={"policy": {"trunks": [trunk]}}))
-    token = _checksums(render_chart(values={"apiToken": {"value": "other"}}))
+    changed = _checksums(render_chart(values=ONE_TRUNK))
+    token = _checksums(render_chart(values=OTHER_TOKEN))
     for name in before:
         assert changed[name]["checksum/config"] != before[name]["checksum/config"]
         assert token[name]["checksum/secret"] != before[name]["checksum/secret"]
@@ -420,7 +462,7 @@ def test_api_token_is_generated_or_taken_from_values_or_a_secret(
     generated = one(default, "Secret", "tandem-api-token")["data"]["token"]
     assert len(generated) >= 40
     assert one(full, "Secret", "tandem-api-token")["data"]["token"] == "czNjcjN0LXRva2Vu"
-    external = render_chart(values={"apiToken": {"existingSecret": "voice-api"}})
+    external = render_chart(values=TOKEN_SECRET)
     assert find(external, "Secret") == []
     for manifests, secret in [(default, "tandem-api-token"), (external, "voice-api")]:
         for workload in workloads(manifests):
@@ -458,10 +500,9 @@ def _nats_urls(manifests: list[Manifest]) -> set[str]:
 
 
 def test_the_nats_switch_only_changes_the_nats_url(default: list[Manifest]) -> None:
-    external_url = "nats://nats.messaging:4222"
-    external = render_chart(values={"nats": {"enabled": False}, "bus": {"url": external_url}})
+    external = render_chart(values=EXTERNAL_NATS)
     assert _nats_urls(default) == {"nats://tandem-nats:4222"}
-    assert _nats_urls(external) == {external_url}
+    assert _nats_urls(external) == {EXTERNAL_NATS_URL}
 
     def normalized(manifests: list[Manifest], url: str) -> list[Manifest]:
         kept = [m for m in manifests if m["kind"] != "Secret"]  # a fresh random token
@@ -471,7 +512,7 @@ def test_the_nats_switch_only_changes_the_nats_url(default: list[Manifest]) -> N
             w["spec"]["template"]["metadata"]["annotations"].pop("checksum/config")
         return out
 
-    assert normalized(default, "nats://tandem-nats:4222") == normalized(external, external_url)
+    assert normalized(default, "nats://tandem-nats:4222") == normalized(external, EXTERNAL_NATS_URL)
 
 
 def test_the_nats_service_name_follows_the_release_name() -> None:

@@ -4,7 +4,6 @@ and deploy/base is what the chart renders by default."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -13,6 +12,7 @@ import yaml
 from tandem.config import parse_config
 from tests.deploy.deploy_render import (
     DEPLOY,
+    KUBECTL,
     Manifest,
     base_files,
     env_of,
@@ -20,6 +20,7 @@ from tests.deploy.deploy_render import (
     kustomize,
     one,
     pod_spec,
+    tool,
     validation_errors,
 )
 
@@ -40,10 +41,8 @@ def nats_conf(manifests: list[Manifest]) -> str:
 
 
 def test_kubectl_embeds_a_current_kustomize() -> None:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl not found"
     out = subprocess.run(
-        [kubectl, "version", "--client"], capture_output=True, text=True, check=True
+        [tool(KUBECTL), "version", "--client"], capture_output=True, text=True, check=True
     ).stdout
     match = re.search(r"Kustomize Version: v(\d+)", out)
     assert match, out
