@@ -1,0 +1,147 @@
+"""What the machines ask the edge to do, as small frozen dataclasses: the edge's executor
+turns each into a SIP send, a NATS message or a timer, and feeds what comes back as events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tandem.b2bua.events import Txn
+from tandem.pb import tandem_pb2 as pb
+from tandem.sip import Request, Response
+
+# ---- SIP, to this machine's far end --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Answer a request through its server transaction."""
+
+    txn: Txn
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class SendInvite:
+    """The leg's INVITE, as a client transaction; its responses come back as InviteResponse."""
+
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class CancelInvite:
+    """CANCEL the INVITE: now if a provisional came, else as soon as one does (RFC 3261 9.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """A request in our dialog; its final answer comes back as InDialogResponse when
+    `request_id` is set (a BYE's is not wanted)."""
+
+    request: Request
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SendAck:
+    """The ACK of a 2xx (or its repeat): no transaction of its own."""
+
+    request: Request
+
+
+# ---- the bus -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AskRoute:
+    """Ask the router; the answer comes back as RouteDecided or RouteFailed."""
+
+    request: pb.RouteRequest
+
+
+@dataclass(frozen=True, slots=True)
+class CreateLeg:
+    """Create an egress leg on the edge that serves its trunk; its events come to this call
+    from now on, and the edge's reply comes back as LegCreateAnswered."""
+
+    edge: str
+    command: pb.LegCommand
+
+
+@dataclass(frozen=True, slots=True)
+class CommandLeg:
+    """Cancel, ACK, BYE, or relay in-dialog to a leg, on the edge that runs it."""
+
+    edge: str
+    command: pb.LegCommand
+
+
+@dataclass(frozen=True, slots=True)
+class DropLeg:
+    """No more events are wanted from this leg."""
+
+    leg_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A call event (durable, on TANDEM_CALLS) or a leg event (to the call's owner)."""
+
+    message: pb.CallEvent | pb.LegEvent
+
+
+# ---- time and life -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Fire TimerFired(name) after `delay_s`; a timer of the same name is replaced."""
+
+    name: str
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StopTimer:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failover:
+    """The call gives up this attempt for its next target (counted by reason)."""
+
+    failure: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The call, or the attempt, is over with this outcome (what its span and metrics show).
+    A cancelled attempt is not a failure of the trunk."""
+
+    status: int
+    reason: str
+    failure: str = ""
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Nothing more will come through this machine's dialog: forget it (its timers too)."""
+
+
+Action = (
+    Respond
+    | SendInvite
+    | CancelInvite
+    | SendRequest
+    | SendAck
+    | AskRoute
+    | CreateLeg
+    | CommandLeg
+    | DropLeg
+    | Publish
+    | StartTimer
+    | StopTimer
+    | Failover
+    | Finished
+    | Release
+)

@@ -1,0 +1,604 @@
+"""The call: the machine of a call that entered through this edge, from INVITE to the end.
+
+Theory of operation
+-------------------
+The edge where a call arrives owns it. The call is the UAS of the caller's dialog and the
+owner of an ordered list of targets from one route decision; it tries them one at a time,
+each as a new egress leg (`tandem.b2bua.leg`) on whichever edge serves the target's trunk,
+and relays between the caller's dialog and the leg that answered. It publishes the call's
+events (started, routed, leg_attempt, leg_progress, leg_answered, leg_failed, answered,
+ended) from which callstate builds the records and CDRs.
+
+States (`CallState`, the same names as the proto's and callstate's): ROUTING until the
+decision, TRYING while an attempt runs and the caller has heard nothing but 100, RINGING
+once a 18x reached the caller (RFC 3261 16.7: from then on there is no failover), ANSWERED
+once a 2xx did, ENDED. The transitions, each checkable against RFC 3261:
+
+    ROUTING  InviteReceived         100 Trying (8.2.6.1), started, ask the router
+    ROUTING  RouteDecided           refused: 403/503 with Reason and Warning -> ENDED
+                                    routed: create the leg of target 1, failover timer -> TRYING
+    ROUTING  RouteFailed            503 with Retry-After -> ENDED
+    TRYING   LegProgress            the 18x to the caller, no failover timer any more -> RINGING
+    TRYING   TimerFired(failover)   CANCEL the leg, next target
+    TRYING   LegFailed              failover code, timeout, transport error: next target;
+                                    any other final: that final to the caller -> ENDED
+    TRYING   LegCreateAnswered      the edge refused the leg: next target
+    RINGING  LegProgress            each further 18x to the caller
+    RINGING  LegFailed              its final to the caller -> ENDED
+    early    LegAnswered            the 2xx to the caller (13.3.1.4) -> ANSWERED
+    early    CallerCancelled        487 to the INVITE (9.2), CANCEL the leg -> ENDED
+    early    InDialogRequest        BYE: 200 and as a CANCEL; others 491/481
+    early    LegEnded               480 -> ENDED
+    any      HangupRequested        before answer 487, after it BYE both ways -> ENDED
+    ANSWERED AckReceived            ACK to the leg
+    ANSWERED InDialogRequest        BYE: 200, BYE to the leg -> ENDED; others relayed to the leg
+    ANSWERED LegRequested           the callee's request sent in the caller's dialog
+    ANSWERED LegResponded           the leg's answer to the caller's relayed request
+    ANSWERED InDialogResponse       the caller's answer relayed back to the leg
+    ANSWERED LegEnded               BYE to the caller -> ENDED
+    ANSWERED AckTimedOut            timer L: BYE both ways (RFC 6026) -> ENDED
+    ENDED    late answers           a leg created after the end is cancelled; others dropped
+
+("early" is ROUTING, TRYING and RINGING.) Every other pair raises `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from tandem.b2bua.actions import (
+    AskRoute,
+    CommandLeg,
+    CreateLeg,
+    DropLeg,
+    Failover,
+    Finished,
+    Publish,
+    Release,
+    Respond,
+    SendAck,
+    SendRequest,
+    StartTimer,
+    StopTimer,
+)
+from tandem.b2bua.events import (
+    AckReceived,
+    AckTimedOut,
+    CallerCancelled,
+    HangupRequested,
+    InDialogRequest,
+    InDialogResponse,
+    InviteReceived,
+    LegAnswered,
+    LegCreateAnswered,
+    LegEnded,
+    LegFailed,
+    LegProgress,
+    LegRequested,
+    LegResponded,
+    RouteDecided,
+    RouteFailed,
+    TimerFired,
+    Txn,
+)
+from tandem.b2bua.local import ALLOW, RETRY_AFTER_S, USER_AGENT, Local, new_id, new_tag
+from tandem.b2bua.machine import Handler, Machine, ProtocolError
+from tandem.b2bua.relay import Relay, body_headers, leg_response, respond, sip_body
+from tandem.pb import tandem_pb2 as pb
+from tandem.sip import Request
+from tandem.sip.dialog import Dialog, DialogState
+
+Kind = pb.CallEvent.Kind
+FORWARDED_IDENTITY = ("P-Asserted-Identity",)
+FORWARDED_HISTORY = ("History-Info", "Diversion")
+DEFAULT_FAILOVER_CODES = (408, 503, 504)
+DEFAULT_FAILOVER_TIMER_S = 10.0
+FAILOVER = "failover"  # the timer: no provisional response but 100 from the leg in time
+
+
+class CallState(Enum):
+    ROUTING = pb.ROUTING
+    TRYING = pb.TRYING
+    RINGING = pb.RINGING
+    ANSWERED = pb.ANSWERED
+    ENDED = pb.ENDED
+
+
+EARLY = (CallState.ROUTING, CallState.TRYING, CallState.RINGING)
+
+
+def number_of(uri_text: str) -> str:
+    """The user part of a sip/tel URI: the number, as received."""
+    scheme, _, rest = uri_text.partition(":")
+    if scheme.lower() == "tel":
+        return rest.partition(";")[0]
+    user, at, _ = rest.partition("@")
+    return user.partition(";")[0] if at else ""
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One target tried: the egress leg created for it."""
+
+    id: str
+    target: pb.RouteTarget
+    number: int  # 1 for the first target
+    sip_call_id: str
+    live: bool = True  # its events are still wanted
+
+
+class Call(Machine):
+    """One call this edge owns. `id` and `local_tag` exist before the first event."""
+
+    KIND = "call"
+
+    def __init__(self, edge: str, trunk: str, local: Local, trace_id: str = "") -> None:
+        super().__init__()
+        self.id = new_id()
+        self.edge = edge
+        self.trunk = trunk
+        self.local = local
+        self.local_tag = new_tag()
+        self.trace_id = trace_id
+        self.state = CallState.ROUTING
+        self.invite: Request | None = None
+        self.txn: Txn | None = None
+        self.dialog: Dialog | None = None  # with the caller, from our first 1xx/2xx with a tag
+        self.called = self.calling = self.display = ""
+        self.started_ms = self.answered_ms = 0
+        self.seq = 0
+        self.targets: list[pb.RouteTarget] = []
+        self.attempts: dict[str, Attempt] = {}  # by leg id
+        self.attempt: Attempt | None = None  # the latest
+        self.failures: list[tuple[int, str, bool]] = []  # status, reason, timed out
+        self.relay = Relay()
+        self.ack: Request | None = None  # our last ACK in the caller's dialog, for repeats
+
+    # ---- events out ----------------------------------------------------------------------
+
+    def _publish(self, kind: pb.CallEvent.Kind, **fields: Any) -> None:
+        self.seq += 1
+        event = pb.CallEvent(
+            call_id=self.id,
+            kind=kind,
+            seq=self.seq,
+            time_unix_ms=self.now_ms,
+            edge=self.edge,
+            ingress_trunk=self.trunk,
+            trace_id=self.trace_id,
+            **fields,
+        )
+        self.do(Publish(event))
+
+    def _leg_fields(self) -> dict[str, Any]:
+        attempt = self.attempt
+        if attempt is None:
+            return {}
+        target = attempt.target
+        return {
+            "leg_id": attempt.id,
+            "trunk": target.trunk,
+            "sip_call_id": attempt.sip_call_id,
+            "called": target.called,
+            "calling": target.calling,
+            "attempt": attempt.number,
+        }
+
+    def _command(self, leg: Attempt, **command: Any) -> None:
+        message = pb.LegCommand(leg_id=leg.id, call_id=self.id, **command)
+        self.do(CommandLeg(leg.target.edge, message))
+
+    def _respond_caller(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        assert self.invite is not None and self.txn is not None
+        tag = self.local_tag if status > 100 else None
+        response = respond(self.invite, status, reason, headers, body, to_tag=tag)
+        self.do(Respond(self.txn, response))
+        if 100 < status < 300:
+            if self.dialog is None:
+                self.dialog = Dialog.as_uas(self.invite, response)
+            elif status >= 200:
+                self.dialog.state = DialogState.CONFIRMED
+
+    # ---- routing and attempts ------------------------------------------------------------
+
+    def _invite(self, event: InviteReceived) -> None:
+        if self.invite is not None:
+            raise ProtocolError(self.KIND, self.state, event)
+        invite = self.invite = event.request
+        self.txn = event.txn
+        self.started_ms = self.now_ms
+        self.called = number_of(invite.uri) or number_of(str(invite.to.uri))
+        from_ = invite.from_
+        self.calling = number_of(str(from_.uri))
+        pai = invite.headers.values("p-asserted-identity")
+        if pai and (not self.calling or self.calling.lower() == "anonymous"):
+            self.calling = number_of(pai[0].strip("<>").partition(">")[0])
+        self.display = from_.display or ""
+        self._respond_caller(100)
+        self._publish(
+            Kind.STARTED, sip_call_id=invite.call_id, called=self.called, calling=self.calling
+        )
+        self.do(
+            AskRoute(
+                pb.RouteRequest(
+                    call_id=self.id,
+                    ingress_trunk=self.trunk,
+                    called=self.called,
+                    calling=self.calling,
+                )
+            )
+        )
+
+    def _routed(self, event: RouteDecided) -> None:
+        decision = event.decision
+        if decision.result != pb.RouteDecision.ROUTED:
+            refused = 403 if decision.result == pb.RouteDecision.NO_ROUTE else 503
+            reason = decision.reason or "no route"
+            self._reject(decision.status or refused, None, reason, diagnostic=True)
+            return
+        self.targets = list(decision.targets)
+        self._publish(
+            Kind.ROUTED,
+            usage=decision.usage,
+            route=decision.route,
+            normalized_called=decision.normalized_called,
+            called=self.called,
+            calling=self.calling,
+        )
+        self.state = CallState.TRYING
+        self._next_attempt()
+
+    def _route_failed(self, event: RouteFailed) -> None:
+        self._reject(503, "Router Unavailable", "no route decision", retry_after=True)
+
+    def _next_attempt(self) -> None:
+        """Create the leg of the next target, or give the caller the final answer."""
+        if len(self.attempts) >= len(self.targets):
+            self._all_failed()
+            return
+        assert self.invite is not None
+        target = self.targets[len(self.attempts)]
+        attempt = Attempt(new_id(), target, len(self.attempts) + 1, new_id())
+        self.attempts[attempt.id] = self.attempt = attempt
+        self._publish(Kind.LEG_ATTEMPT, **self._leg_fields())
+        self.do(StartTimer(FAILOVER, target.failover_timer_s or DEFAULT_FAILOVER_TIMER_S))
+        invite = self.invite
+        headers = [
+            pb.Header(name=name, value=value)
+            for names, wanted in (
+                (FORWARDED_IDENTITY, target.forward_pai),
+                (FORWARDED_HISTORY, target.forward_call_history),
+            )
+            if wanted
+            for name in names
+            for value in invite.headers.get_all(name)
+        ]
+        max_forwards = invite.max_forwards
+        create = pb.LegCreate(
+            target=target,
+            calling_display="" if target.suppress_caller_id else self.display,
+            headers=headers,
+            body=sip_body(invite),
+            max_forwards=(70 if max_forwards is None else max_forwards) - 1,
+            attempt=attempt.number,
+            sip_call_id=attempt.sip_call_id,
+            owner_edge=self.edge,
+        )
+        command = pb.LegCommand(leg_id=attempt.id, call_id=self.id, create=create)
+        self.do(CreateLeg(target.edge, command))
+
+    def _drop_leg(self) -> None:
+        """The current attempt's events are no longer wanted (nor its failover timer)."""
+        self.do(StopTimer(FAILOVER))
+        attempt = self.attempt
+        if attempt is not None and attempt.live:
+            attempt.live = False
+            self.do(DropLeg(attempt.id))
+
+    def _failed(self, status: int, reason: str, failure: str, timed_out: bool) -> None:
+        """The current attempt failed over: record it, then the next target is tried."""
+        self.failures.append((status, reason, timed_out))
+        self._publish(
+            Kind.LEG_FAILED,
+            status=status,
+            reason=f"{failure}: {reason}",
+            failure=failure,
+            **self._leg_fields(),
+        )
+        if len(self.attempts) < len(self.targets):  # a failover only if a target is left
+            self.do(Failover(failure))
+        self._drop_leg()
+        self._next_attempt()
+
+    def _all_failed(self) -> None:
+        """Every target failed: the last real failure, or 503 when every attempt timed out."""
+        answered = [(s, r) for s, r, timed_out in self.failures if not timed_out and s >= 300]
+        if answered:
+            status, reason = answered[-1]
+            self._reject(status, None, reason)
+        else:
+            self._reject(503, None, "every target failed or timed out", retry_after=True)
+
+    def _is_current(self, leg_id: str) -> bool:
+        return self.attempt is not None and self.attempt.id == leg_id and self.attempt.live
+
+    def _create_answered(self, event: LegCreateAnswered) -> None:
+        if event.error and self._is_current(event.leg_id) and self.state is CallState.TRYING:
+            self._failed(503, event.error, "transport_error", timed_out=False)
+
+    def _created_after_end(self, event: LegCreateAnswered) -> None:
+        leg = self.attempts.get(event.leg_id)
+        if not event.error and leg is not None:  # cancelled while it was being created
+            self._command(leg, cancel=pb.LegCancel(reason="call over"))
+
+    def _failover_timer(self, event: TimerFired) -> None:
+        if event.name != FAILOVER or self.attempt is None:
+            raise ProtocolError(self.KIND, self.state, event)
+        self._command(self.attempt, cancel=pb.LegCancel(reason="failover timer"))
+        self._failed(408, "no provisional response in time", "failover_timer", timed_out=True)
+
+    # ---- the leg's events ----------------------------------------------------------------
+
+    def _progress(self, event: LegProgress) -> None:
+        if not self._is_current(event.leg_id):
+            return
+        self.do(StopTimer(FAILOVER))  # the caller is ringing: no failover any more
+        self.state = CallState.RINGING
+        self._relay_answer(event.status, event.reason, event.body)
+        self._publish(
+            Kind.LEG_PROGRESS, status=event.status, reason=event.reason, **self._leg_fields()
+        )
+
+    def _answered(self, event: LegAnswered) -> None:
+        if not self._is_current(event.leg_id):
+            self._stale_answer(event)
+            return
+        self.do(StopTimer(FAILOVER))
+        self.state = CallState.ANSWERED
+        self.answered_ms = self.now_ms
+        self._relay_answer(event.status, event.reason, event.body)
+        fields = self._leg_fields()
+        self._publish(Kind.LEG_ANSWERED, status=event.status, reason=event.reason, **fields)
+        self._publish(Kind.ANSWERED, status=event.status, reason=event.reason, **fields)
+
+    def _stale_answer(self, event: LegAnswered) -> None:
+        """An answer from a leg this call no longer wants: hang it up."""
+        leg = self.attempts.get(event.leg_id)
+        if leg is not None and leg is not self.attempt:
+            self._command(leg, bye=pb.LegBye(reason="call over"))
+
+    def _leg_failed(self, event: LegFailed) -> None:
+        if not self._is_current(event.leg_id) or self.attempt is None:
+            return
+        if self.state is CallState.TRYING:
+            codes = self.attempt.target.failover_response_codes or DEFAULT_FAILOVER_CODES
+            if event.failure != "response" or event.status in codes:
+                timed_out = event.failure in ("timeout", "failover_timer")
+                self._failed(event.status, event.reason, event.failure, timed_out)
+                return
+        # a final the caller must hear: after 18x, or a code that is no failover code
+        self._publish(
+            Kind.LEG_FAILED,
+            status=event.status,
+            reason=event.reason,
+            failure=event.failure,
+            **self._leg_fields(),
+        )
+        self._drop_leg()
+        self._reject(event.status, event.reason, event.reason)
+
+    def _leg_ended_early(self, event: LegEnded) -> None:
+        if self._is_current(event.leg_id):
+            self._reject(480, None, event.reason or "callee ended")
+
+    def _leg_ended(self, event: LegEnded) -> None:
+        if self._is_current(event.leg_id):
+            self._bye_caller()
+            self._end("callee", 200, event.reason or "callee hung up")
+
+    def _relay_answer(self, status: int, reason: str, body: pb.SipBody) -> None:
+        headers = [("Contact", self.local.contact)]
+        if status >= 200:
+            headers.append(("Allow", ALLOW))
+        self._respond_caller(status, reason or None, headers + body_headers(body), body.body)
+
+    def _leg_requested(self, event: LegRequested) -> None:
+        """A request the callee sent in its dialog: the same request in the caller's."""
+        request, dialog = event.request, self.dialog
+        if not self._is_current(event.leg_id) or dialog is None:
+            return
+        body = request.body
+        if request.method == "ACK":
+            self.ack = dialog.create_ack(body_headers(body), body.body)
+            self.do(SendAck(self.ack))
+            return
+        out = dialog.create_request(request.method, Relay.inbound_headers(request), body.body)
+        self.relay.sent[request.request_id] = False
+        self.do(SendRequest(out, request.request_id))
+
+    def _caller_answered(self, event: InDialogResponse) -> None:
+        """The caller's answer to a request the callee sent: back to the leg."""
+        answered = self.relay.sent.get(event.request_id)
+        response = event.response
+        if answered is None or self.attempt is None:
+            return
+        if response is not None and response.status < 200:
+            return  # we said 100 Trying to the callee already
+        if answered:  # a 2xx again: our ACK was lost
+            if self.ack is not None and response is not None and response.status < 300:
+                self.do(SendAck(self.ack))
+            return
+        self.relay.sent[event.request_id] = True
+        self._command(self.attempt, response=leg_response(event.request_id, response))
+
+    def _leg_responded(self, event: LegResponded) -> None:
+        answer = self.relay.answer(event.response, self.local.contact)
+        if answer is not None:
+            self.do(Respond(*answer))
+
+    # ---- the caller ----------------------------------------------------------------------
+
+    def _cancelled(self, event: CallerCancelled) -> None:
+        self._cancel_leg("caller cancelled")
+        self._respond_caller(487)
+        self._end("caller", 487, "caller cancelled")
+
+    def _cancel_leg(self, reason: str) -> None:
+        if self.attempt is not None and self.attempt.live:
+            self._command(self.attempt, cancel=pb.LegCancel(reason=reason))
+        self._drop_leg()
+
+    def _early_request(self, event: InDialogRequest) -> None:
+        request = event.request
+        if not self._checked(event):
+            return
+        if request.method == "BYE":  # BYE before our 2xx: the caller gave up early
+            self.do(Respond(event.txn, respond(request, 200)))
+            self._cancelled(CallerCancelled())
+        else:
+            status = 491 if request.method in ("INVITE", "UPDATE") else 481
+            self.do(Respond(event.txn, respond(request, status)))
+
+    def _request(self, event: InDialogRequest) -> None:
+        request = event.request
+        if not self._checked(event) or self.attempt is None:
+            return
+        if request.method == "BYE":
+            self.do(Respond(event.txn, respond(request, 200)))
+            self._command(self.attempt, bye=pb.LegBye(reason="caller hung up"))
+            self._end("caller", 200, "caller hung up")
+            return
+        if request.method == "INVITE":  # the far end may be slow: say so at once
+            self.do(Respond(event.txn, respond(request, 100)))
+        self._command(self.attempt, request=self.relay.outbound(event.txn))
+
+    def _checked(self, event: InDialogRequest) -> bool:
+        """The dialog's CSeq check (RFC 3261 12.2.2); False when it answered the request."""
+        error = self.dialog.on_request(event.request) if self.dialog is not None else None
+        if error is not None:
+            self.do(Respond(event.txn, respond(event.request, error)))
+        return error is None
+
+    def _ack(self, event: AckReceived) -> None:
+        if self.attempt is not None:
+            self._command(self.attempt, ack=pb.LegAck(body=sip_body(event.request)))
+
+    def _ack_timed_out(self, event: AckTimedOut) -> None:
+        """The caller never ACKed our 2xx: the call is over on both sides."""
+        if self.attempt is not None:
+            self._command(self.attempt, bye=pb.LegBye(reason="no ACK"))
+        self._bye_caller()
+        self._end("system", 408, "no ACK from the caller")
+
+    def _bye_caller(self) -> None:
+        if self.dialog is not None:
+            self.do(SendRequest(self.dialog.create_request("BYE", [("User-Agent", USER_AGENT)])))
+
+    # ---- control and the end -------------------------------------------------------------
+
+    def _hangup_early(self, event: HangupRequested) -> None:
+        self._cancel_leg(event.reason)
+        self._respond_caller(487, None, [("Reason", f'SIP;cause=487;text="{event.reason}"')])
+        self._end(event.ended_by, 487, event.reason)
+
+    def _hangup(self, event: HangupRequested) -> None:
+        if self.attempt is not None:
+            self._command(self.attempt, bye=pb.LegBye(reason=event.reason))
+        self._bye_caller()
+        self._end(event.ended_by, 200, event.reason)
+
+    def _reject(
+        self,
+        status: int,
+        phrase: str | None,
+        reason: str,
+        *,
+        retry_after: bool = False,
+        diagnostic: bool = False,
+    ) -> None:
+        """End the call before answer with a final response to the caller."""
+        headers: list[tuple[str, str]] = []
+        if retry_after:
+            headers.append(("Retry-After", str(RETRY_AFTER_S)))
+        if diagnostic or status in (403, 503):
+            text = reason.replace('"', "'")
+            headers.append(("Reason", f'SIP;cause={status};text="{text}"'))
+            headers.append(("Warning", f'399 {self.local.host} "{text}"'))
+        self._respond_caller(status, phrase, headers)
+        self._end("system", status, reason)
+
+    def _end(self, ended_by: str, status: int, reason: str) -> None:
+        self.state = CallState.ENDED
+        self._drop_leg()
+        attempt = self.attempt
+        self._publish(
+            Kind.ENDED,
+            status=status,
+            reason=reason,
+            ended_by=ended_by,
+            leg_id=attempt.id if attempt else "",
+            trunk=attempt.target.trunk if attempt else "",
+            attempt=attempt.number if attempt else 0,
+        )
+        self.do(Finished(status, reason), Release())
+
+    def _ignore(self, event: object) -> None:
+        pass
+
+
+def _table() -> dict[tuple[CallState, type], Handler]:
+    S = CallState
+    table: dict[tuple[CallState, type], Handler] = {
+        (S.ROUTING, InviteReceived): Call._invite,
+        (S.ROUTING, RouteDecided): Call._routed,
+        (S.ROUTING, RouteFailed): Call._route_failed,
+        (S.TRYING, TimerFired): Call._failover_timer,
+        (S.ANSWERED, AckReceived): Call._ack,
+        (S.ANSWERED, InDialogRequest): Call._request,
+        (S.ANSWERED, LegRequested): Call._leg_requested,
+        (S.ANSWERED, LegResponded): Call._leg_responded,
+        (S.ANSWERED, InDialogResponse): Call._caller_answered,
+        (S.ANSWERED, LegEnded): Call._leg_ended,
+        (S.ANSWERED, LegAnswered): Call._stale_answer,
+        (S.ANSWERED, AckTimedOut): Call._ack_timed_out,
+        (S.ANSWERED, HangupRequested): Call._hangup,
+        (S.ENDED, LegCreateAnswered): Call._created_after_end,
+        (S.ENDED, LegAnswered): Call._stale_answer,
+    }
+    for state in EARLY:
+        table[state, CallerCancelled] = Call._cancelled
+        table[state, InDialogRequest] = Call._early_request
+        table[state, HangupRequested] = Call._hangup_early
+    for state in (S.TRYING, S.RINGING):
+        table[state, LegProgress] = Call._progress
+        table[state, LegAnswered] = Call._answered
+        table[state, LegFailed] = Call._leg_failed
+        table[state, LegEnded] = Call._leg_ended_early
+        table[state, LegCreateAnswered] = Call._create_answered
+    # late news, after the fact: nothing left to do
+    for state, event in (
+        (S.ANSWERED, LegCreateAnswered),
+        (S.ANSWERED, LegProgress),
+        (S.ANSWERED, LegFailed),
+        (S.ENDED, RouteDecided),
+        (S.ENDED, RouteFailed),
+        (S.ENDED, LegProgress),
+        (S.ENDED, LegFailed),
+        (S.ENDED, LegEnded),
+        (S.ENDED, LegRequested),
+        (S.ENDED, LegResponded),
+        (S.ENDED, InDialogResponse),
+    ):
+        table[state, event] = Call._ignore
+    return table
+
+
+Call.TRANSITIONS = _table()

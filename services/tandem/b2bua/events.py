@@ -1,0 +1,249 @@
+"""What happens to a call or a leg: the events the edge feeds the machines, as small frozen
+dataclasses. A machine's table names which of them each of its states takes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tandem.pb import tandem_pb2 as pb
+from tandem.sip import Request, Response
+
+
+class Txn(Protocol):
+    """The server transaction of a request we must answer; the edge holds it."""
+
+    @property
+    def request(self) -> Request: ...
+
+
+# ---- both machines: their own dialog ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InDialogRequest:
+    """A request from this machine's far end in its dialog (BYE, re-INVITE, UPDATE, INFO)."""
+
+    request: Request
+    txn: Txn
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """The far end's ACK of a 2xx we sent (the transaction layer absorbs the others)."""
+
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class InDialogResponse:
+    """The answer to a request we sent in our dialog for the other leg (None: it timed out)."""
+
+    request_id: str
+    response: Response | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    name: str
+
+
+# ---- the call (ingress) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InviteReceived:
+    """The caller's INVITE, admitted: the call's first event."""
+
+    request: Request
+    txn: Txn
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecided:
+    decision: pb.RouteDecision
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFailed:
+    """No router answered."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class LegCreateAnswered:
+    """The serving edge's reply to a leg's create command ("" error: created)."""
+
+    leg_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallerCancelled:
+    """CANCEL for the INVITE (the transaction layer has answered it 200)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AckTimedOut:
+    """The caller never ACKed our 2xx (RFC 6026 timer L)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HangupRequested:
+    """End the call from outside SIP: the API, the edge stopping, the other edge lost."""
+
+    ended_by: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LegProgress:
+    leg_id: str
+    status: int
+    reason: str
+    body: pb.SipBody
+
+
+@dataclass(frozen=True, slots=True)
+class LegAnswered:
+    leg_id: str
+    status: int
+    reason: str
+    body: pb.SipBody
+
+
+@dataclass(frozen=True, slots=True)
+class LegFailed:
+    """A final failure: a response, a transport error, a timeout (`failure` says which)."""
+
+    leg_id: str
+    status: int
+    reason: str
+    failure: str
+
+
+@dataclass(frozen=True, slots=True)
+class LegEnded:
+    """The callee ended its dialog (BYE)."""
+
+    leg_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LegRequested:
+    """The callee sent a request in its dialog, to cross to the caller's."""
+
+    leg_id: str
+    request: pb.LegRequest
+
+
+@dataclass(frozen=True, slots=True)
+class LegResponded:
+    """The answer to a request of the caller's that crossed to the leg."""
+
+    leg_id: str
+    response: pb.LegResponse
+
+
+LegEvent = LegProgress | LegAnswered | LegFailed | LegEnded | LegRequested | LegResponded
+
+_FROM_LEG: dict[int, Callable[[pb.LegEvent], LegEvent]] = {
+    pb.LegEvent.PROGRESS: lambda e: LegProgress(e.leg_id, e.status, e.reason, e.body),
+    pb.LegEvent.ANSWERED: lambda e: LegAnswered(e.leg_id, e.status, e.reason, e.body),
+    pb.LegEvent.FAILED: lambda e: LegFailed(e.leg_id, e.status, e.reason, e.failure or "response"),
+    pb.LegEvent.ENDED: lambda e: LegEnded(e.leg_id, e.reason),
+    pb.LegEvent.REQUEST: lambda e: LegRequested(e.leg_id, e.request),
+    pb.LegEvent.RESPONSE: lambda e: LegResponded(e.leg_id, e.response),
+}
+
+
+def from_leg_event(event: pb.LegEvent) -> LegEvent | None:
+    """The call machine's event for a leg event off the bus (None: a kind we do not know)."""
+    convert = _FROM_LEG.get(event.kind)
+    return None if convert is None else convert(event)
+
+
+# ---- the leg (egress) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The leg was created: send the INVITE."""
+
+
+@dataclass(frozen=True, slots=True)
+class InviteResponse:
+    """A response to our INVITE (every 2xx, forks included); None: `failure` (timeout or
+    transport_error)."""
+
+    response: Response | None
+    failure: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AckRequested:
+    body: pb.SipBody
+
+
+@dataclass(frozen=True, slots=True)
+class ByeRequested:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRequested:
+    """Send this request (from the caller) in the leg's dialog."""
+
+    request: pb.LegRequest
+
+
+@dataclass(frozen=True, slots=True)
+class RelayAnswered:
+    """The caller's answer to a request the callee sent."""
+
+    response: pb.LegResponse
+
+
+LegCommandEvent = CancelRequested | AckRequested | ByeRequested | RelayRequested | RelayAnswered
+
+_FROM_COMMAND: dict[str, Callable[[pb.LegCommand], LegCommandEvent]] = {
+    "cancel": lambda c: CancelRequested(c.cancel.reason),
+    "ack": lambda c: AckRequested(c.ack.body),
+    "bye": lambda c: ByeRequested(c.bye.reason),
+    "request": lambda c: RelayRequested(c.request),
+    "response": lambda c: RelayAnswered(c.response),
+}
+
+
+def from_leg_command(command: pb.LegCommand) -> LegCommandEvent | None:
+    """The leg machine's event for a command off the bus (None: create, or none set)."""
+    which = command.WhichOneof("command")
+    convert = _FROM_COMMAND.get(which or "")
+    return None if convert is None else convert(command)
+
+
+Event = (
+    InDialogRequest
+    | AckReceived
+    | InDialogResponse
+    | TimerFired
+    | InviteReceived
+    | RouteDecided
+    | RouteFailed
+    | LegCreateAnswered
+    | CallerCancelled
+    | AckTimedOut
+    | HangupRequested
+    | LegEvent
+    | Start
+    | InviteResponse
+    | LegCommandEvent
+)

@@ -1,0 +1,42 @@
+"""How tandem names itself in SIP: ids, tags, its Contact, and the headers it always sends.
+
+Each leg of a call has its own Call-ID, tags, Via (added by the transaction layer) and
+Contact, so nothing of one side's topology reaches the other. Requests in a dialog go to the
+trunk's address (the source of the ingress INVITE, the peer of the egress trunk), as an SBC
+does, never to a Contact's host.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tandem import __version__
+from tandem.sip.uri import format_host_port
+
+USER_AGENT = f"tandem/{__version__}"
+METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO")
+ALLOW = ", ".join(METHODS)
+ACCEPT = "application/sdp"
+BODY_TYPES = ("application/sdp", "multipart/mixed", "application/dtmf-relay", "application/dtmf")
+SUPPORTED = ""  # 100rel is neither offered nor accepted
+RETRY_AFTER_S = 5  # on every 503 tandem gives for its own reasons (limits, overload, drain)
+
+
+def new_id() -> str:
+    return os.urandom(12).hex()
+
+
+def new_tag() -> str:
+    return os.urandom(6).hex()
+
+
+class Local:
+    """The edge as one transport's peers see it: its host and its Contact."""
+
+    __slots__ = ("contact", "host", "transport")
+
+    def __init__(self, host: str, port: int, transport: str) -> None:
+        self.host = host
+        self.transport = transport
+        suffix = ";transport=tcp" if transport == "tcp" else ""
+        self.contact = f"<sip:{format_host_port(host, port)}{suffix}>"
