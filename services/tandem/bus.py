@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -44,8 +45,9 @@ def edge_heartbeat(edge: str) -> str:
     return f"tandem.edge.{edge}.heartbeat"
 
 
-def leg_event(leg: str) -> str:
-    return f"tandem.leg.{leg}.evt"
+def leg_event(owner_edge: str, leg: str) -> str:
+    """Where a leg's events go: to the edge that owns its call, which subscribes once."""
+    return f"tandem.leg.{owner_edge}.{leg}"
 
 
 def call_event(call: str, kind: int) -> str:
@@ -163,6 +165,11 @@ async def ensure_stores(js: JetStreamContext) -> None:
         await js.create_key_value(config=bucket)
 
 
+def now_ms() -> int:
+    """The wall-clock time in milliseconds since the epoch, as every bus message carries it."""
+    return int(time.time() * 1000)
+
+
 def headers(msg_id: str | None = None) -> dict[str, str]:
     """The NATS headers of an outgoing message: trace context, and the dedup id of events."""
     out = telemetry.inject({})
@@ -190,3 +197,40 @@ async def request(
         subject, message.SerializeToString(), timeout=reply_timeout_s, headers=headers()
     )
     return reply_type.FromString(reply.data)
+
+
+class Outbox:
+    """Messages for NATS that need no reply, sent in order by one task per loop turn.
+
+    Leg commands (but `create`), leg events and call events all go this way: a task and a
+    reply per message would cost more than the call's SIP. Call events reach TANDEM_CALLS
+    the same, deduplicated by their Nats-Msg-Id; a message the connection refuses is lost
+    (and logged), never retried out of order.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self._queue: list[tuple[str, bytes, dict[str, str]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        self._queue.append((subject, data, headers))
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                queue, self._queue = self._queue, []
+                for subject, data, headers in queue:
+                    await self.nc.publish(subject, data, headers=headers)
+        except Exception as exc:
+            log.warning("messages to NATS lost: %r", exc)
+            self._queue.clear()
+        finally:
+            self._task = None
+
+    async def flush(self) -> None:
+        """Wait until every queued message has left (for a clean stop)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)

@@ -214,7 +214,14 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
 
 def _run_sim(args: argparse.Namespace) -> int:
     from tandem.sim.config import load_sims
-    from tandem.sim.service import run
+
+    try:
+        from tandem.sim.service import run
+    except ModuleNotFoundError as exc:
+        if exc.name != "pjsua2":
+            raise
+        print("tandem sim runs on PJSIP: pip install 'tandem[sim]'", file=sys.stderr)
+        return 2
 
     telemetry.setup_logging("text", args.log_level)
     try:

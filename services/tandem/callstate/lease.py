@@ -17,14 +17,12 @@ import time
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from tandem import bus
+
 log = logging.getLogger("tandem.callstate")
 
 LEASE_KEY = "leader"
 LEASE_TTL_S = 6.0
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Lease:
@@ -44,7 +42,7 @@ class Lease:
         return self.revision != 0 and time.monotonic() < self.valid_until
 
     def _value(self) -> bytes:
-        expires = _now_ms() + int(self.ttl_s * 1000)
+        expires = bus.now_ms() + int(self.ttl_s * 1000)
         return json.dumps({"holder": self.holder, "expires_unix_ms": expires}).encode()
 
     async def try_acquire(self) -> bool:
@@ -58,7 +56,7 @@ class Lease:
                 return False  # released between our two calls: try again next round
             current = json.loads(entry.value or b"{}")
             mine = current.get("holder") == self.holder
-            if not mine and current.get("expires_unix_ms", 0) > _now_ms():
+            if not mine and current.get("expires_unix_ms", 0) > bus.now_ms():
                 return False
             try:
                 self.revision = await self.kv.update(LEASE_KEY, self._value(), last=entry.revision)

@@ -49,10 +49,6 @@ MARKERS_KEPT_S = 6 * 3600.0  # longer than any backlog callstate would still be 
 Ended = tuple[pb.ActiveCall, pb.Cdr]  # a call that has just ended, and its CDR
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass
 class EdgeSeen:
     """The last heartbeat of one edge, by our clocks."""
@@ -179,7 +175,7 @@ class Service:
             self.live.add(call)
         now = time.monotonic()
         for call in self.calls.values():  # an edge we never hear from must still time out
-            self.edges.setdefault(call.edge, EdgeSeen(now, _now_ms()))
+            self.edges.setdefault(call.edge, EdgeSeen(now, bus.now_ms()))
         self.dirty_trunks = self.live.trunks() | self.checkpoint.finished.trunks()
         await self._publish_counters()
         await self.store.save_checkpoint(self.checkpoint)
@@ -312,7 +308,7 @@ class Service:
         edge = beat.edge or msg.subject.split(".")[2]
         calls = set(beat.calls)
         self.edges[edge] = EdgeSeen(
-            time.monotonic(), _now_ms(), calls, listed=len(calls) == beat.active_calls
+            time.monotonic(), bus.now_ms(), calls, listed=len(calls) == beat.active_calls
         )
         for call_id in calls:
             self.missing_since.pop(call_id, None)
@@ -322,14 +318,14 @@ class Service:
         now = time.monotonic()
         lost = []
         for call in self.calls.values():
-            seen = self.edges.setdefault(call.edge, EdgeSeen(now, _now_ms()))
+            seen = self.edges.setdefault(call.edge, EdgeSeen(now, bus.now_ms()))
             if now - seen.monotonic > self.edge_lost_s:
                 lost.append((call, seen.unix_ms))
             elif seen.listed and call.call_id not in seen.calls:
                 # an edge that restarted has forgotten the call: it will never send its end
                 since = self.missing_since.setdefault(call.call_id, now)
                 if now - since > self.edge_lost_s:
-                    lost.append((call, _now_ms()))
+                    lost.append((call, bus.now_ms()))
         return lost
 
     async def _close_lost_calls(self) -> None:
@@ -435,7 +431,7 @@ class Service:
             active_out=active_out,
             attempts=both.attempts,
             answered=both.answered,
-            updated_unix_ms=_now_ms(),
+            updated_unix_ms=bus.now_ms(),
             failures=both.failures,
             peak_active=self.peak(trunk),
         )

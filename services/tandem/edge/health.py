@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from tandem import bus
-from tandem.edge.dialog import USER_AGENT, new_id, new_tag
-from tandem.edge.ingress import now_ms
+from tandem.b2bua.local import ACCEPT, USER_AGENT, Local, new_id, new_tag
+from tandem.edge.metrics import EdgeMetrics
+from tandem.edge.transactions import Transactions
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
 from tandem.policy import Trunk
 from tandem.sip import Request, Response
-
-if TYPE_CHECKING:
-    from tandem.edge.service import Service
+from tandem.sip.uri import format_host_port
 
 log = logging.getLogger("tandem.edge.health")
 
@@ -33,11 +36,24 @@ FAILED_CODES = (408, 503)
 PROBE_TIMEOUT_S = 32.0  # timer F; a shorter probe interval gives up sooner
 
 
+@dataclass(frozen=True)
+class Prober:
+    """What the probes need of their edge."""
+
+    edge: str
+    transactions: Transactions
+    locals: dict[str, Local]
+    metrics: EdgeMetrics
+    nc: Client
+    js: JetStreamContext
+    spawn: Callable[[Coroutine[Any, Any, Any]], None]
+
+
 class Probe:
     """The probe loop of one trunk and what it has found."""
 
-    def __init__(self, service: Service, trunk: Trunk) -> None:
-        self.service = service
+    def __init__(self, prober: Prober, trunk: Trunk) -> None:
+        self.prober = prober
         self.trunk = trunk
         self.up = True
         self.reported = False  # nothing published yet
@@ -69,10 +85,9 @@ class Probe:
             await asyncio.sleep(interval)
 
     async def probe(self, wait_s: float) -> Response | None:
-        host, port = self.trunk.peer_address
-        peer = Peer(self.trunk.transport, host, port)
-        local = self.service.local(peer.transport)
-        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        peer = Peer(self.trunk.transport, *self.trunk.peer_address)
+        local = self.prober.locals[peer.transport]
+        hostport = format_host_port(peer.host, peer.port)
         request = Request(
             "OPTIONS",
             f"sip:{hostport}",
@@ -83,21 +98,21 @@ class Probe:
                 ("Call-ID", new_id()),
                 ("CSeq", "1 OPTIONS"),
                 ("Contact", local.contact),
-                ("Accept", "application/sdp"),
+                ("Accept", ACCEPT),
                 ("User-Agent", USER_AGENT),
             ],
         )
         answer: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
 
-        def on_response(response: Response | None) -> None:
+        def on_response(response: Response | None, failure: str) -> None:
             if (response is None or response.status >= 200) and not answer.done():
                 answer.set_result(response)
 
-        self.service.transactions.send_request(request, peer, on_response, give_up_s=wait_s)
+        self.prober.transactions.send_request(request, peer, on_response, give_up_s=wait_s)
         return await answer
 
     def record(self, response: Response | None) -> None:
-        self.last_probe_ms = now_ms()
+        self.last_probe_ms = bus.now_ms()
         if response is None or response.status in FAILED_CODES:
             self.failed += 1
             self.reason = (
@@ -115,14 +130,14 @@ class Probe:
         if announce:
             self.reported = True
             log.info("trunk %s is %s (%s)", self.trunk.id, "up" if self.up else "down", self.reason)
-            self.service.metrics.trunk_up(self.trunk.id, self.up)
-        self.service.spawn(self.publish(announce))
+            self.prober.metrics.trunk_up(self.trunk.id, self.up)
+        self.prober.spawn(self.publish(announce))
 
     @property
     def health(self) -> pb.TrunkHealth:
         return pb.TrunkHealth(
             trunk=self.trunk.id,
-            edge=self.service.edge_id,
+            edge=self.prober.edge,
             up=self.up,
             reason=self.reason,
             last_probe_unix_ms=self.last_probe_ms,
@@ -134,9 +149,9 @@ class Probe:
         data = self.health.SerializeToString()
         async with self._writing:
             if self._kv is None:
-                self._kv = await self.service.js.key_value(bus.TRUNK_HEALTH_BUCKET)
+                self._kv = await self.prober.js.key_value(bus.TRUNK_HEALTH_BUCKET)
             await self._kv.put(self.trunk.id, data)
         if announce:
-            await self.service.nc.publish(
+            await self.prober.nc.publish(
                 bus.trunk_health(self.trunk.id), data, headers=bus.headers()
             )

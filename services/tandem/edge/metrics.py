@@ -24,6 +24,11 @@ CALLS = Counter("tandem_edge_calls_total", "Calls ended, by final status", ["edg
 FAILOVERS = Counter(
     "tandem_edge_failovers_total", "Attempts given up for the next target", ["edge", "reason"]
 )
+PROTOCOL_ERRORS = Counter(
+    "tandem_edge_protocol_errors_total",
+    "Events a call or leg machine could not take in its state (logged, answered 500)",
+    ["edge", "machine", "state", "event"],
+)
 TRUNK_UP = Gauge("tandem_edge_trunk_up", "Trunk health by OPTIONS probes (1 up)", ["edge", "trunk"])
 
 
@@ -60,6 +65,9 @@ class EdgeMetrics:
 
     def failover(self, reason: str) -> None:
         FAILOVERS.labels(self.edge, reason).inc()
+
+    def protocol_error(self, machine: str, state: str, event: str) -> None:
+        PROTOCOL_ERRORS.labels(self.edge, machine, state, event).inc()
 
     def call_ended(self, status: int) -> None:
         CALLS.labels(self.edge, str(status)).inc()

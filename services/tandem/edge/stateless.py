@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tandem.edge.dialog import USER_AGENT, new_tag
+from tandem.b2bua.local import USER_AGENT, new_tag
 from tandem.sip.message import REASONS
 
 ANSWER_HEADERS = ("via", "from", "to", "call-id", "cseq")  # what a response copies

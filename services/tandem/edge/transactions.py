@@ -30,7 +30,9 @@ from tandem.sip.transaction import (
 
 log = logging.getLogger("tandem.edge.transactions")
 
-OnResponse = Callable[[Response | None], None]  # None: timeout or transport error
+# each response, or None with why: "timeout" (timer B or F, or give_up_s) or "transport_error"
+OnResponse = Callable[[Response | None, str], None]
+TIMEOUT, TRANSPORT_ERROR = "timeout", "transport_error"
 ForEdge = RequestReceived | CancelReceived | MessageRejected
 
 
@@ -117,7 +119,7 @@ class Transactions:
                 if isinstance(event, ResponseReceived):
                     entry = self.client.get(event.key)
                     if entry is not None:
-                        entry[0](event.response)
+                        entry[0](event.response, "")
                 elif isinstance(event, TransactionTimeout):
                     if event.timer == "L":
                         callback = self.no_ack.pop(event.key, None)
@@ -126,7 +128,7 @@ class Transactions:
                     else:
                         entry = self.client.pop(event.key, None)
                         if entry is not None:
-                            entry[0](None)
+                            entry[0](None, TIMEOUT)
                 elif isinstance(event, TransactionTerminated):
                     self.client.pop(event.key, None)
                     self.no_ack.pop(event.key, None)
@@ -178,7 +180,7 @@ class Transactions:
         """Send a request as a new client transaction (the layer adds our Via).
 
         `on_response` gets each response (every 2xx of an INVITE, as the dialog ACKs each),
-        or None on timeout (B, F, or `give_up_s` when sooner) or a transport error.
+        or None on timeout (B, F, or `give_up_s` when sooner) or a transport error, with why.
         """
         layer = self.layers[peer.transport]
         key = layer.send_request(request, peer.addr, self.loop.time())
@@ -191,7 +193,7 @@ class Transactions:
     def _give_up(self, key: TransactionKey) -> None:
         entry = self.client.pop(key, None)
         if entry is not None:
-            entry[0](None)
+            entry[0](None, TIMEOUT)
 
     def cancel(self, ctx: ClientTransaction) -> None:
         """CANCEL an INVITE: now if a provisional came, else as soon as one does (RFC 3261 9.1)."""
@@ -209,4 +211,4 @@ class Transactions:
         for key, (callback, to) in list(self.client.items()):
             if to == peer:
                 del self.client[key]
-                callback(None)
+                callback(None, TRANSPORT_ERROR)

@@ -1,4 +1,8 @@
-"""Multipart bodies (RFC 2046 5.1) as SIP carries them: SDP beside ISUP, or S/MIME parts."""
+"""Multipart bodies (RFC 2046 5.1) as SIP carries them: SDP beside ISUP, or S/MIME parts.
+
+Media bypass passes bodies through untouched; media anchoring (rtpengine) must find the
+SDP part of a multipart/mixed offer to rewrite it, and this is how.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """An SDP (RFC 8866) model that reads and rewrites c=, m= and a= lines and keeps the rest.
 
 Every line is kept as it arrived, line ending included, so an untouched description
-serialises back byte for byte; only the lines a caller changes are rewritten.
+serialises back byte for byte; only the lines a caller changes are rewritten. Media bypass
+needs none of it; media anchoring rewrites offers and answers with it.
 """
 
 from __future__ import annotations

@@ -209,20 +209,7 @@ class InviteClientTransaction(_ClientTransaction):
 
     def _ack_for(self, response: Response) -> Request:
         """The ACK for a non-2xx final response (17.1.1.3): same branch, To from the response."""
-        invite = self.request.headers
-        headers = Headers(
-            [
-                ("Via", (invite.get("via") or "").split(",")[0]),
-                ("From", invite.get("from") or ""),
-                ("To", response.headers.get("to") or ""),
-                ("Call-ID", invite.get("call-id") or ""),
-                ("CSeq", f"{self.request.cseq.number} ACK"),
-                ("Max-Forwards", "70"),
-            ]
-        )
-        for route in invite.get_all("route"):
-            headers.add("Route", route)
-        return Request("ACK", self.request.uri, headers)
+        return _same_branch(self.request, "ACK", response.headers.get("to") or "")
 
 
 class NonInviteClientTransaction(_ClientTransaction):
@@ -393,6 +380,25 @@ def client_key(message: Request | Response) -> TransactionKey:
     return ("c", message.via.branch or "", message.cseq.method)
 
 
+def _same_branch(invite: Request, method: str, to: str) -> Request:
+    """An ACK (17.1.1.3) or CANCEL (9.1) of our INVITE: its Request-URI, top Via, From,
+    Call-ID, CSeq number and Route, with the To given."""
+    headers = invite.headers
+    copy = Headers(
+        [
+            ("Via", (headers.get("via") or "").split(",")[0]),
+            ("From", headers.get("from") or ""),
+            ("To", to),
+            ("Call-ID", headers.get("call-id") or ""),
+            ("CSeq", f"{invite.cseq.number} {method}"),
+            ("Max-Forwards", "70"),
+        ]
+    )
+    for route in headers.get_all("route"):
+        copy.add("Route", route)
+    return Request(method, invite.uri, copy)
+
+
 def _dialog_of(message: Request | Response) -> tuple[str, str, str]:
     """What ties an ACK for a 2xx to its INVITE: Call-ID, CSeq number, From tag."""
     return (message.call_id, str(message.cseq.number), message.from_.tag or "")
@@ -555,20 +561,8 @@ class TransactionLayer:
         txn.cancelled = True
         # 9.1: without a final response 64*T1 after the CANCEL, the INVITE is given up.
         txn.set_timer("B", 64 * self.timers.t1, now)
-        invite = txn.request.headers
-        headers = Headers(
-            [
-                ("Via", (invite.get("via") or "").split(",")[0]),
-                ("From", invite.get("from") or ""),
-                ("To", invite.get("to") or ""),
-                ("Call-ID", invite.get("call-id") or ""),
-                ("CSeq", f"{txn.request.cseq.number} CANCEL"),
-                ("Max-Forwards", "70"),
-            ]
-        )
-        for route in invite.get_all("route"):
-            headers.add("Route", route)
-        self.send_request(Request("CANCEL", txn.request.uri, headers), txn.addr, now)
+        cancel = _same_branch(txn.request, "CANCEL", txn.request.headers.get("to") or "")
+        self.send_request(cancel, txn.addr, now)
 
     def send_stateless(self, message: Request | Response, addr: Addr) -> None:
         """Send outside any transaction: the ACK for a 2xx, or its retransmissions."""

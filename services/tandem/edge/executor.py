@@ -1,0 +1,265 @@
+"""The executor: what the call and leg machines ask for, done (SIP sends through the
+transaction layer, NATS messages, timers), and what comes back fed to them as events.
+
+Each action type has one handler in `ACTIONS` (aioquic's way with frame types). A machine's
+`ProtocolError` is logged, counted and answered here; an error in one call's action never
+reaches another call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from nats.aio.client import Client
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Tracer
+
+from tandem import bus
+from tandem.b2bua import Call, Leg, ProtocolError
+from tandem.b2bua import actions as a
+from tandem.b2bua import events as e
+from tandem.b2bua.local import Local
+from tandem.b2bua.relay import respond
+from tandem.edge.metrics import EdgeMetrics
+from tandem.edge.registry import Registry, Runner
+from tandem.edge.tracing import CallTrace, LegTrace
+from tandem.edge.transactions import ClientTransaction, ServerTransaction, Transactions
+from tandem.edge.transport import Peer
+from tandem.pb import tandem_pb2 as pb
+from tandem.policy import Trunk
+from tandem.sip import Request, Response
+
+log = logging.getLogger("tandem.edge.executor")
+
+ROUTE_TIMEOUT_S = 2.0
+CREATE_TIMEOUT_S = 2.0
+Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+
+
+class Executor:
+    """Runs the machines of one edge."""
+
+    def __init__(
+        self,
+        edge: str,
+        nc: Client,
+        transactions: Transactions,
+        registry: Registry,
+        metrics: EdgeMetrics,
+        tracer: Tracer,
+        sent_by: tuple[str, int],
+        spawn: Spawn,
+        mask: bool = False,
+    ) -> None:
+        self.edge = edge
+        self.nc = nc
+        self.outbox = bus.Outbox(nc)
+        self.transactions = transactions
+        self.registry = registry
+        self.metrics = metrics
+        self.tracer = tracer
+        self.spawn = spawn
+        self.mask = mask
+        self.locals = {t: Local(*sent_by, t) for t in ("udp", "tcp")}
+
+    # ---- new machines ------------------------------------------------------------------
+
+    def start_call(self, invite: Request, txn: ServerTransaction, peer: Peer, trunk: Trunk) -> None:
+        call = Call(self.edge, trunk.id, self.locals[peer.transport])
+        trace = CallTrace(self.tracer, self.edge, call.id, trunk.id, invite.call_id, self.mask)
+        call.trace_id = trace.trace_id
+        runner = Runner(call, peer, trunk.id, trace, (invite.call_id, call.local_tag))
+        self.registry.add_call(runner, txn)
+        self.metrics.calls_active.inc()
+        self.feed(runner, e.InviteReceived(invite, txn))
+        trace.numbers(call.called, call.calling)
+
+    def start_leg(self, command: pb.LegCommand, trunk: Trunk, parent: otel_context.Context) -> None:
+        peer = Peer(trunk.transport, *trunk.peer_address)
+        leg = Leg(self.edge, command, peer.addr, self.locals[trunk.transport])
+        trace = LegTrace(self.tracer, parent, self.edge, command, leg.sip_call_id, self.mask)
+        runner = Runner(leg, peer, trunk.id, trace, (leg.sip_call_id, leg.local_tag))
+        self.registry.add_leg(runner)
+        self.metrics.legs_active.inc()
+        self.feed(runner, e.Start())
+
+    # ---- one step ----------------------------------------------------------------------
+
+    def feed(self, runner: Runner, event: e.Event) -> None:
+        """One event through its machine, and every action it asks for."""
+        try:
+            actions = runner.machine.handle(event, time.time())
+        except ProtocolError as exc:
+            self._protocol_error(exc, event)
+            return
+        for action in actions:
+            try:
+                ACTIONS[type(action)](self, runner, action)
+            except Exception:  # the rest of this step still runs: a call is never half-done
+                log.exception("%s %s: %s failed", runner.machine.KIND, runner.machine.id, action)
+
+    def _protocol_error(self, exc: ProtocolError, event: e.Event) -> None:
+        log.warning("%s", exc)
+        self.metrics.protocol_error(exc.machine, exc.state.name, type(event).__name__)
+        txn = event.txn if isinstance(event, e.InDialogRequest) else None
+        if isinstance(txn, ServerTransaction) and not txn.final:
+            self.transactions.respond(txn, respond(txn.request, exc.status))
+            self.metrics.response("out", exc.status)
+
+    def _timer(self, runner: Runner, name: str) -> None:
+        runner.timers.pop(name, None)
+        self.feed(runner, e.TimerFired(name))
+
+    # ---- SIP -----------------------------------------------------------------------------
+
+    def _respond(self, runner: Runner, action: a.Respond) -> None:
+        txn = action.txn
+        assert isinstance(txn, ServerTransaction)
+        if txn.final:
+            return
+        status = action.response.status
+        self.transactions.respond(txn, action.response)
+        self.metrics.response("out", status)
+        if txn is runner.invite and status >= 200:
+            self.registry.setup_over(runner)
+            if status < 300:  # timer L: a 2xx the caller never ACKs ends the call
+                self.transactions.no_ack[txn.key] = lambda: self.feed(runner, e.AckTimedOut())
+
+    def _send_invite(self, runner: Runner, action: a.SendInvite) -> None:
+        def on_response(response: Response | None, failure: str) -> None:
+            self.feed(runner, e.InviteResponse(response, failure))
+
+        runner.invite = self.transactions.send_request(action.request, runner.peer, on_response)
+
+    def _cancel_invite(self, runner: Runner, action: a.CancelInvite) -> None:
+        if isinstance(runner.invite, ClientTransaction):
+            self.transactions.cancel(runner.invite)
+        self.registry.check_idle()
+
+    def _send_request(self, runner: Runner, action: a.SendRequest) -> None:
+        request_id = action.request_id
+
+        def on_response(response: Response | None, failure: str) -> None:
+            if request_id:
+                self.feed(runner, e.InDialogResponse(request_id, response))
+
+        self.transactions.send_request(action.request, runner.peer, on_response)
+
+    def _send_ack(self, runner: Runner, action: a.SendAck) -> None:
+        self.transactions.send_stateless(action.request, runner.peer)
+
+    # ---- the bus -------------------------------------------------------------------------
+
+    def _ask_route(self, runner: Runner, action: a.AskRoute) -> None:
+        self.spawn(self._route(runner, action.request))
+
+    async def _route(self, runner: Runner, request: pb.RouteRequest) -> None:
+        event: e.RouteDecided | e.RouteFailed
+        try:
+            reply = await self.nc.request(
+                bus.ROUTE_DECIDE,
+                request.SerializeToString(),
+                timeout=ROUTE_TIMEOUT_S,
+                headers=runner.headers,
+            )
+            event = e.RouteDecided(pb.RouteDecision.FromString(reply.data))
+        except Exception as exc:  # no router answering: the caller may retry elsewhere
+            log.warning("route request for call %s failed: %r", request.call_id, exc)
+            event = e.RouteFailed(repr(exc))
+        self.feed(runner, event)
+
+    def _create_leg(self, runner: Runner, action: a.CreateLeg) -> None:
+        self.registry.owned_legs[action.command.leg_id] = runner
+        self.spawn(self._create(runner, action.edge, action.command))
+
+    async def _create(self, runner: Runner, edge: str, command: pb.LegCommand) -> None:
+        try:
+            reply = await self.nc.request(
+                bus.edge_cmd(edge),
+                command.SerializeToString(),
+                timeout=CREATE_TIMEOUT_S,
+                headers=runner.headers,
+            )
+            answer = pb.CommandReply.FromString(reply.data)
+            error = "" if answer.ok else answer.error or "refused"
+        except Exception as exc:
+            error = f"edge {edge} unreachable: {type(exc).__name__}"
+        self.feed(runner, e.LegCreateAnswered(command.leg_id, error))
+
+    def _command_leg(self, runner: Runner, action: a.CommandLeg) -> None:
+        data = action.command.SerializeToString()
+        self.outbox.publish(bus.edge_cmd(action.edge), data, runner.headers)
+
+    def _drop_leg(self, runner: Runner, action: a.DropLeg) -> None:
+        self.registry.owned_legs.pop(action.leg_id, None)
+
+    def _publish(self, runner: Runner, action: a.Publish) -> None:
+        message = action.message
+        if isinstance(message, pb.CallEvent):
+            assert isinstance(runner.trace, CallTrace)
+            runner.trace.event(message)
+            subject = bus.call_event(message.call_id, message.kind)
+            headers = {**runner.headers, "Nats-Msg-Id": f"{message.call_id}.{message.seq}"}
+        else:
+            assert isinstance(runner.trace, LegTrace) and isinstance(runner.machine, Leg)
+            runner.trace.event(message)
+            subject = bus.leg_event(runner.machine.owner_edge, message.leg_id)
+            headers = runner.headers
+        self.outbox.publish(subject, message.SerializeToString(), headers)
+
+    # ---- time and life -------------------------------------------------------------------
+
+    def _start_timer(self, runner: Runner, action: a.StartTimer) -> None:
+        old = runner.timers.get(action.name)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        runner.timers[action.name] = loop.call_later(
+            action.delay_s, self._timer, runner, action.name
+        )
+
+    def _stop_timer(self, runner: Runner, action: a.StopTimer) -> None:
+        handle = runner.timers.pop(action.name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _failover(self, runner: Runner, action: a.Failover) -> None:
+        self.metrics.failover(action.failure)
+
+    def _finished(self, runner: Runner, action: a.Finished) -> None:
+        runner.trace.finish(action)
+        if isinstance(runner.machine, Call):
+            self.metrics.call_ended(action.status)
+
+    def _release(self, runner: Runner, action: a.Release) -> None:
+        for handle in runner.timers.values():
+            handle.cancel()
+        runner.timers.clear()
+        self.registry.remove(runner)
+        if isinstance(runner.machine, Call):
+            self.metrics.calls_active.dec()
+        else:
+            self.metrics.legs_active.dec()
+
+
+ACTIONS: dict[type, Callable[[Executor, Runner, Any], None]] = {
+    a.Respond: Executor._respond,
+    a.SendInvite: Executor._send_invite,
+    a.CancelInvite: Executor._cancel_invite,
+    a.SendRequest: Executor._send_request,
+    a.SendAck: Executor._send_ack,
+    a.AskRoute: Executor._ask_route,
+    a.CreateLeg: Executor._create_leg,
+    a.CommandLeg: Executor._command_leg,
+    a.DropLeg: Executor._drop_leg,
+    a.Publish: Executor._publish,
+    a.StartTimer: Executor._start_timer,
+    a.StopTimer: Executor._stop_timer,
+    a.Failover: Executor._failover,
+    a.Finished: Executor._finished,
+    a.Release: Executor._release,
+}

@@ -1,0 +1,122 @@
+"""The spans of the calls and legs an edge runs, kept up from what their machines do.
+
+One trace per call: the root span `call` and its child `ingress leg` on the owner edge,
+`route.decide` on the router, one `egress leg` per attempt on the edge that ran it. The
+machines know nothing of OpenTelemetry: their published events and `Finished` actions say
+everything the spans show.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from tandem import telemetry
+from tandem.b2bua.actions import Finished
+from tandem.pb import tandem_pb2 as pb
+from tandem.telemetry import mask_number
+
+
+class CallTrace:
+    """The root span of a call and its ingress leg; `headers` carry the context on NATS."""
+
+    __slots__ = ("headers", "leg_span", "mask", "span", "trace_id")
+
+    def __init__(
+        self, tracer: Tracer, edge: str, call_id: str, trunk: str, sip_call_id: str, mask: bool
+    ) -> None:
+        self.mask = mask
+        self.span = tracer.start_span(
+            "call",
+            kind=SpanKind.SERVER,
+            attributes={
+                "tandem.call_id": call_id,
+                "tandem.edge": edge,
+                "tandem.ingress_trunk": trunk,
+                "sip.call_id": sip_call_id,
+            },
+        )
+        self.leg_span = tracer.start_span(
+            "ingress leg",
+            context=trace.set_span_in_context(self.span),
+            kind=SpanKind.SERVER,
+            attributes={"tandem.trunk": trunk, "sip.call_id": sip_call_id},
+        )
+        self.trace_id = format(self.span.get_span_context().trace_id, "032x")
+        self.headers = telemetry.inject({}, trace.set_span_in_context(self.span))
+
+    def numbers(self, called: str, calling: str) -> None:
+        self.span.set_attributes(
+            {
+                "sip.called": mask_number(called, self.mask),
+                "sip.calling": mask_number(calling, self.mask),
+            }
+        )
+
+    def event(self, event: pb.CallEvent) -> None:
+        if event.kind == pb.CallEvent.ROUTED:
+            self.span.set_attribute("tandem.route", event.route)
+        elif event.kind == pb.CallEvent.LEG_FAILED:
+            self.leg_span.add_event(
+                "attempt failed",
+                {"sip.status": event.status, "tandem.failover_reason": event.failure},
+            )
+
+    def finish(self, finished: Finished) -> None:
+        for span in (self.leg_span, self.span):
+            span.set_attribute("sip.status", finished.status)
+        if finished.status >= 400:
+            self.span.set_status(Status(StatusCode.ERROR, finished.reason))
+        self.leg_span.end()
+        self.span.end()
+
+
+class LegTrace:
+    """The span of one egress leg, a child of its call's span on whichever edge owns it."""
+
+    __slots__ = ("headers", "span")
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        parent: otel_context.Context,
+        edge: str,
+        command: pb.LegCommand,
+        sip_call_id: str,
+        mask: bool,
+    ) -> None:
+        create = command.create
+        target = create.target
+        self.span: Span = tracer.start_span(
+            "egress leg",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "tandem.call_id": command.call_id,
+                "tandem.leg_id": command.leg_id,
+                "tandem.edge": edge,
+                "tandem.trunk": target.trunk,
+                "tandem.attempt": create.attempt,
+                "sip.call_id": sip_call_id,
+                "sip.called": mask_number(target.called, mask),
+                "sip.calling": mask_number(target.calling, mask),
+            },
+        )
+        # the leg's events carry its span, so the owner's handling of them joins the trace
+        self.headers = telemetry.inject({}, trace.set_span_in_context(self.span))
+
+    def event(self, event: pb.LegEvent) -> None:
+        if event.kind == pb.LegEvent.ANSWERED:
+            self.span.set_attribute("sip.status", event.status)
+        elif event.kind == pb.LegEvent.FAILED:
+            self.span.set_attribute("tandem.failover_reason", event.failure)
+
+    def finish(self, finished: Finished) -> None:
+        span = self.span
+        if finished.failure:
+            span.set_attribute("tandem.failover_reason", finished.failure)
+        span.set_attribute("sip.status", finished.status)
+        if finished.status >= 400 and not finished.cancelled:
+            span.set_status(Status(StatusCode.ERROR, finished.reason))
+        span.end()
