@@ -173,3 +173,19 @@ async def test_every_v1_route_needs_the_token(callstates: Callstates) -> None:
         assert {"/v1/calls", "/v1/calls/{call_id}", "/v1/cdrs", "/v1/cdrs.csv", "/v1/stats"} <= set(
             paths
         )
+
+
+async def test_openapi_lists_every_operation(api: httpx.AsyncClient) -> None:
+    # the whole set: an endpoint dropped (or added) by accident fails here
+    paths = (await api.get("/openapi.json")).json()["paths"]
+    assert {(method.upper(), path) for path, ops in paths.items() for method in ops} == {
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/calls"),
+        ("GET", "/v1/calls/{call_id}"),
+        ("DELETE", "/v1/calls/{call_id}"),
+        ("GET", "/v1/cdrs"),
+        ("GET", "/v1/cdrs.csv"),
+        ("GET", "/v1/stats"),
+    }

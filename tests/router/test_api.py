@@ -218,3 +218,32 @@ async def test_openapi_documents_the_api(
         "/v1/route-test",
     } <= set(paths)
     assert (await http.get(f"{url}/readyz")).json() == {"ready": True}
+
+
+async def test_openapi_lists_every_operation(
+    start_replica: StartReplica, http: httpx.AsyncClient
+) -> None:
+    # the whole set: an endpoint dropped (or added) by accident fails here
+    url = (await start_replica()).url
+    paths = (await http.get(f"{url}/openapi.json")).json()["paths"]
+    assert {(method.upper(), path) for path, ops in paths.items() for method in ops} == {
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/policy"),
+        ("PUT", "/v1/policy"),
+        ("GET", "/v1/usages"),
+        ("PUT", "/v1/usages"),
+        ("GET", "/v1/trunks"),
+        ("POST", "/v1/trunks"),
+        ("GET", "/v1/trunks/{trunk_id}"),
+        ("PUT", "/v1/trunks/{trunk_id}"),
+        ("DELETE", "/v1/trunks/{trunk_id}"),
+        ("GET", "/v1/routes"),
+        ("POST", "/v1/routes"),
+        ("GET", "/v1/routes/{route_id}"),
+        ("PUT", "/v1/routes/{route_id}"),
+        ("DELETE", "/v1/routes/{route_id}"),
+        ("POST", "/v1/route-test"),
+        ("GET", "/v1/status"),
+    }

@@ -7,19 +7,14 @@ import csv
 import datetime
 import io
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import nats.errors
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 
-from tandem import bus
-from tandem.http import AUTH, create_app
+from tandem.http import AUTH
 from tandem.pb import tandem_pb2 as pb
 
-if TYPE_CHECKING:
-    from tandem.callstate.service import Service
-
-HANGUP_TIMEOUT_S = 2.0
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
 CSV_MAX_ROWS = 100_000
@@ -201,95 +196,132 @@ class CdrQuery:
         return cdr.end_unix_ms >= self.until_ms + LONGEST_CALL.total_seconds() * 1000
 
 
-def build_app(service: Service) -> FastAPI:
-    app = create_app("callstate", ready=service.ready, token=service.ctx.token)
+class Replica(Protocol):
+    """What the API asks of the callstate replica it serves, leading or standing by."""
 
-    async def scan(query: CdrQuery, after: int, limit: int) -> AsyncGenerator[tuple[int, pb.Cdr]]:
-        """Matching CDRs in order after the cursor, up to `limit`; stops at SCAN_MAX read."""
-        found = scanned = 0
-        reader = service.store.read_cdrs(after_seq=after, since=None if after else query.since)
-        async with contextlib.aclosing(reader) as cdrs:
-            async for seq, cdr in cdrs:
-                scanned += 1
-                if query.past_the_end(cdr) or scanned > SCAN_MAX:
+    async def active_calls(self) -> list[pb.ActiveCall]: ...
+
+    async def active_call(self, call_id: str) -> pb.ActiveCall | None: ...
+
+    def read_cdrs(
+        self, *, after_seq: int, since: datetime.datetime | None
+    ) -> AsyncGenerator[tuple[int, pb.Cdr]]: ...
+
+    async def hang_up(self, call_id: str, reason: str) -> pb.CommandReply:
+        """The ingress edge's reply; nats' TimeoutError or NoRespondersError if none answers."""
+        ...
+
+    async def stats(self) -> list[dict[str, Any]]: ...
+
+
+async def replica_of(request: Request) -> Replica:
+    # async: FastAPI would run a plain function in its thread pool, for every request
+    replica: Replica = request.app.state.replica
+    return replica
+
+
+ReplicaDep = Annotated[Replica, Depends(replica_of)]
+router = APIRouter(prefix="/v1", dependencies=AUTH)
+
+
+def mount(app: FastAPI, replica: Replica) -> None:
+    """Serve this API on the process's app, for this replica."""
+    app.state.replica = replica
+    app.include_router(router)
+
+
+async def scan(
+    replica: Replica, query: CdrQuery, after: int, limit: int
+) -> AsyncGenerator[tuple[int, pb.Cdr]]:
+    """Matching CDRs in order after the cursor, up to `limit`; stops at SCAN_MAX read."""
+    found = scanned = 0
+    reader = replica.read_cdrs(after_seq=after, since=None if after else query.since)
+    async with contextlib.aclosing(reader) as cdrs:
+        async for seq, cdr in cdrs:
+            scanned += 1
+            if query.past_the_end(cdr) or scanned > SCAN_MAX:
+                return
+            if query.matches(cdr):
+                yield seq, cdr
+                found += 1
+                if found >= limit:
                     return
-                if query.matches(cdr):
-                    yield seq, cdr
-                    found += 1
-                    if found >= limit:
-                        return
 
-    @app.get("/v1/calls", dependencies=AUTH, tags=["calls"])
-    async def list_calls(trunk: Trunk = None) -> dict[str, Any]:
-        """Calls in progress, oldest first; with `trunk`, those that entered or left by it."""
-        calls = await service.active_calls()
-        if trunk is not None:
-            calls = [
-                c
-                for c in calls
-                if c.ingress_trunk == trunk or any(a.trunk == trunk for a in c.attempts)
-            ]
-        return {"calls": [call_json(c) for c in calls], "count": len(calls)}
 
-    @app.get("/v1/calls/{call_id}", dependencies=AUTH, tags=["calls"])
-    async def get_call(call_id: str) -> dict[str, Any]:
-        """One call in progress with its legs and the timeline of its events."""
-        call = await service.active_call(call_id)
-        if call is None:
-            raise HTTPException(404, f"no call {call_id} in progress")
-        return call_json(call, timeline=True)
+@router.get("/calls", tags=["calls"])
+async def list_calls(replica: ReplicaDep, trunk: Trunk = None) -> dict[str, Any]:
+    """Calls in progress, oldest first; with `trunk`, those that entered or left by it."""
+    calls = await replica.active_calls()
+    if trunk is not None:
+        calls = [
+            c
+            for c in calls
+            if c.ingress_trunk == trunk or any(a.trunk == trunk for a in c.attempts)
+        ]
+    return {"calls": [call_json(c) for c in calls], "count": len(calls)}
 
-    @app.delete("/v1/calls/{call_id}", dependencies=AUTH, tags=["calls"], status_code=202)
-    async def hang_up(call_id: str) -> dict[str, Any]:
-        """Ask the ingress edge to end the call (CANCEL before answer, BYE after)."""
-        if await service.active_call(call_id) is None:
-            raise HTTPException(404, f"no call {call_id} in progress")
-        try:
-            reply = await bus.request(
-                service.ctx.nc,
-                bus.call_hangup(call_id),
-                pb.Hangup(call_id=call_id, reason="api"),
-                pb.CommandReply,
-                HANGUP_TIMEOUT_S,
-            )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            raise HTTPException(504, "no edge answered the hang-up request") from None
-        if not reply.ok:
-            raise HTTPException(409, f"the edge refused: {reply.error}")
-        return {"call_id": call_id, "hangup": "requested"}
 
-    @app.get("/v1/cdrs", dependencies=AUTH, tags=["cdrs"])
-    async def list_cdrs(
-        since: Since = None,
-        until: Until = None,
-        trunk: Trunk = None,
-        status: Status = None,
-        after: Annotated[int, Query(ge=0, description="cursor: `next` of the previous page")] = 0,
-        limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
-    ) -> dict[str, Any]:
-        """Finished calls, oldest end first, a page at a time."""
-        query = CdrQuery(since, until, trunk, status)
-        page = [pair async for pair in scan(query, after, limit)]
-        return {
-            "cdrs": [cdr_json(cdr) for _, cdr in page],
-            "next": page[-1][0] if len(page) == limit else None,
-        }
+@router.get("/calls/{call_id}", tags=["calls"])
+async def get_call(call_id: str, replica: ReplicaDep) -> dict[str, Any]:
+    """One call in progress with its legs and the timeline of its events."""
+    call = await replica.active_call(call_id)
+    if call is None:
+        raise HTTPException(404, f"no call {call_id} in progress")
+    return call_json(call, timeline=True)
 
-    @app.get("/v1/cdrs.csv", dependencies=AUTH, tags=["cdrs"])
-    async def cdrs_csv(
-        since: Since = None, until: Until = None, trunk: Trunk = None, status: Status = None
-    ) -> Response:
-        """The same CDRs as CSV, one row per call (attempts as `trunk:status` pairs)."""
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(CSV_COLUMNS)
-        async for _, cdr in scan(CdrQuery(since, until, trunk, status), 0, CSV_MAX_ROWS):
-            writer.writerow(cdr_row(cdr))
-        return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
 
-    @app.get("/v1/stats", dependencies=AUTH, tags=["stats"])
-    async def stats() -> dict[str, Any]:
-        """Per trunk, both directions together and apart: attempts, answers, ASR, NER, ACD."""
-        return {"trunks": await service.stats()}
+@router.delete("/calls/{call_id}", tags=["calls"], status_code=202)
+async def hang_up(call_id: str, replica: ReplicaDep) -> dict[str, Any]:
+    """Ask the ingress edge to end the call (CANCEL before answer, BYE after)."""
+    if await replica.active_call(call_id) is None:
+        raise HTTPException(404, f"no call {call_id} in progress")
+    try:
+        reply = await replica.hang_up(call_id, reason="api")
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        raise HTTPException(504, "no edge answered the hang-up request") from None
+    if not reply.ok:
+        raise HTTPException(409, f"the edge refused: {reply.error}")
+    return {"call_id": call_id, "hangup": "requested"}
 
-    return app
+
+@router.get("/cdrs", tags=["cdrs"])
+async def list_cdrs(
+    replica: ReplicaDep,
+    since: Since = None,
+    until: Until = None,
+    trunk: Trunk = None,
+    status: Status = None,
+    after: Annotated[int, Query(ge=0, description="cursor: `next` of the previous page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+) -> dict[str, Any]:
+    """Finished calls, oldest end first, a page at a time."""
+    query = CdrQuery(since, until, trunk, status)
+    page = [pair async for pair in scan(replica, query, after, limit)]
+    return {
+        "cdrs": [cdr_json(cdr) for _, cdr in page],
+        "next": page[-1][0] if len(page) == limit else None,
+    }
+
+
+@router.get("/cdrs.csv", tags=["cdrs"])
+async def cdrs_csv(
+    replica: ReplicaDep,
+    since: Since = None,
+    until: Until = None,
+    trunk: Trunk = None,
+    status: Status = None,
+) -> Response:
+    """The same CDRs as CSV, one row per call (attempts as `trunk:status` pairs)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    query = CdrQuery(since, until, trunk, status)
+    async for _, cdr in scan(replica, query, 0, CSV_MAX_ROWS):
+        writer.writerow(cdr_row(cdr))
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
+
+
+@router.get("/stats", tags=["stats"])
+async def stats(replica: ReplicaDep) -> dict[str, Any]:
+    """Per trunk, both directions together and apart: attempts, answers, ASR, NER, ACD."""
+    return {"trunks": await replica.stats()}

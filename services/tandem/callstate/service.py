@@ -11,11 +11,13 @@ recognised by its per-call seq, or by the delete marker of a call that has ended
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +26,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tandem import bus
-from tandem.callstate import lease, records
-from tandem.callstate.api import build_app
+from tandem.callstate import api, lease, records
 from tandem.callstate.feed import Feed
 from tandem.callstate.metrics import EVENTS, register
 from tandem.callstate.stats import Figures, Ledger
 from tandem.callstate.store import Checkpoint, Store
+from tandem.http import create_app
 from tandem.pb import tandem_pb2 as pb
 from tandem.process import Context
 
@@ -44,6 +46,7 @@ RECENTLY_ENDED = 100_000  # ended call ids remembered in memory (the KV marker i
 RETRY_S = 1.0
 PURGE_EVERY_S = 600.0
 MARKERS_KEPT_S = 6 * 3600.0  # longer than any backlog callstate would still be replaying
+HANGUP_TIMEOUT_S = 2.0
 
 
 Ended = tuple[pb.ActiveCall, pb.Cdr]  # a call that has just ended, and its CDR
@@ -81,7 +84,8 @@ class Service:
         self.cdrs_written = 0
         self._task: asyncio.Task[None] | None = None
         self._heartbeats: Subscription | None = None
-        self.app = build_app(self)
+        self.app = create_app("callstate", ready=self.ready, token=ctx.token)
+        api.mount(self.app, self)
 
     # ---- life cycle -------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -452,6 +456,12 @@ class Service:
     async def stats(self) -> list[dict[str, Any]]:
         return self.all_stats() if self.leading else await self.store.load_stats()
 
+    def read_cdrs(
+        self, *, after_seq: int = 0, since: datetime.datetime | None = None
+    ) -> AsyncGenerator[tuple[int, pb.Cdr]]:
+        # leading or not: CDRs are kept in their stream only
+        return self.store.read_cdrs(after_seq=after_seq, since=since)
+
     def trunk_stats(self, trunk: str) -> dict[str, Any]:
         figures = self.figures(trunk)
         active_in, active_out = self.active(trunk)
@@ -465,6 +475,14 @@ class Service:
             "inbound": figures["in"].summary(),
             "outbound": figures["out"].summary(),
         }
+
+    # ---- commands for the API ----------------------------------------------------------------
+    async def hang_up(self, call_id: str, reason: str) -> pb.CommandReply:
+        """Ask the call's ingress edge to end it; nats' TimeoutError or NoRespondersError if
+        no edge answers."""
+        hangup = pb.Hangup(call_id=call_id, reason=reason)
+        subject = bus.call_hangup(call_id)
+        return await bus.request(self.ctx.nc, subject, hangup, pb.CommandReply, HANGUP_TIMEOUT_S)
 
 
 class LeaseLostError(Exception):

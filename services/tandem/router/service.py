@@ -67,7 +67,7 @@ class Service:
         self.app = create_app(
             "router", ready=lambda: ctx.nc.is_connected and self.loaded.is_set(), token=ctx.token
         )
-        self.app.include_router(api.build(self))
+        api.mount(self.app, self)
 
     # ---- life ---------------------------------------------------------------------------
 
@@ -228,6 +228,28 @@ class Service:
             self.active_calls[key] = counters.active_in + counters.active_out
 
     # ---- what the API needs -------------------------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        return self.table.policy
+
+    async def change(self, mutate: Callable[[Policy], Policy]) -> Policy:
+        """Store mutate(the latest stored policy) under the write lock; in force here on return.
+
+        PolicyBusyError when it cannot be written now (another writer holds the lock, or this
+        replica cannot catch up with the store): the caller may try again.
+        """
+        assert self.kv is not None
+        try:
+            async with store.write_lock(self.kv, self.ctx.name):
+                await self.caught_up()
+                policy = mutate(self.policy)
+                revision = await store.write_policy(self.kv, policy, self.state)
+        except TimeoutError as exc:
+            raise store.PolicyBusyError(str(exc)) from None
+        # read your writes; a timeout here is no reason to try again: the write is stored
+        await self.applied(revision)
+        return policy
 
     async def caught_up(self) -> None:
         """Wait until this replica has applied everything TANDEM_CONFIG holds right now."""
