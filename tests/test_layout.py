@@ -130,3 +130,15 @@ def test_the_installed_package_is_the_source_tree(tmp_path: Path) -> None:
         text=True,
     )
     assert Path(out.stdout.strip()) == PACKAGE / "b2bua" / "__init__.py"
+
+
+def test_nothing_reaches_back_into_a_process_service() -> None:
+    """Calls, legs, probes, APIs and metrics get narrow interfaces, never the Service."""
+    wrong = []
+    for path in modules():
+        for name in imported(ast.parse(path.read_text())):
+            parts = name.split(".")
+            service = len(parts) > 2 and parts[1] in PROCESSES and parts[2] == "service"
+            if service and path.name not in ("service.py", "cli.py"):
+                wrong.append(f"{path.relative_to(REPO)} imports {name}")
+    assert wrong == []

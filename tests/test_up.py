@@ -49,8 +49,10 @@ def test_up_stops_everything_when_a_child_dies(tmp_path: Path) -> None:
     up = TandemUp(config, tmp_path)
     up.start()
     try:
-        router = next(
-            p for p in up.descendants() if b"router" in Path(f"/proc/{p}/cmdline").read_bytes()
+        router = next(  # the process whose command is `router` (not a path that says it)
+            p
+            for p in up.descendants()
+            if b"router" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
         )
         subprocess.run(["kill", "-KILL", str(router)], check=True)
         assert up.proc is not None

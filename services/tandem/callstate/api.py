@@ -12,6 +12,7 @@ from typing import Annotated, Any, Protocol
 import nats.errors
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 
+from tandem import bus
 from tandem.http import AUTH
 from tandem.pb import tandem_pb2 as pb
 

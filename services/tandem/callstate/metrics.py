@@ -7,15 +7,30 @@ per process (tests run several services in one).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sized
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from tandem.callstate.service import Service
+from tandem.callstate.stats import Figures
+
+
+class Service(Protocol):
+    """What the collector reads of a callstate replica."""
+
+    @property
+    def leading(self) -> bool: ...
+    @property
+    def calls(self) -> Sized: ...
+    @property
+    def cdrs_written(self) -> int: ...
+    def trunks(self) -> list[str]: ...
+    def figures(self, trunk: str) -> dict[str, Figures]: ...
+    def active(self, trunk: str) -> tuple[int, int]: ...
+    def trunk_stats(self, trunk: str) -> dict[str, Any]: ...
+
 
 EVENTS = Counter(
     "tandem_callstate_events", "Call events consumed, by what they did", ["result"]
