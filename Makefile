@@ -17,7 +17,8 @@ SYSTEM_DEPS := \
 	/usr/sbin/kamailio:kamailio \
 	/usr/bin/go:golang-go \
 	/usr/share/gocode/src/github.com/Masterminds/sprig:golang-github-masterminds-sprig-dev \
-	/usr/bin/kubectl:kubernetes-client
+	/usr/bin/kubectl:kubernetes-client \
+	/usr/sbin/dnsmasq:dnsmasq-base
 
 .PHONY: run test lint format bench demo proto clean venv system-deps
 
