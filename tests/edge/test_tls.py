@@ -418,3 +418,33 @@ def test_certificate_names_and_admission() -> None:
     assert not admits(trunk, [])
     open_trunk = trunk.model_copy(update={"tls_names": []})
     assert admits(open_trunk, [])
+
+
+async def test_a_tcp_probe_of_the_tls_port_is_no_failure_but_garbage_is(ca: Ca) -> None:
+    sbc = Edge(contexts(ca, "sbc", [SERVER_NAME]), listen=True)
+    await sbc.transports.start()
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", sbc.tls_port)
+        writer.close()  # as a Kubernetes TCP probe does
+        reader, writer = await asyncio.open_connection("127.0.0.1", sbc.tls_port)
+        writer.write(MSG)  # plain SIP on the TLS port
+        assert await asyncio.wait_for(reader.read(), WAIT_S) == b""  # closed on us
+        await _until(lambda: bool(sbc.transports.failures))
+        [failure] = sbc.transports.failures.values()
+        assert failure.startswith("tls: ") and sbc.received.empty()
+    finally:
+        await sbc.transports.stop()
+
+
+def test_contexts_from_the_edge_config(ca: Ca) -> None:
+    from tandem.config import TlsFiles
+
+    issued = ca.issue("edge", ["edge-a.tandem.test"])
+    files = TlsFiles(cert=str(issued.cert), key=str(issued.key), ca=str(ca.bundle))
+    served = TlsContexts.from_config(files).server()
+    assert served.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert served.verify_mode is ssl.CERT_OPTIONAL  # a client certificate is asked for
+    client_only = TlsContexts.from_config(None)
+    assert client_only.client().verify_mode is ssl.CERT_REQUIRED
+    assert client_only.client().check_hostname
+    assert client_only.client(verify=False).verify_mode is ssl.CERT_NONE

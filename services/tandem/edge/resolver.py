@@ -21,14 +21,14 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import dns.asyncresolver
 import dns.exception
 import dns.nameserver
 import dns.resolver
 
-from tandem.config import Dns
+from tandem.config import DNS_TIMEOUT_S, Dns
 from tandem.edge.transport import Peer
 from tandem.sip.uri import split_host_port
 
@@ -38,7 +38,6 @@ SRV_PREFIX = {"udp": "_sip._udp", "tcp": "_sip._tcp", "tls": "_sips._tcp"}
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 TRANSPORTS = ("udp", "tcp", "tls")  # SRV queried in this order when there is no NAPTR
 
-TIMEOUT_S = 2.0
 NEGATIVE_TTL_S = 30.0  # NXDOMAIN or no records of that type
 FAILURE_TTL_S = 5.0  # the nameservers timed out or refused
 MAX_TTL_S = 86400.0
@@ -95,7 +94,7 @@ class Resolver:
     def __init__(
         self,
         nameservers: Sequence[tuple[str, int]] = (),
-        timeout_s: float = TIMEOUT_S,
+        timeout_s: float = DNS_TIMEOUT_S,
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -161,8 +160,13 @@ class Resolver:
         return [(kind, f"{SRV_PREFIX[kind]}.{host}") for kind in kinds]
 
     async def _addresses(self, host: str) -> list[str]:
-        v4, v6 = await asyncio.gather(self._query(host, "A"), self._query(host, "AAAA"))
-        return [r.address for r in (*v4.records, *v6.records)]
+        answers = await asyncio.gather(
+            self._query(host, "A"), self._query(host, "AAAA"), return_exceptions=True
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer  # both were awaited: neither failure goes unretrieved
+        return [r.address for answer in answers for r in cast(_Answer, answer).records]
 
     async def _addresses_of(self, host: str) -> list[str]:
         """The addresses of the peer itself: there, none is an error."""

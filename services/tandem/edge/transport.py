@@ -98,6 +98,7 @@ class _Stream(asyncio.Protocol):
         self.framer = StreamFramer()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = False
+        self.got_data = False
         self.names: tuple[str, ...] = ()  # a TLS peer's certificate names
         self.timer: asyncio.TimerHandle | None = None
         self.pong_due = False
@@ -129,8 +130,11 @@ class _Stream(asyncio.Protocol):
             self._flush()
 
     def data_received(self, data: bytes) -> None:
+        self.got_data = True
         if self.tls is None:
             self._received(data)
+            return
+        if self.closed:
             return
         self._in.write(data)
         if not self.ready.done() and not self._handshake():
@@ -210,6 +214,8 @@ class _Stream(asyncio.Protocol):
         self.closed = True
         assert self.transport is not None and self.peer is not None
         self.transport.abort()
+        if self.owner.connections.get(self.peer) is self:
+            del self.owner.connections[self.peer]  # no more sends on it
         if self.outbound and not self.ready.done():
             self.ready.set_exception(ConnectionError(reason))
         else:
@@ -220,7 +226,9 @@ class _Stream(asyncio.Protocol):
             self.timer.cancel()
         if self.peer is not None and self.owner.connections.get(self.peer) is self:
             del self.owner.connections[self.peer]
-        if self.tls is not None and not self.ready.done() and not self.closed:
+        handshaking = self.tls is not None and not self.ready.done() and not self.closed
+        # a peer that closes before saying anything (a TCP health check) is no failure
+        if handshaking and (self.outbound or self.got_data):
             self._fail("tls: connection closed during the handshake")
         self.closed = True
 

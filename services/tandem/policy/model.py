@@ -167,7 +167,7 @@ class Registration(Strict):
 
 
 class Trunk(Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+    model_config = ConfigDict(serialize_by_alias=True)  # merged with Strict's
 
     id: Id
     edge: Id
