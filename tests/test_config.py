@@ -159,3 +159,269 @@ def test_check_config_command(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2
     assert "edges.0.sip" in refused.stderr
+
+
+# ---- trunks on the real network (issue 13): TLS, digest credentials, registration, DNS ----
+
+AUTH = {"username": "pbx-hq", "password_env": "TANDEM_TEST_PBX_HQ_PASSWORD"}
+
+
+def _tls_trunk(c: dict[str, Any], **fields: Any) -> None:
+    c["edges"][0].update(sip_tls="127.0.0.1:5061", tls={"cert": "/c.pem", "key": "/k.pem"})
+    c["trunks"][0].update(transport="tls", **fields)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda c: c["trunks"][0].update(tls_verify="maybe"),
+            "trunks.0.tls_verify: Input should be a valid boolean",
+        ),
+        (
+            lambda c: _tls_trunk(c, tls_names=["sbc..example.com"]),
+            "trunks.0.tls_names: not DNS names: ['sbc..example.com']",
+        ),
+        (lambda c: _tls_trunk(c, tls_names=["*.example.com"]), "trunks.0.tls_names: not DNS names"),
+        (
+            lambda c: _tls_trunk(c, tls_names=["a.test", "a.test"]),
+            "trunks.0.tls_names: duplicate name",
+        ),
+        (
+            lambda c: c["trunks"][0].update(tls_names=["sbc.example.com"]),
+            "trunks.0: tls_names needs transport: tls",
+        ),
+        (
+            lambda c: c["trunks"][0].update(transport="tls", tls_names=["sbc.example.com"]),
+            "trunk 'pbx-hq' has tls_names but edge 'edge-pbx' has no sip_tls",
+        ),
+        (
+            lambda c: c["trunks"][0].update(auth={**AUTH, "password_file": "/run/secrets/p"}),
+            "trunks.0.auth: give exactly one of password_env and password_file",
+        ),
+        (
+            lambda c: c["trunks"][0].update(auth={"username": "u"}),
+            "give exactly one of password_env",
+        ),
+        (
+            lambda c: c["trunks"][0].update(auth={**AUTH, "password_env": "1-BAD"}),
+            "trunks.0.auth.password_env: '1-BAD' is not an environment variable name",
+        ),
+        (
+            lambda c: c["trunks"][0].update(auth={**AUTH, "username": ""}),
+            "trunks.0.auth.username: String should have at least 1",
+        ),
+        (
+            lambda c: c["trunks"][0].update(auth={**AUTH, "username": "a\r\nVia: x"}),
+            "trunks.0.auth.username: must be printable",
+        ),
+        (
+            lambda c: c["trunks"][0].update(auth={**AUTH, "password": "hunter2"}),
+            "trunks.0.auth.password: Extra inputs are not permitted",
+        ),
+        (
+            lambda c: c["trunks"][0].update(auth={**AUTH, "challenge": "yes please"}),
+            "trunks.0.auth.challenge: Input should be a valid boolean",
+        ),
+        (
+            lambda c: c["trunks"][0].update(register={"aor": "tel:+14255550100"}),
+            "trunks.0.register.aor: must be a sip: or sips: URI with a user part",
+        ),
+        (
+            lambda c: c["trunks"][0].update(register={"aor": "sip:carrier.test"}),
+            "trunks.0.register.aor: must be a sip: or sips: URI",
+        ),
+        (
+            lambda c: c["trunks"][0].update(register={"aor": "sip:a@b", "expires": 10}),
+            "trunks.0.register.expires: Input should be greater than or equal to 60",
+        ),
+        (
+            lambda c: c["trunks"][0].update(register={"expires": 600}),
+            "trunks.0.register.aor: Field required",
+        ),
+        (
+            lambda c: c["trunks"][0].update(
+                register={"aor": "sip:a@b"}, registrar=True, auth={**AUTH, "challenge": True}
+            ),
+            "a trunk either registers to its peer (register) or is a registrar",
+        ),
+        (
+            lambda c: c["trunks"][0].update(registrar=True),
+            "registrar: true needs auth with challenge: true",
+        ),
+        (
+            lambda c: c["trunks"][0].update(registrar=True, auth=AUTH),
+            "registrar: true needs auth with challenge: true",
+        ),
+        (
+            lambda c: c["edges"][0].update(sip_tls="127.0.0.1:tls"),
+            "edges.0.sip_tls: bad port 'tls'",
+        ),
+        (
+            lambda c: c["edges"][0].update(sip_tls="127.0.0.1:5061"),
+            "edges.0: sip_tls needs tls: {cert, key}",
+        ),
+        (lambda c: c["edges"][0].update(tls={"cert": "/c.pem"}), "edges.0.tls.key: Field required"),
+        (
+            lambda c: c["edges"][0].update(tls={"cert": "", "key": "/k"}),
+            "edges.0.tls.cert: String should have at least 1",
+        ),
+        (
+            lambda c: c.update(dns={"nameservers": ["ns1.example.com"]}),
+            "dns.nameservers: 'ns1.example.com': a nameserver is an IP address[:port]",
+        ),
+        (
+            lambda c: c.update(dns={"nameservers": ["127.0.0.1:99999"]}),
+            "dns.nameservers: bad port '99999'",
+        ),
+        (lambda c: c.update(dns={"timeout_s": 0}), "dns.timeout_s: Input should be greater than 0"),
+        (
+            lambda c: c.update(dns={"servers": ["127.0.0.1"]}),
+            "dns.servers: Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_network_fields_are_refused_with_path_and_reason(change: Any, expected: str) -> None:
+    data = example()
+    change(data)
+    assert expected in errors_of(data)
+
+
+def test_network_fields_are_accepted_and_optional() -> None:
+    data = example()
+    data["dns"] = {"nameservers": ["127.0.0.1:5353", "[::1]"], "timeout_s": 1.5}
+    data["edges"][1].update(
+        sip_tls="127.0.0.1", tls={"cert": "/c.pem", "key": "/k.pem", "ca": "/ca.pem"}
+    )
+    data["trunks"][2].update(
+        peer="carrier.test",
+        transport="tls",
+        tls_names=["sbc.carrier.test"],
+        auth={
+            "username": "tandem",
+            "password_file": "/run/secrets/carrier",
+            "realm": "carrier.test",
+        },
+        register={"aor": "sip:+14255550100@carrier.test"},
+    )
+    data["trunks"][0]["auth"] = {**AUTH, "challenge": True}
+    data["trunks"][0]["registrar"] = True
+    config = parse_config(data)
+    assert config.dns.addresses == [("127.0.0.1", 5353), ("::1", 53)]
+    assert config.edges[1].sip_tls_address == ("127.0.0.1", 5061)
+    carrier = config.trunks[2]
+    assert carrier.tls_verify and carrier.registration is not None
+    assert (carrier.registration.aor, carrier.registration.expires) == (
+        "sip:+14255550100@carrier.test",
+        600,
+    )
+    # the policy store and the API keep the config's spelling, and read it back
+    stored = carrier.model_dump_json()
+    assert '"register":{' in stored and "registration" not in stored
+    assert type(carrier).model_validate_json(stored) == carrier
+    plain = load_config(EXAMPLE)
+    assert (plain.dns.nameservers, plain.edges[0].tls, plain.trunks[0].auth) == ([], None, None)
+
+
+def test_the_password_is_read_where_it_is_named_and_never_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tandem.policy.model import SecretError, TrunkAuth
+
+    monkeypatch.setenv("TANDEM_TEST_PBX_HQ_PASSWORD", "s3cret-from-env")
+    by_env = TrunkAuth.model_validate(AUTH)
+    assert by_env.password() == "s3cret-from-env"
+    secret_file = tmp_path / "password"
+    secret_file.write_text("s3cret-from-file\n")
+    by_file = TrunkAuth(username="u", password_file=str(secret_file))
+    assert by_file.password() == "s3cret-from-file"
+    shown = repr(by_env) + repr(by_file) + by_env.model_dump_json() + by_file.model_dump_json()
+    assert "s3cret" not in shown
+    monkeypatch.delenv("TANDEM_TEST_PBX_HQ_PASSWORD")
+    with pytest.raises(
+        SecretError, match="environment variable TANDEM_TEST_PBX_HQ_PASSWORD is not set"
+    ):
+        by_env.password()
+    secret_file.write_text("\n")
+    with pytest.raises(SecretError, match="is empty"):
+        by_file.password()
+    secret_file.unlink()
+    with pytest.raises(SecretError, match=r"cannot read file .*: FileNotFoundError"):
+        by_file.password()
+
+
+def _tls_config(tmp_path: Path) -> tuple[dict[str, Any], Any]:
+    from tests.edge.certs import Ca
+
+    ca = Ca(tmp_path / "pki")
+    issued = ca.issue("edge", ["edge-pbx.tandem.test"])
+    data = example()
+    data["edges"][0].update(
+        sip_tls="127.0.0.1:5061",
+        tls={"cert": str(issued.cert), "key": str(issued.key), "ca": str(ca.bundle)},
+    )
+    data["trunks"][0]["auth"] = AUTH
+    return data, ca
+
+
+def test_check_files_reads_certificates_and_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tandem.config import file_errors
+
+    data, ca = _tls_config(tmp_path)
+    monkeypatch.setenv("TANDEM_TEST_PBX_HQ_PASSWORD", "hunter2")
+    assert file_errors(parse_config(data)) == []
+
+    monkeypatch.delenv("TANDEM_TEST_PBX_HQ_PASSWORD")
+    other = ca.issue("other", ["other.test"])
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    cases = [
+        (
+            {"cert": str(tmp_path / "missing.pem")},
+            "edges.0.tls.cert: cannot read '"
+            + str(tmp_path / "missing.pem")
+            + "': No such file or directory",
+        ),
+        (
+            {"key": str(other.key)},
+            f"edges.0.tls: {tmp_path}/pki/edge.pem with {other.key}: the key is not the certificate's",
+        ),
+        (
+            {"cert": str(garbage)},
+            f"edges.0.tls: {garbage} with {tmp_path}/pki/edge.key: no PEM data in it",
+        ),
+        ({"ca": str(garbage)}, f"edges.0.tls: {garbage}: no PEM data in it"),
+    ]
+    for files, expected in cases:
+        broken = yaml.safe_load(yaml.safe_dump(data))
+        broken["edges"][0]["tls"].update(files)
+        errors = "\n".join(file_errors(parse_config(broken)))
+        assert expected in errors
+        assert (
+            "trunks.0.auth.password_env: environment variable TANDEM_TEST_PBX_HQ_PASSWORD is not set"
+            in errors
+        )
+
+
+def test_check_config_command_checks_files_and_never_prints_secrets(tmp_path: Path) -> None:
+    data, _ = _tls_config(tmp_path)
+    path = tmp_path / "tandem.yaml"
+    path.write_text(yaml.safe_dump(data))
+    command = [sys.executable, "-m", "tandem.cli", "check-config", str(path)]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TANDEM_TEST_PBX_HQ_PASSWORD"}
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 2
+    assert (
+        "trunks.0.auth.password_env: environment variable TANDEM_TEST_PBX_HQ_PASSWORD is not set"
+        in refused.stderr
+    )
+    ok = subprocess.run(
+        command, capture_output=True, text=True, timeout=60,
+        env={**env, "TANDEM_TEST_PBX_HQ_PASSWORD": "hunter2-secret"},
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "edge-pbx: sip 127.0.0.1:5060, api 127.0.0.1:8091, tls 127.0.0.1:5061" in ok.stdout
+    assert "auth pbx-hq (environment variable TANDEM_TEST_PBX_HQ_PASSWORD)" in ok.stdout
+    assert "hunter2-secret" not in ok.stdout + ok.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import uvloop
 
 from tandem import __version__, bus, telemetry
-from tandem.config import Config, ConfigError, load_config
+from tandem.config import Config, ConfigError, check_files, load_config
 from tandem.http import InsecureApiError
 
 DEFAULT_CONFIG = "examples/tandem.yaml"
@@ -108,11 +108,17 @@ def summary(config: Config) -> str:
         f"nats       {config.nats}",
         f"router     {config.router.api}",
         f"callstate  {config.callstate.api}",
-        *(f"edge       {e.id}: sip {e.sip}, api {e.api}" for e in config.edges),
+        *(
+            f"edge       {e.id}: sip {e.sip}, api {e.api}"
+            + (f", tls {e.sip_tls}" if e.sip_tls else "")
+            for e in config.edges
+        ),
         f"usages     {', '.join(sorted(config.usages)) or '(none)'}",
         *(
             f"trunk      {t.id} on {t.edge} -> {t.peer}/{t.transport}, "
-            f"usages [{', '.join(t.pstn_usages)}]" + ("" if t.enabled else " (disabled)")
+            f"usages [{', '.join(t.pstn_usages)}]"
+            + (f", auth {t.auth.username} ({t.auth.password_source})" if t.auth else "")
+            + ("" if t.enabled else " (disabled)")
             for t in config.trunks
         ),
         *(
@@ -236,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            print(summary(load_config(args.file)))
+            print(summary(check_files(load_config(args.file), args.file)))
             return 0
         if args.command == "sim":
             return _run_sim(args)

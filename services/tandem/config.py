@@ -6,14 +6,20 @@ invalid file is refused with every error's field path and reason before anything
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tandem.policy.model import Id, Policy, Strict, host_port, unique
-from tandem.sip.uri import DEFAULT_PORT
+from tandem.policy.model import Id, Policy, SecretError, Strict, host_port, unique
+from tandem.sip.uri import DEFAULT_PORT, split_host_port
+from tandem.tls import TlsContexts, TlsError
+
+DEFAULT_TLS_PORT = 5061  # RFC 3261 26.2
+DNS_PORT = 53
+DNS_TIMEOUT_S = 2.0
 
 
 class ApiService(Strict):
@@ -29,15 +35,66 @@ class Callstate(ApiService):
     edge_lost_s: float = Field(default=10.0, gt=0, le=3600)  # no heartbeat this long: edge lost
 
 
+class TlsFiles(Strict):
+    """PEM files: the edge's certificate (chain), its key, and the CA bundle for peers.
+
+    Paths, read when connections are made and read again when they change (a rotated
+    Kubernetes Secret); without `ca` the system's CA store verifies peers.
+    """
+
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    ca: str | None = Field(default=None, min_length=1)
+
+
 class Edge(ApiService):
     id: Id
     sip: str
     advertise: str | None = None  # the address trunks reach us at, when not the sip host
+    sip_tls: str | None = None  # the TLS listener, host[:port] (5061 by default)
+    tls: TlsFiles | None = None  # the certificate for sip_tls, and for mutual TLS outbound
 
     @field_validator("sip")
     @classmethod
     def _sip(cls, value: str) -> str:
         return host_port(value, DEFAULT_PORT)
+
+    @field_validator("sip_tls")
+    @classmethod
+    def _sip_tls(cls, value: str | None) -> str | None:
+        return None if value is None else host_port(value, DEFAULT_TLS_PORT)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Edge:
+        if self.sip_tls is not None and self.tls is None:
+            raise ValueError("sip_tls needs tls: {cert, key}")
+        return self
+
+    @property
+    def sip_tls_address(self) -> tuple[str, int] | None:
+        return None if self.sip_tls is None else split_host_port(self.sip_tls, DEFAULT_TLS_PORT)
+
+
+class Dns(Strict):
+    """Where RFC 3263 lookups go: nameservers as ip[:port]; none means /etc/resolv.conf."""
+
+    nameservers: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=DNS_TIMEOUT_S, gt=0, le=30)
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, value: list[str]) -> list[str]:
+        for text in value:
+            host, _ = split_host_port(text, DNS_PORT)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"{text!r}: a nameserver is an IP address[:port]") from None
+        return value
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [split_host_port(text, DNS_PORT) for text in self.nameservers]
 
 
 class Telemetry(Strict):
@@ -60,15 +117,21 @@ class Config(Policy):
     callstate: Callstate = Callstate(api="127.0.0.1:8082")
     edges: list[Edge] = Field(default_factory=list)
     telemetry: Telemetry = Telemetry()
+    dns: Dns = Dns()
 
     @model_validator(mode="after")
     def _edges(self) -> Config:
         unique([e.id for e in self.edges], "edge id")
         if self.edges:
-            known = {e.id for e in self.edges}
+            edges = {e.id: e for e in self.edges}
             for trunk in self.trunks:
-                if trunk.edge not in known:
+                edge = edges.get(trunk.edge)
+                if edge is None:
                     raise ValueError(f"trunk {trunk.id!r} names unknown edge {trunk.edge!r}")
+                if trunk.tls_names and edge.sip_tls is None:
+                    raise ValueError(
+                        f"trunk {trunk.id!r} has tls_names but edge {edge.id!r} has no sip_tls"
+                    )
         return self
 
     @property
@@ -104,6 +167,57 @@ def parse_config(data: Any, source: str = "config") -> Config:
         return Config.model_validate(data if data is not None else {})
     except ValidationError as exc:
         raise ConfigError(source, format_errors(exc)) from None
+
+
+def _readable(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        return f"cannot read {path!r}: {exc.strerror or exc}"
+    return None
+
+
+def file_errors(config: Config) -> list[str]:
+    """What the process that uses them would find wrong in the files and secrets named.
+
+    Not part of validation: a router never sees the edges' certificates nor the trunks'
+    passwords, so only `tandem check-config` and the processes that use them ask.
+    """
+    lines = []
+    for i, edge in enumerate(config.edges):
+        if edge.tls is None:
+            continue
+        where = f"edges.{i}.tls"
+        unreadable = [
+            f"  {where}.{name}: {error}"
+            for name in ("cert", "key", "ca")
+            if (path := getattr(edge.tls, name)) is not None and (error := _readable(path))
+        ]
+        lines += unreadable
+        if unreadable:
+            continue
+        try:  # as the edge will load them
+            TlsContexts(edge.tls.cert, edge.tls.key, edge.tls.ca).server()
+        except TlsError as exc:
+            lines.append(f"  {where}: {exc}")
+    for i, trunk in enumerate(config.trunks):
+        if trunk.auth is None:
+            continue
+        field = "password_env" if trunk.auth.password_env is not None else "password_file"
+        try:
+            trunk.auth.password()
+        except SecretError as exc:
+            lines.append(f"  trunks.{i}.auth.{field}: {exc}")
+    return lines
+
+
+def check_files(config: Config, source: str = "config") -> Config:
+    """The config, once `file_errors` finds nothing; else ConfigError."""
+    errors = file_errors(config)
+    if errors:
+        raise ConfigError(source, errors)
+    return config
 
 
 def load_config(path: str | Path) -> Config:

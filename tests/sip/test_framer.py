@@ -48,3 +48,24 @@ def test_refuses_what_cannot_be_framed(data: bytes) -> None:
     with pytest.raises(ParseError) as info:
         StreamFramer().feed(data)
     assert info.value.status is None
+
+
+def test_double_crlf_pings_are_counted_wherever_the_stream_is_cut() -> None:
+    """RFC 5626 3.5.1: CRLFCRLF is a ping (a server answers CRLF); a lone CRLF is not."""
+    stream = b"\r\n\r\n" + MSG + b"\r\n" + MSG + b"\r\n\r\n\r\n\r\n" + MSG
+    for cut in range(len(stream)):
+        framer = StreamFramer()
+        frames = framer.feed(stream[:cut]) + framer.feed(stream[cut:])
+        assert frames == [MSG, MSG, MSG]
+        assert framer.take_pings() == 3
+        assert framer.take_pings() == 0
+
+
+def test_a_pong_alone_is_no_ping() -> None:
+    framer = StreamFramer()
+    assert framer.feed(b"\r\n") == []
+    assert framer.feed(MSG) == [MSG]
+    assert framer.feed(b"\r\n") == []
+    assert framer.take_pings() == 0
+    assert framer.feed(b"\r\n") == []  # two pongs in a row without a message: a ping
+    assert framer.take_pings() == 1

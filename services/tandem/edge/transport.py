@@ -1,7 +1,19 @@
-"""The edge's SIP sockets: one UDP and one TCP listener on the `sip` address, bytes in and out.
+"""The edge's SIP sockets: UDP and TCP listeners on the `sip` address, optionally a TLS one
+on `sip_tls`, and connections to peers; bytes in and out.
 
-Everything above this module sees a message as bytes plus a `Peer` (transport, address);
-a new transport (TLS) is one more listener class that feeds the same callback.
+Everything above this module sees a message as bytes plus a `Peer` (transport, address).
+Stream connections are reused per peer. On TLS (RFC 3261 26, RFC 5630) a connection we
+open is verified against the name the caller gives (SNI too) and presents our
+certificate for mutual TLS; one we accept verifies a client certificate when one is
+presented, and `certificate_names(peer)` gives its names while the message is handled.
+TLS flows are kept alive by RFC 5626 3.5.1 double-CRLF pings from the side that opened
+them, answered with one CRLF. A failure to connect, a handshake or verification failure
+or a dead flow calls `error(peer)`; `last_failure(peer)` says why.
+
+TLS runs here on an `ssl.SSLObject` over memory BIOs rather than in the event loop:
+uvloop's `start_tls` does not complete a server-side handshake, and neither loop lets a
+server see why a handshake failed; this way both loops behave alike and every failure
+has its reason.
 """
 
 from __future__ import annotations
@@ -10,10 +22,12 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
-from typing import NamedTuple
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any, NamedTuple, cast
 
 from tandem.sip import ParseError, StreamFramer
+from tandem.tls import TlsContexts, TlsError, certificate_names, failure_reason
 
 log = logging.getLogger("tandem.edge.transport")
 
@@ -24,10 +38,20 @@ log = logging.getLogger("tandem.edge.transport")
 UDP_BUFFER_BYTES = 2 * 1024 * 1024
 
 TCP_CONNECT_TIMEOUT_S = 2.0
+TLS_CONNECT_TIMEOUT_S = 5.0  # connect and handshake
+TLS_HANDSHAKE_TIMEOUT_S = 5.0  # of a connection we accepted
+# RFC 5626 4.4.1 suggests 95-120 s on TCP; SBCs and NATs in front of trunks often drop a
+# flow idle for 60 s, hence shorter. A peer that answered a ping once must answer each
+# within PONG_TIMEOUT_S; one that never answers (no RFC 5626) is only kept warm.
+KEEPALIVE_S = 30.0
+PONG_TIMEOUT_S = 10.0
+MAX_FAILURES = 1024  # peers whose last failure is remembered
+TLS_READ = 65536
+PING, PONG = b"\r\n\r\n", b"\r\n"
 
 
 class Peer(NamedTuple):
-    transport: str  # "udp" or "tcp"
+    transport: str  # "udp", "tcp" or "tls"
     host: str
     port: int
 
@@ -51,47 +75,209 @@ class _Udp(asyncio.DatagramProtocol):
         log.debug("udp error: %s", exc)
 
 
-class _TcpConnection(asyncio.Protocol):
-    def __init__(self, owner: Transports, peer: Peer | None = None) -> None:
+class _Stream(asyncio.Protocol):
+    """One TCP or TLS connection, framed into messages for the owner's `receive`.
+
+    It joins `owner.connections` once usable (TLS: handshake done); `ready` completes then,
+    or fails with the reason.
+    """
+
+    def __init__(
+        self,
+        owner: Transports,
+        peer: Peer | None = None,
+        *,
+        outbound: bool = False,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+    ) -> None:
         self.owner = owner
         self.peer = peer
+        self.outbound = outbound
         self.transport: asyncio.Transport | None = None
         self.framer = StreamFramer()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed = False
+        self.got_data = False
+        self.names: tuple[str, ...] = ()  # a TLS peer's certificate names
+        self.timer: asyncio.TimerHandle | None = None
+        self.pong_due = False
+        self.answers_pings = False
+        self.tls: ssl.SSLObject | None = None
+        if tls is not None:
+            self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self.tls = tls.wrap_bio(self._in, self._out, not outbound, server_name)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are no asyncio.Transport subclasses (an isinstance check
+        # failed every TCP connection on uvloop), but have the same methods
+        self.transport = cast(asyncio.Transport, transport)
         if self.peer is None:
             host, port = transport.get_extra_info("peername")[:2]
-            self.peer = Peer("tcp", host, port)
-        self.owner.connections[self.peer] = self
+            self.peer = Peer("tcp" if self.tls is None else "tls", host, port)
+        if self.tls is None:
+            self._usable()
+        else:
+            self._arm(TLS_HANDSHAKE_TIMEOUT_S, lambda: self._fail("tls: handshake timeout"))
+            self._handshake()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.tls is None:
+            self.transport.write(data)
+        else:
+            self.tls.write(data)
+            self._flush()
 
     def data_received(self, data: bytes) -> None:
-        assert self.peer is not None and self.transport is not None
+        self.got_data = True
+        if self.tls is None:
+            self._received(data)
+            return
+        if self.closed:
+            return
+        self._in.write(data)
+        if not self.ready.done() and not self._handshake():
+            return
+        plain = []
+        while not self.closed:
+            try:
+                chunk = self.tls.read(TLS_READ)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # the peer's close_notify
+                assert self.transport is not None
+                self.transport.close()
+                break
+            except ssl.SSLError as exc:  # e.g. a TLS 1.3 server refusing our certificate
+                self._fail(failure_reason(exc))
+                return
+            if not chunk:
+                break
+            plain.append(chunk)
+        self._flush()  # post-handshake messages (tickets, key updates)
+        if plain:
+            self._received(b"".join(plain))
+
+    def _handshake(self) -> bool:
+        assert self.tls is not None
         try:
-            for message in self.framer.feed(data):
-                self.owner.receive(message, self.peer)
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._flush()  # the alert tells the peer why
+            self._fail(failure_reason(exc))
+            return False
+        self._flush()
+        self._usable()
+        return True
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        if self._out.pending:
+            self.transport.write(self._out.read())
+
+    def _usable(self) -> None:
+        assert self.peer is not None
+        if self.timer is not None:
+            self.timer.cancel()
+        self.owner.connections[self.peer] = self
+        if self.tls is not None:
+            self.names = certificate_names(self.tls.getpeercert())
+            if self.outbound and self.owner.keepalive_s > 0:
+                self._arm(self.owner.keepalive_s, self._ping)
+        if not self.ready.done():  # done: cancelled by a connect timeout
+            self.ready.set_result(None)
+
+    def _received(self, data: bytes) -> None:
+        assert self.peer is not None and self.transport is not None
+        if self.pong_due:  # anything from the peer shows the flow is alive
+            self.pong_due = False
+            self.answers_pings = self.answers_pings or not data.strip(b"\r\n")
+        try:
+            messages = self.framer.feed(data)
         except ParseError as exc:
-            log.info("closing tcp %s: %s", self.peer, exc)
+            log.info("closing %s %s: %s", self.peer.transport, self.peer, exc)
             self.transport.close()
+            return
+        if self.tls is not None and not self.outbound and (pings := self.framer.take_pings()):
+            self.write(PONG * pings)
+        for message in messages:
+            self.owner.receive(message, self.peer)
+
+    def _fail(self, reason: str) -> None:
+        """Close for a TLS reason; the caller of `_connect` reports a connect that failed."""
+        if self.closed:
+            return
+        self.closed = True
+        assert self.transport is not None and self.peer is not None
+        self.transport.abort()
+        if self.owner.connections.get(self.peer) is self:
+            del self.owner.connections[self.peer]  # no more sends on it
+        if self.outbound and not self.ready.done():
+            self.ready.set_exception(ConnectionError(reason))
+        else:
+            self.owner.failed(self.peer, reason, report=self.outbound)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         if self.peer is not None and self.owner.connections.get(self.peer) is self:
             del self.owner.connections[self.peer]
+        handshaking = self.tls is not None and not self.ready.done() and not self.closed
+        # a peer that closes before saying anything (a TCP health check) is no failure
+        if handshaking and (self.outbound or self.got_data):
+            self._fail("tls: connection closed during the handshake")
+        self.closed = True
+
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self.timer = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _ping(self) -> None:
+        self.write(PING)
+        self.pong_due = True
+        self._arm(self._pong_wait, self._pong_check)
+
+    @property
+    def _pong_wait(self) -> float:
+        return min(PONG_TIMEOUT_S, self.owner.keepalive_s / 2)
+
+    def _pong_check(self) -> None:
+        if self.pong_due and self.answers_pings:
+            self._fail("keepalive: no pong")
+            return
+        self._arm(self.owner.keepalive_s - self._pong_wait, self._ping)
 
 
 class Transports:
     """The listeners of one edge, and sending to a peer over the transport it names."""
 
-    def __init__(self, host: str, port: int, receive: Receive, error: TransportError) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        receive: Receive,
+        error: TransportError,
+        *,
+        tls: TlsContexts | None = None,
+        tls_listen: tuple[str, int] | None = None,
+        keepalive_s: float = KEEPALIVE_S,
+    ) -> None:
         self.host = host
         self.port = port
         self.receive = receive
         self.error = error
+        self.tls = tls if tls is not None else TlsContexts()  # no certificate: client only
+        self.tls_listen = tls_listen
+        self.keepalive_s = keepalive_s
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.Server | None = None
-        self.connections: dict[Peer, _TcpConnection] = {}
+        self.tls_server: asyncio.Server | None = None
+        self.connections: dict[Peer, _Stream] = {}
         self.connecting: dict[Peer, list[bytes]] = {}
+        self.failures: dict[Peer, str] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -104,49 +290,97 @@ class Transports:
             with contextlib.suppress(OSError):  # capped by net.core.[rw]mem_max
                 sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
         self.tcp = await loop.create_server(
-            lambda: _TcpConnection(self), self.host, self.port, reuse_address=True, backlog=1024
+            lambda: _Stream(self), self.host, self.port, reuse_address=True, backlog=1024
         )
+        if self.tls_listen is not None:
+            self.tls.server()  # refuse to start without a usable certificate
+            host, port = self.tls_listen
+            self.tls_server = await loop.create_server(
+                # the context is asked for per connection: it follows rotated files
+                lambda: _Stream(self, tls=self.tls.server()),
+                host,
+                port,
+                reuse_address=True,
+                backlog=1024,
+            )
 
     @property
     def listeners(self) -> list[str]:
-        return [f"udp:{self.host}:{self.port}", f"tcp:{self.host}:{self.port}"]
+        listeners = [f"udp:{self.host}:{self.port}", f"tcp:{self.host}:{self.port}"]
+        if self.tls_listen is not None:
+            listeners.append(f"tls:{self.tls_listen[0]}:{self.tls_listen[1]}")
+        return listeners
 
-    def send(self, data: bytes, peer: Peer) -> None:
+    def send(
+        self, data: bytes, peer: Peer, *, server_name: str | None = None, verify: bool = True
+    ) -> None:
+        """Send to a peer; a stream is opened when there is none (TLS: verified against
+        `server_name`, else the peer's address, unless `verify` is false) and reused."""
         if peer.transport == "udp":
             if self.udp is not None:
                 self.udp.sendto(data, peer.addr)
             return
         connection = self.connections.get(peer)
-        if connection is not None and connection.transport is not None:
-            connection.transport.write(data)
+        if connection is not None:
+            connection.write(data)
         elif peer in self.connecting:
             self.connecting[peer].append(data)
         else:
             self.connecting[peer] = [data]
-            task = asyncio.create_task(self._connect(peer))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._spawn(self._connect(peer, server_name, verify))
 
-    async def _connect(self, peer: Peer) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: _TcpConnection(self, peer), peer.host, peer.port),
-                TCP_CONNECT_TIMEOUT_S,
-            )
-        except (OSError, TimeoutError) as exc:
-            log.info("tcp connect to %s:%s failed: %s", peer.host, peer.port, exc)
-            self.connecting.pop(peer, None)
+    def certificate_names(self, peer: Peer) -> tuple[str, ...]:
+        """The names in the certificate of the TLS connection with this peer (RFC 5922 7.1);
+        () when there is none. Asked from `receive`, it is the sender's certificate."""
+        connection = self.connections.get(peer)
+        return connection.names if connection is not None else ()
+
+    def last_failure(self, peer: Peer) -> str | None:
+        """Why the last connection to or from this peer failed, for the trunk's health."""
+        return self.failures.get(peer)
+
+    def failed(self, peer: Peer, reason: str, *, report: bool) -> None:
+        log.info("%s %s:%s failed: %s", peer.transport, peer.host, peer.port, reason)
+        if len(self.failures) >= MAX_FAILURES and peer not in self.failures:
+            del self.failures[next(iter(self.failures))]  # inbound failures must not grow it
+        self.failures[peer] = reason
+        if report:
             self.error(peer)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _connect(self, peer: Peer, server_name: str | None, verify: bool) -> None:
+        loop = asyncio.get_running_loop()
+        tls = peer.transport == "tls"
+        stream: _Stream | None = None
+        try:
+            async with asyncio.timeout(TLS_CONNECT_TIMEOUT_S if tls else TCP_CONNECT_TIMEOUT_S):
+                context = self.tls.client(verify) if tls else None
+                name = server_name or peer.host
+                _, stream = await loop.create_connection(
+                    lambda: _Stream(self, peer, outbound=True, tls=context, server_name=name),
+                    peer.host,
+                    peer.port,
+                )
+                await stream.ready
+        except (OSError, TimeoutError, TlsError) as exc:  # ConnectionError: the TLS reason
+            if stream is not None and stream.transport is not None and not stream.closed:
+                stream.closed = True
+                stream.transport.abort()  # a handshake that took too long
+            self.connecting.pop(peer, None)
+            self.failed(peer, failure_reason(exc), report=True)
             return
+        self.failures.pop(peer, None)
         for data in self.connecting.pop(peer, []):
-            transport.write(data)
+            stream.write(data)
 
     async def stop(self) -> None:
-        if self.udp is not None:
-            self.udp.close()
-        if self.tcp is not None:
-            self.tcp.close()
+        for server in (self.udp, self.tcp, self.tls_server):
+            if server is not None:
+                server.close()
         for connection in list(self.connections.values()):
             if connection.transport is not None:
                 connection.transport.close()

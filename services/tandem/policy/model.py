@@ -7,18 +7,23 @@ error's field path and reason; the router, the edges and `tandem up` trust them 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tandem.policy.patterns import PatternError, check_translation, compile_pattern
-from tandem.sip.uri import DEFAULT_PORT, split_host_port
+from tandem.sip.uri import DEFAULT_PORT, URI, split_host_port
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _ALTERNATE_CALLER_ID = re.compile(r"^(\+)?[1-9]\d*(;ext=[1-9]\d*)?$")
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Id = Annotated[str, Field(pattern=_ID)]
 Usage = Annotated[str, Field(min_length=1, max_length=64)]
@@ -79,7 +84,91 @@ class Rule(Strict):
         return self
 
 
+class SecretError(Exception):
+    """A configured secret that cannot be read; says where it was looked for, never its value."""
+
+
+class TrunkAuth(Strict):
+    """Digest credentials of a trunk: the password is named (a variable or a file), not held.
+
+    Only the name travels (config store, exports, API answers); `password()` reads the
+    value where it is used, so no model dump, repr or log line can carry it.
+    """
+
+    username: str = Field(min_length=1, max_length=128)
+    password_env: str | None = None
+    password_file: str | None = None
+    realm: str | None = Field(default=None, min_length=1, max_length=255)
+    challenge: bool = False  # inbound: this trunk must authenticate to tandem
+
+    @field_validator("username", "realm")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise ValueError("must be printable (no control characters or line breaks)")
+        return value
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TrunkAuth:
+        if (self.password_env is None) == (self.password_file is None):
+            raise ValueError("give exactly one of password_env and password_file")
+        return self
+
+    @property
+    def password_source(self) -> str:
+        """Where the password is read from, for messages: never the password."""
+        if self.password_env is not None:
+            return f"environment variable {self.password_env}"
+        return f"file {self.password_file}"
+
+    def password(self) -> str:
+        """The password, read now (a rotated Secret is seen); raises SecretError."""
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if not value:
+                raise SecretError(f"{self.password_source} is not set")
+            return value
+        assert self.password_file is not None
+        try:
+            text = Path(self.password_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as exc:
+            raise SecretError(
+                f"cannot read {self.password_source}: {exc.__class__.__name__}"
+            ) from None
+        value = text.rstrip("\r\n")  # a Secret file often ends with a newline
+        if not value:
+            raise SecretError(f"{self.password_source} is empty")
+        return value
+
+
+class Registration(Strict):
+    """Tandem registers to the trunk (a carrier) as this address-of-record."""
+
+    aor: str
+    expires: int = Field(default=600, ge=60, le=86400)  # seconds asked for
+
+    @field_validator("aor")
+    @classmethod
+    def _aor(cls, value: str) -> str:
+        try:
+            uri = URI.parse(value)
+        except ValueError as exc:
+            raise ValueError(f"not a SIP URI ({exc})") from None
+        if uri.scheme not in ("sip", "sips") or not uri.user:
+            raise ValueError("must be a sip: or sips: URI with a user part")
+        return value
+
+
 class Trunk(Strict):
+    model_config = ConfigDict(serialize_by_alias=True)  # merged with Strict's
+
     id: Id
     edge: Id
     peer: str
@@ -97,6 +186,12 @@ class Trunk(Strict):
     forward_call_history: bool = False
     options_interval_s: float = Field(default=30.0, ge=0, le=3600)  # 0: no probes
     enabled: bool = True
+    tls_verify: bool = True  # outbound TLS: the peer's certificate must name the peer's host
+    tls_names: list[str] = []  # inbound TLS: one of these must be in the certificate's SAN
+    auth: TrunkAuth | None = None
+    # tandem registers to this trunk; `register` in the config, a name BaseModel (an ABC) owns
+    registration: Registration | None = Field(default=None, alias="register")
+    registrar: bool = False  # this trunk (a PBX) registers to tandem
 
     @field_validator("peer")
     @classmethod
@@ -120,6 +215,24 @@ class Trunk(Strict):
         if bad:
             raise ValueError(f"not final SIP failure codes: {bad}")
         return value
+
+    @field_validator("tls_names")
+    @classmethod
+    def _tls_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not _DNS_NAME.match(name)]
+        if bad:
+            raise ValueError(f"not DNS names: {bad}")
+        return unique(value, "name")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Trunk:
+        if self.tls_names and self.transport != "tls":
+            raise ValueError("tls_names needs transport: tls")
+        if self.registration is not None and self.registrar:
+            raise ValueError("a trunk either registers to its peer (register) or is a registrar")
+        if self.registrar and (self.auth is None or not self.auth.challenge):
+            raise ValueError("registrar: true needs auth with challenge: true")
+        return self
 
     @field_validator("pstn_usages")
     @classmethod

@@ -17,8 +17,9 @@ MAX_MESSAGE = 65_535  # octets, headers and body; larger is a broken or hostile 
 class StreamFramer:
     """Feed it stream bytes; it returns each complete message's bytes, for `parse`.
 
-    CRLF keep-alives (RFC 5626 3.5.1) between messages are swallowed. A message with no
-    Content-Length has an empty body. A length that cannot be read, or a message above
+    CRLF keep-alives (RFC 5626 3.5.1) between messages are swallowed; `take_pings` says
+    how many double-CRLF pings came, for a server to answer each with one CRLF. A message
+    with no Content-Length has an empty body. A length that cannot be read, or a message above
     `max_message` octets, raises ParseError(None): the stream can no longer be framed and
     the connection must be closed.
     """
@@ -26,6 +27,8 @@ class StreamFramer:
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
         self.max_message = max_message
         self._buffer = bytearray()
+        self._crlfs = 0  # CRLFs in a row since the last message, halves of pings
+        self._pings = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
@@ -37,6 +40,11 @@ class StreamFramer:
                 start += 2
             if start:
                 del buffer[:start]
+                self._crlfs += start // 2
+                self._pings += self._crlfs // 2
+                self._crlfs %= 2
+            if buffer and buffer[0] != 0x0D:  # not CR
+                self._crlfs = 0  # a message starts: a lone CRLF before it was no ping
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(buffer) > self.max_message:
@@ -54,6 +62,11 @@ class StreamFramer:
                 return frames
             frames.append(bytes(buffer[:total]))
             del buffer[:total]
+
+    def take_pings(self) -> int:
+        """Double-CRLF pings received since the last call."""
+        pings, self._pings = self._pings, 0
+        return pings
 
     @property
     def pending(self) -> int:
