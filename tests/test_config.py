@@ -88,9 +88,17 @@ routes:
         (lambda c: c["routes"][0].update(pstn_usages=["Mars"]), "unknown PSTN usages ['Mars']"),
         (lambda c: c["routes"][0].update(number_pattern="^(+1"), "routes.0.number_pattern:"),
         (
-            lambda c: c["routes"][0].update(suppress_caller_id=True),
-            "alternate_caller_id is required",
+            lambda c: c["trunks"][0].update(response_map={404: 200}),
+            "maps final SIP codes only (300-699), not [200]",
         ),
+        (
+            lambda c: c["trunks"][0].update(session_expires_s=120, min_se_s=300),
+            "session_expires_s (120) is below min_se_s (300)",
+        ),
+        (lambda c: c["trunks"][0].update(min_se_s=30), "trunks.0.min_se_s: Input should be"),
+        (lambda c: c["trunks"][0].update(refer="forward"), "trunks.0.refer: Input should be"),
+        (lambda c: c["trunks"][0].update(redirect="loop"), "trunks.0.redirect: Input should be"),
+        (lambda c: c["trunks"][0].update(max_ring_s=-1), "trunks.0.max_ring_s: Input should be"),
         (
             lambda c: c["routes"][0].update(alternate_caller_id="+0123"),
             "routes.0.alternate_caller_id",

@@ -302,14 +302,6 @@ def test_a_refused_route_answers_with_the_diagnostic() -> None:
     assert w.kinds == ["started", "ended"]
 
 
-def test_a_suppressed_caller_id_leaves_as_anonymous_with_privacy() -> None:
-    w = World(target("gw1", suppress_caller_id=True))
-    w.start()
-    invite = w.leg().invite
-    assert invite.from_.uri.host == "anonymous.invalid"
-    assert invite.headers.get("privacy") == "id"
-
-
 def test_each_leg_has_its_own_identity() -> None:
     w = World()
     w.start()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tandem.b2bua import Call, CallState, Leg, LegState, Machine, ProtocolError
 from tandem.b2bua import events as e
 from tandem.b2bua.local import Local
+from tandem.b2bua.profile import Profile
 from tandem.pb import tandem_pb2 as pb
 from tests.b2bua.world import ANSWER_SDP, World, caller_invite, target
 
@@ -51,7 +52,7 @@ def test_every_event_type_has_a_sample() -> None:
 
 
 def new_call() -> Call:
-    return Call("edge-a", "pbx", Local("10.0.0.1", 5060, "udp"))
+    return Call("edge-a", Profile(trunk="pbx"), Local("10.0.0.1", 5060, "udp"))
 
 
 def new_leg() -> Leg:

@@ -18,6 +18,7 @@ from tandem.b2bua import Call, Leg, Machine
 from tandem.b2bua import actions as a
 from tandem.b2bua import events as e
 from tandem.b2bua.local import Local
+from tandem.b2bua.profile import Profile
 from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response, make_response
 
@@ -27,14 +28,8 @@ CALLER = "10.1.0.2"
 
 
 def target(trunk: str, edge: str = "edge-b", timer_s: float = 2.0, **more: Any) -> pb.RouteTarget:
-    return pb.RouteTarget(
-        trunk=trunk,
-        edge=edge,
-        called="+14255550123",
-        calling="+14255550100",
-        failover_timer_s=timer_s,
-        **more,
-    )
+    fields = {"called": "+14255550123", "calling": "+14255550100", **more}
+    return pb.RouteTarget(trunk=trunk, edge=edge, failover_timer_s=timer_s, **fields)
 
 
 @dataclass
@@ -70,9 +65,14 @@ def caller_invite(body: bytes = SDP) -> Request:
 class World:
     """One call owned by edge-a, its legs on the edges its targets name."""
 
-    def __init__(self, *targets: pb.RouteTarget) -> None:
+    def __init__(
+        self, *targets: pb.RouteTarget, caller: Profile | None = None, **callees: Profile
+    ) -> None:
+        """`caller` is the ingress trunk's profile; the keyword arguments the callee trunks'."""
         self.now = 1_700_000_000.0
-        self.call = Call("edge-a", "pbx", Local("10.0.0.1", 5060, "udp"), trace_id="t" * 32)
+        profile = caller or Profile(trunk="pbx", session_expires_s=0)
+        self.call = Call("edge-a", profile, Local("10.0.0.1", 5060, "udp"), trace_id="t" * 32)
+        self.profiles = callees
         self.targets = list(targets) or [target("gw1"), target("gw2")]
         self.legs: list[Leg] = []
         self.bus: deque[tuple[Machine, e.Event]] = deque()
@@ -150,7 +150,13 @@ class World:
         self.settle()
         return response
 
-    def caller_request(self, method: str, body: bytes = b"", cseq: int = 0) -> Txn:
+    def caller_request(
+        self,
+        method: str,
+        body: bytes = b"",
+        cseq: int = 0,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> Txn:
         """The caller sends a request in its dialog (to our tag), by default the next CSeq."""
         dialog = self.call.dialog
         assert dialog is not None
@@ -165,6 +171,7 @@ class World:
                 ("Call-ID", dialog.call_id),
                 ("CSeq", f"{cseq} {method}"),
                 ("Contact", f"<sip:100@{CALLER}:5060>"),
+                *(extra or []),
             ]
             + ([("Content-Type", "application/sdp")] if body else []),
             body,
@@ -248,7 +255,9 @@ class World:
             if trunk in self.refuse_create:
                 self.bus.append((machine, e.LegCreateAnswered(command.leg_id, "refused")))
                 return
-            leg = Leg(action.edge, command, ("10.2.0.2", 5060), Local("10.0.0.2", 5060, "udp"))
+            profile = self.profiles.get(trunk, Profile(trunk=trunk, session_expires_s=0))
+            local = Local("10.0.0.2", 5060, "udp")
+            leg = Leg(action.edge, command, ("10.2.0.2", 5060), local, profile)
             self.legs.append(leg)
             self.leg_created[leg.id] = True
             self.feed(leg, e.Start())

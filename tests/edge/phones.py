@@ -147,6 +147,7 @@ class Phone(asyncio.DatagramProtocol):
         edge: tuple[str, int],
         body: bytes = b"",
         content_type: str = "application/sdp",
+        headers: list[tuple[str, str]] | None = None,
     ) -> Request:
         """ACK, BYE, re-INVITE... in the dialog the answer set up (as the caller)."""
         cseq = self.invite_cseq if method == "ACK" else self._next_cseq()
@@ -160,6 +161,7 @@ class Phone(asyncio.DatagramProtocol):
             ("Call-ID", invite.call_id),
             ("CSeq", f"{cseq} {method}"),
             ("Contact", f"<sip:alice@{self.address}>"),
+            *(headers or []),
         ]
         if body:
             fields.append(("Content-Type", content_type))

@@ -93,9 +93,9 @@ async def test_malformed_requests_get_their_status_and_responses_are_dropped(
     bad_uri = options(pbx, system.a).replace(b"OPTIONS sip:", b"OPTIONS <sip:", 1)
     pbx.send(bad_uri, system.a)  # no request line to go on: answered from the raw lines
     assert (await pbx.final("OPTIONS")).status == 400
-    pbx.send(options(pbx, system.a, "Require: 100rel\r\n"), system.a)
+    pbx.send(options(pbx, system.a, "Require: 100rel, gruu\r\n"), system.a)
     answer = await pbx.final("OPTIONS")
-    assert answer.status == 420 and answer.headers.get("unsupported") == "100rel"
+    assert answer.status == 420 and answer.headers.get("unsupported") == "gruu"
     pbx.send(options(pbx, system.a).replace(b"Max-Forwards: 70", b"Max-Forwards: 0"), system.a)
     assert (await pbx.final("OPTIONS")).status == 483
     # and the edge still places calls
@@ -105,11 +105,24 @@ async def test_malformed_requests_get_their_status_and_responses_are_dropped(
     assert (await pbx.final()).status == 486
 
 
-async def test_an_invite_requiring_100rel_gets_420(make_system: MakeSystem) -> None:
+async def test_an_invite_requiring_100rel_gets_reliable_provisionals(
+    make_system: MakeSystem,
+) -> None:
+    """RFC 3262: the 180 carries Require: 100rel and RSeq, and is resent until PRACKed."""
     system = await make_system()
-    system.pbx.invite(system.a, LOCAL, headers=[("Require", "100rel")])
-    answer = await system.pbx.final()
-    assert answer.status == 420 and answer.headers.get("unsupported") == "100rel"
+    pbx, gw1 = system.pbx, system.gw1
+    invite = pbx.invite(system.a, LOCAL, headers=[("Require", "100rel")])
+    out, addr = await gw1.request("INVITE")
+    gw1.answer(out, 180, addr)
+    ringing = await pbx.response(180)
+    assert ringing.headers.get("require") == "100rel"
+    rseq = ringing.headers.get("rseq")
+    again = await pbx.response(180)  # T1 later: no PRACK yet
+    assert again.headers.get("rseq") == rseq
+    pbx.in_dialog(invite, ringing, "PRACK", system.a, headers=[("RAck", f"{rseq} 1 INVITE")])
+    assert (await pbx.final("PRACK")).status == 200
+    gw1.answer(out, 200, addr)
+    assert (await pbx.response(200)).status == 200
 
 
 async def test_options_over_tcp(make_system: MakeSystem) -> None:

@@ -71,17 +71,28 @@ async def test_a_callee_reinvite_reaches_the_caller(make_system: MakeSystem) -> 
     assert ok.status == 200 and ok.body == HOLD
 
 
-async def test_identity_headers_follow_the_egress_trunk_settings(make_system: MakeSystem) -> None:
+async def test_identity_headers_follow_the_trunks_trust_and_settings(
+    make_system: MakeSystem,
+) -> None:
     identity = [
         ("P-Asserted-Identity", "<sip:+14255550100@pbx.example>"),
         ("History-Info", "<sip:+14255550999@pbx.example>;index=1"),
         ("Diversion", "<sip:+14255550999@pbx.example>;reason=unconditional"),
     ]
-    system = await make_system(gw1={"forward_pai": True})
+    # a trusted PBX's assertion reaches a trusted gateway as it is (RFC 3325)
+    system = await make_system(gw1={"trusted": True}, pbx={"trusted": True})
     system.pbx.invite(system.a, LOCAL, headers=identity)
     out, addr = await system.gw1.request("INVITE")
     assert out.headers.get("p-asserted-identity") == identity[0][1]
     assert "history-info" not in out.headers and "diversion" not in out.headers
+    system.gw1.answer(out, 486, addr)
+    await system.pbx.final()
+
+    # an untrusted PBX's is not believed: the trusted gateway gets tandem's own
+    system = await make_system(gw1={"forward_pai": True})  # the wave-1 name of trusted
+    system.pbx.invite(system.a, LOCAL, headers=identity)
+    out, addr = await system.gw1.request("INVITE")
+    assert out.headers.get("p-asserted-identity") == "<sip:+14255550100@127.0.0.1>"
     system.gw1.answer(out, 486, addr)
     await system.pbx.final()
 
@@ -93,10 +104,11 @@ async def test_identity_headers_follow_the_egress_trunk_settings(make_system: Ma
     assert out.headers.get("diversion") == identity[2][1]
 
 
-async def test_a_suppressed_caller_id_gives_an_anonymous_from(make_system: MakeSystem) -> None:
+async def test_a_suppressed_caller_id_presents_the_alternate(make_system: MakeSystem) -> None:
+    """Lync: a route's suppress_caller_id shows its alternate_caller_id instead."""
     system = await make_system()
     system.pbx.invite(system.a, PRIVATE)
     out, _ = await system.gw2.request("INVITE")
-    assert out.from_.uri.user == "anonymous" and out.from_.display == "Anonymous"
-    assert out.headers.get("privacy") == "id"
+    assert out.from_.uri.user == "+14255550000" and out.from_.display is None
+    assert "privacy" not in out.headers
     assert "+14255550100" not in bytes(out).decode()

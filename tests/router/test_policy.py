@@ -21,8 +21,19 @@ def errors(**route_fields: Any) -> str:
     return "\n".join(refused.value.errors)
 
 
-def test_suppressing_the_caller_id_needs_an_alternate() -> None:
-    assert "alternate_caller_id is required" in errors(suppress_caller_id=True)
+def test_suppressing_the_caller_id_without_an_alternate_leaves_anonymous() -> None:
+    config = parse_config(
+        {
+            "trunks": [trunk("in", ["U"]), trunk("gw")],
+            "routes": [route("r", r"^\+1", ["U"], ["gw"], suppress_caller_id=True)],
+        }
+    )
+    assert config.routes[0].alternate_caller_id is None
+
+
+def test_forward_pai_is_read_as_trusted() -> None:
+    config = parse_config({"trunks": [trunk("gw", forward_pai=True), trunk("other")]})
+    assert [t.trusted for t in config.trunks] == [True, False]
 
 
 @pytest.mark.parametrize("alternate", ["+0425", "abc", "+1425;ext=0", "1425;ext="])

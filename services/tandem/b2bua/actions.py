@@ -35,10 +35,12 @@ class CancelInvite:
 @dataclass(frozen=True, slots=True)
 class SendRequest:
     """A request in our dialog; its final answer comes back as InDialogResponse when
-    `request_id` is set (a BYE's is not wanted)."""
+    `request_id` is set (a BYE's is not wanted). `target` is the dialog's next hop (a URI;
+    the edge sends there only if it is an address of the same trunk)."""
 
     request: Request
     request_id: str = ""
+    target: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class SendAck:
     """The ACK of a 2xx (or its repeat): no transaction of its own."""
 
     request: Request
+    target: str = ""
 
 
 # ---- the bus -------------------------------------------------------------------------

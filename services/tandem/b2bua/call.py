@@ -2,41 +2,54 @@
 
 Theory of operation
 -------------------
-The edge where a call arrives owns it. The call is the UAS of the caller's dialog and the
-owner of an ordered list of targets from one route decision; it tries them one at a time,
-each as a new egress leg (`tandem.b2bua.leg`) on whichever edge serves the target's trunk,
-and relays between the caller's dialog and the leg that answered. It publishes the call's
-events (started, routed, leg_attempt, leg_progress, leg_answered, leg_failed, answered,
-ended) from which callstate builds the records and CDRs.
+The edge where a call arrives owns it. The call is the UAS of the caller's dialog (its
+`Side` does what RFC 3262 and 4028 ask of that dialog) and the owner of an ordered list of
+targets from one route decision; it tries them one at a time, each as a new egress leg
+(`tandem.b2bua.leg`) on whichever edge serves the target's trunk, and relays between the
+caller's dialog and the leg that answered. It publishes the call's events (started, routed,
+leg_attempt, leg_progress, leg_answered, leg_failed, answered, ended) from which callstate
+builds the records and CDRs.
 
 States (`CallState`, the same names as the proto's and callstate's): ROUTING until the
 decision, TRYING while an attempt runs and the caller has heard nothing but 100, RINGING
 once a 18x reached the caller (RFC 3261 16.7: from then on there is no failover), ANSWERED
 once a 2xx did, ENDED. The transitions, each checkable against RFC 3261:
 
-    ROUTING  InviteReceived         100 Trying (8.2.6.1), started, ask the router
+    ROUTING  InviteReceived         100 Trying (8.2.6.1), started, ask the router; 422 when
+                                    the session interval is below our Min-SE (RFC 4028)
     ROUTING  RouteDecided           refused: 403/503 with Reason and Warning -> ENDED
                                     routed: create the leg of target 1, failover timer -> TRYING
     ROUTING  RouteFailed            503 with Retry-After -> ENDED
-    TRYING   LegProgress            the 18x to the caller, no failover timer any more -> RINGING
+    TRYING   LegProgress            the 18x to the caller (reliable when it supports 100rel),
+                                    no failover timer any more, ring timer -> RINGING
     TRYING   TimerFired(failover)   CANCEL the leg, next target
     TRYING   LegFailed              failover code, timeout, transport error: next target;
-                                    any other final: that final to the caller -> ENDED
+                                    3xx: relayed with its Contacts, or each Contact routed
+                                    (the trunk's `redirect: follow`); other finals: that final
+                                    to the caller -> ENDED
     TRYING   LegCreateAnswered      the edge refused the leg: next target
+    TRYING   RouteDecided           a followed redirect's targets, tried next
     RINGING  LegProgress            each further 18x to the caller
     RINGING  LegFailed              its final to the caller -> ENDED
-    early    LegAnswered            the 2xx to the caller (13.3.1.4) -> ANSWERED
+    RINGING  TimerFired(ring)       rang past max_ring_s: CANCEL the leg, 480 -> ENDED
+    early    LegAnswered            the 2xx to the caller (13.3.1.4), call timer -> ANSWERED
     early    CallerCancelled        487 to the INVITE (9.2), CANCEL the leg -> ENDED
-    early    InDialogRequest        BYE: 200 and as a CANCEL; others 491/481
+    early    InDialogRequest        PRACK (RFC 3262), UPDATE relayed (RFC 3311), BYE: as a
+                                    CANCEL, OPTIONS answered, INVITE 491, others 481
+    early    TimerFired(prack)      our reliable 18x again; unPRACKed for 64*T1: 500 -> ENDED
     early    LegEnded               480 -> ENDED
     any      HangupRequested        before answer 487, after it BYE both ways -> ENDED
     ANSWERED AckReceived            ACK to the leg
-    ANSWERED InDialogRequest        BYE: 200, BYE to the leg -> ENDED; others relayed to the leg
+    ANSWERED InDialogRequest        BYE: 200, BYE to the leg -> ENDED; a pure session refresh
+                                    and OPTIONS are answered here; others relayed to the leg
     ANSWERED LegRequested           the callee's request sent in the caller's dialog
     ANSWERED LegResponded           the leg's answer to the caller's relayed request
     ANSWERED InDialogResponse       the caller's answer relayed back to the leg
     ANSWERED LegEnded               BYE to the caller -> ENDED
     ANSWERED AckTimedOut            timer L: BYE both ways (RFC 6026) -> ENDED
+    ANSWERED TimerFired             refresh: our session refresh (UPDATE or re-INVITE);
+                                    expiry: no refresh came, BYE both ways; call_limit:
+                                    max_call_s, BYE both ways -> ENDED
     ENDED    late answers           a leg created after the end is cancelled; others dropped
 
 ("early" is ROUTING, TRYING and RINGING.) Every other pair raises `ProtocolError`.
@@ -58,8 +71,6 @@ from tandem.b2bua.actions import (
     Publish,
     Release,
     Respond,
-    SendAck,
-    SendRequest,
     StartTimer,
     StopTimer,
 )
@@ -85,17 +96,20 @@ from tandem.b2bua.events import (
 )
 from tandem.b2bua.local import ALLOW, RETRY_AFTER_S, USER_AGENT, Local, new_id, new_tag
 from tandem.b2bua.machine import Handler, Machine, ProtocolError
+from tandem.b2bua.profile import Profile
 from tandem.b2bua.relay import Relay, body_headers, leg_response, respond, sip_body
+from tandem.b2bua.side import REFRESH, Side, tokens
 from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request
 from tandem.sip.dialog import Dialog, DialogState
+from tandem.sip.uri import NameAddr
 
 Kind = pb.CallEvent.Kind
-FORWARDED_IDENTITY = ("P-Asserted-Identity",)
-FORWARDED_HISTORY = ("History-Info", "Diversion")
+FORWARDED = ("History-Info", "Diversion")  # the leg's trunk decides whether they cross
 DEFAULT_FAILOVER_CODES = (408, 503, 504)
 DEFAULT_FAILOVER_TIMER_S = 10.0
-FAILOVER = "failover"  # the timer: no provisional response but 100 from the leg in time
+MAX_REDIRECTS = 5  # Contacts followed per call, at most: a redirect loop ends here
+HIDE_IDENTITY = frozenset(("id", "user", "header"))  # RFC 3323/3325 Privacy values
 
 
 class CallState(Enum):
@@ -118,6 +132,13 @@ def number_of(uri_text: str) -> str:
     return user.partition(";")[0] if at else ""
 
 
+def _number_in(name_addr: str) -> str:
+    try:
+        return number_of(str(NameAddr.parse(name_addr).uri))
+    except ValueError:
+        return ""
+
+
 @dataclass(slots=True)
 class Attempt:
     """One target tried: the egress leg created for it."""
@@ -133,28 +154,37 @@ class Call(Machine):
     """One call this edge owns. `id` and `local_tag` exist before the first event."""
 
     KIND = "call"
+    state: CallState
 
-    def __init__(self, edge: str, trunk: str, local: Local, trace_id: str = "") -> None:
+    def __init__(self, edge: str, profile: Profile, local: Local, trace_id: str = "") -> None:
         super().__init__()
         self.id = new_id()
         self.edge = edge
-        self.trunk = trunk
+        self.profile = profile
+        self.trunk = profile.trunk
         self.local = local
         self.local_tag = new_tag()
         self.trace_id = trace_id
         self.state = CallState.ROUTING
+        self.side = Side(self.do, lambda: self.now, profile, uac=False)
         self.invite: Request | None = None
         self.txn: Txn | None = None
-        self.dialog: Dialog | None = None  # with the caller, from our first 1xx/2xx with a tag
         self.called = self.calling = self.display = ""
+        self.privacy = ""  # the caller's Privacy values, for the legs
+        self.identity: list[str] = []  # its P-Asserted-Identity, when its trunk is trusted
         self.started_ms = self.answered_ms = 0
         self.seq = 0
         self.targets: list[pb.RouteTarget] = []
         self.attempts: dict[str, Attempt] = {}  # by leg id
         self.attempt: Attempt | None = None  # the latest
         self.failures: list[tuple[int, str, bool]] = []  # status, reason, timed out
+        self.contacts: list[str] = []  # a followed redirect's numbers still to route
+        self.redirects = 0
         self.relay = Relay()
-        self.ack: Request | None = None  # our last ACK in the caller's dialog, for repeats
+
+    @property
+    def dialog(self) -> Dialog | None:
+        return self.side.dialog
 
     # ---- events out ----------------------------------------------------------------------
 
@@ -197,15 +227,21 @@ class Call(Machine):
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
     ) -> None:
+        """A response to the caller's INVITE, through its Side (reliability, timers)."""
         assert self.invite is not None and self.txn is not None
         tag = self.local_tag if status > 100 else None
         response = respond(self.invite, status, reason, headers, body, to_tag=tag)
-        self.do(Respond(self.txn, response))
         if 100 < status < 300:
-            if self.dialog is None:
-                self.dialog = Dialog.as_uas(self.invite, response)
+            if self.side.dialog is None:
+                self.side.dialog = Dialog.as_uas(self.invite, response)
             elif status >= 200:
-                self.dialog.state = DialogState.CONFIRMED
+                self.side.dialog.state = DialogState.CONFIRMED
+        if status < 200:
+            self.side.provisional(self.txn, response)
+        else:
+            self.side.final(self.txn, response)
+            if status < 300:
+                self.side.confirmed()
 
     # ---- routing and attempts ------------------------------------------------------------
 
@@ -218,31 +254,36 @@ class Call(Machine):
         self.called = number_of(invite.uri) or number_of(str(invite.to.uri))
         from_ = invite.from_
         self.calling = number_of(str(from_.uri))
-        pai = invite.headers.values("p-asserted-identity")
-        if pai and (not self.calling or self.calling.lower() == "anonymous"):
-            self.calling = number_of(pai[0].strip("<>").partition(">")[0])
-        self.display = from_.display or ""
+        privacy = tokens(invite, "privacy") - {"none"}
+        self.privacy = ", ".join(sorted(privacy))
+        # RFC 3325: a P-Asserted-Identity is believed only from a trunk in the trust domain
+        self.identity = invite.headers.values("p-asserted-identity") if self.profile.trusted else []
+        if self.identity and (not self.calling or self.calling.lower() == "anonymous"):
+            self.calling = _number_in(self.identity[0]) or self.calling
+        self.display = "" if privacy & HIDE_IDENTITY else from_.display or ""
+        refusal = self.side.negotiate(invite)
         self._respond_caller(100)
         self._publish(
             Kind.STARTED, sip_call_id=invite.call_id, called=self.called, calling=self.calling
         )
-        self.do(
-            AskRoute(
-                pb.RouteRequest(
-                    call_id=self.id,
-                    ingress_trunk=self.trunk,
-                    called=self.called,
-                    calling=self.calling,
-                )
-            )
+        if refusal is not None:  # 422: its session interval is too short for us
+            self.do(Respond(event.txn, refusal))
+            self._end("system", 422, "session interval too small", "rejected")
+            return
+        self._ask(self.called)
+
+    def _ask(self, called: str) -> None:
+        ask = pb.RouteRequest(
+            call_id=self.id, ingress_trunk=self.trunk, called=called, calling=self.calling
         )
+        self.do(AskRoute(ask))
 
     def _routed(self, event: RouteDecided) -> None:
         decision = event.decision
         if decision.result != pb.RouteDecision.ROUTED:
             refused = 403 if decision.result == pb.RouteDecision.NO_ROUTE else 503
             reason = decision.reason or "no route"
-            self._reject(decision.status or refused, None, reason, diagnostic=True)
+            self._reject(decision.status or refused, None, reason, "no_route", diagnostic=True)
             return
         self.targets = list(decision.targets)
         self._publish(
@@ -257,7 +298,9 @@ class Call(Machine):
         self._next_attempt()
 
     def _route_failed(self, event: RouteFailed) -> None:
-        self._reject(503, "Router Unavailable", "no route decision", retry_after=True)
+        self._reject(
+            503, "Router Unavailable", "no route decision", "router_unavailable", retry_after=True
+        )
 
     def _next_attempt(self) -> None:
         """Create the leg of the next target, or give the caller the final answer."""
@@ -269,16 +312,12 @@ class Call(Machine):
         attempt = Attempt(new_id(), target, len(self.attempts) + 1, new_id())
         self.attempts[attempt.id] = self.attempt = attempt
         self._publish(Kind.LEG_ATTEMPT, **self._leg_fields())
-        self.do(StartTimer(FAILOVER, target.failover_timer_s or DEFAULT_FAILOVER_TIMER_S))
+        self.do(StartTimer("failover", target.failover_timer_s or DEFAULT_FAILOVER_TIMER_S))
         invite = self.invite
-        headers = [
+        headers = [pb.Header(name="P-Asserted-Identity", value=v) for v in self.identity]
+        headers += [
             pb.Header(name=name, value=value)
-            for names, wanted in (
-                (FORWARDED_IDENTITY, target.forward_pai),
-                (FORWARDED_HISTORY, target.forward_call_history),
-            )
-            if wanted
-            for name in names
+            for name in FORWARDED
             for value in invite.headers.get_all(name)
         ]
         max_forwards = invite.max_forwards
@@ -291,41 +330,45 @@ class Call(Machine):
             attempt=attempt.number,
             sip_call_id=attempt.sip_call_id,
             owner_edge=self.edge,
+            privacy=self.privacy,
         )
         command = pb.LegCommand(leg_id=attempt.id, call_id=self.id, create=create)
         self.do(CreateLeg(target.edge, command))
 
     def _drop_leg(self) -> None:
         """The current attempt's events are no longer wanted (nor its failover timer)."""
-        self.do(StopTimer(FAILOVER))
+        self.do(StopTimer("failover"), StopTimer("ring"))
         attempt = self.attempt
         if attempt is not None and attempt.live:
             attempt.live = False
             self.do(DropLeg(attempt.id))
 
-    def _failed(self, status: int, reason: str, failure: str, timed_out: bool) -> None:
-        """The current attempt failed over: record it, then the next target is tried."""
+    def _failed(
+        self, status: int, reason: str, failure: str, timed_out: bool, received: int = 0
+    ) -> None:
+        """The current attempt is over: record it; the caller does not hear of it (yet)."""
         self.failures.append((status, reason, timed_out))
         self._publish(
             Kind.LEG_FAILED,
             status=status,
             reason=f"{failure}: {reason}",
             failure=failure,
+            received_status=received,
             **self._leg_fields(),
         )
         if len(self.attempts) < len(self.targets):  # a failover only if a target is left
             self.do(Failover(failure))
         self._drop_leg()
-        self._next_attempt()
 
     def _all_failed(self) -> None:
         """Every target failed: the last real failure, or 503 when every attempt timed out."""
         answered = [(s, r) for s, r, timed_out in self.failures if not timed_out and s >= 300]
         if answered:
             status, reason = answered[-1]
-            self._reject(status, None, reason)
+            self._reject(status, None, reason, "rejected")
         else:
-            self._reject(503, None, "every target failed or timed out", retry_after=True)
+            reason = "every target failed or timed out"
+            self._reject(503, None, reason, "rejected", retry_after=True)
 
     def _is_current(self, leg_id: str) -> bool:
         return self.attempt is not None and self.attempt.id == leg_id and self.attempt.live
@@ -333,24 +376,57 @@ class Call(Machine):
     def _create_answered(self, event: LegCreateAnswered) -> None:
         if event.error and self._is_current(event.leg_id) and self.state is CallState.TRYING:
             self._failed(503, event.error, "transport_error", timed_out=False)
+            self._next_attempt()
 
     def _created_after_end(self, event: LegCreateAnswered) -> None:
         leg = self.attempts.get(event.leg_id)
         if not event.error and leg is not None:  # cancelled while it was being created
             self._command(leg, cancel=pb.LegCancel(reason="call over"))
 
-    def _failover_timer(self, event: TimerFired) -> None:
-        if event.name != FAILOVER or self.attempt is None:
-            raise ProtocolError(self.KIND, self.state, event)
-        self._command(self.attempt, cancel=pb.LegCancel(reason="failover timer"))
-        self._failed(408, "no provisional response in time", "failover_timer", timed_out=True)
+    # ---- redirects (a 3xx) ---------------------------------------------------------------
+
+    def _redirected(self, event: LegFailed) -> bool:
+        """A 3xx on a trunk whose redirects are followed: route each Contact, try them next."""
+        attempt = self.attempt
+        if attempt is None or attempt.target.redirect != "follow" or not event.contacts:
+            return False
+        numbers = [n for n in (_number_in(c) for c in event.contacts) if n]
+        left = MAX_REDIRECTS - self.redirects
+        if not numbers or left <= 0:
+            return False
+        self._failed(event.status, event.reason, "redirect", timed_out=True)
+        self.contacts = numbers[:left]
+        self.redirects += len(self.contacts)
+        self._follow()
+        return True
+
+    def _follow(self) -> None:
+        """Route the next Contact of a redirect, or carry on with the targets left."""
+        if self.contacts:
+            self._ask(self.contacts.pop(0))
+        else:
+            self._next_attempt()
+
+    def _redirect_routed(self, event: RouteDecided) -> None:
+        if event.decision.result == pb.RouteDecision.ROUTED:
+            at = len(self.attempts)
+            self.targets[at:at] = list(event.decision.targets)
+            self.contacts.clear()
+            self._next_attempt()
+        else:
+            self._follow()
+
+    def _redirect_unrouted(self, event: RouteFailed) -> None:
+        self._follow()
 
     # ---- the leg's events ----------------------------------------------------------------
 
     def _progress(self, event: LegProgress) -> None:
-        if not self._is_current(event.leg_id):
+        if not self._is_current(event.leg_id) or self.attempt is None:
             return
-        self.do(StopTimer(FAILOVER))  # the caller is ringing: no failover any more
+        self.do(StopTimer("failover"))  # the caller is ringing: no failover any more
+        if self.state is CallState.TRYING and self.attempt.target.max_ring_s:
+            self.do(StartTimer("ring", self.attempt.target.max_ring_s))
         self.state = CallState.RINGING
         self._relay_answer(event.status, event.reason, event.body)
         self._publish(
@@ -358,12 +434,15 @@ class Call(Machine):
         )
 
     def _answered(self, event: LegAnswered) -> None:
-        if not self._is_current(event.leg_id):
+        if not self._is_current(event.leg_id) or self.attempt is None:
             self._stale_answer(event)
             return
-        self.do(StopTimer(FAILOVER))
+        self.do(StopTimer("failover"), StopTimer("ring"))
         self.state = CallState.ANSWERED
         self.answered_ms = self.now_ms
+        limits = [s for s in (self.profile.max_call_s, self.attempt.target.max_call_s) if s]
+        if limits:
+            self.do(StartTimer("call_limit", min(limits)))
         self._relay_answer(event.status, event.reason, event.body)
         fields = self._leg_fields()
         self._publish(Kind.LEG_ANSWERED, status=event.status, reason=event.reason, **fields)
@@ -378,11 +457,14 @@ class Call(Machine):
     def _leg_failed(self, event: LegFailed) -> None:
         if not self._is_current(event.leg_id) or self.attempt is None:
             return
+        if 300 <= event.status < 400 and self._redirected(event):
+            return
         if self.state is CallState.TRYING:
             codes = self.attempt.target.failover_response_codes or DEFAULT_FAILOVER_CODES
             if event.failure != "response" or event.status in codes:
                 timed_out = event.failure in ("timeout", "failover_timer")
-                self._failed(event.status, event.reason, event.failure, timed_out)
+                self._failed(event.status, event.reason, event.failure, timed_out, event.received)
+                self._next_attempt()
                 return
         # a final the caller must hear: after 18x, or a code that is no failover code
         self._publish(
@@ -390,19 +472,22 @@ class Call(Machine):
             status=event.status,
             reason=event.reason,
             failure=event.failure,
+            received_status=event.received,
             **self._leg_fields(),
         )
         self._drop_leg()
-        self._reject(event.status, event.reason, event.reason)
+        contacts = [("Contact", c) for c in event.contacts]  # a relayed 3xx keeps them
+        self._reject(event.status, event.reason, event.reason, "rejected", headers=contacts)
 
     def _leg_ended_early(self, event: LegEnded) -> None:
         if self._is_current(event.leg_id):
-            self._reject(480, None, event.reason or "callee ended")
+            self._reject(480, None, event.reason or "callee ended", "rejected")
 
     def _leg_ended(self, event: LegEnded) -> None:
         if self._is_current(event.leg_id):
             self._bye_caller()
-            self._end("callee", 200, event.reason or "callee hung up")
+            reason = event.reason or "callee hung up"
+            self._end("callee", 200, reason, event.why or "normal")
 
     def _relay_answer(self, status: int, reason: str, body: pb.SipBody) -> None:
         headers = [("Contact", self.local.contact)]
@@ -417,39 +502,45 @@ class Call(Machine):
             return
         body = request.body
         if request.method == "ACK":
-            self.ack = dialog.create_ack(body_headers(body), body.body)
-            self.do(SendAck(self.ack))
+            self.side.ack(dialog.create_ack(body_headers(body), body.body))
             return
         out = dialog.create_request(request.method, Relay.inbound_headers(request), body.body)
         self.relay.sent[request.request_id] = False
-        self.do(SendRequest(out, request.request_id))
+        self.side.send(out, request.request_id)
 
     def _caller_answered(self, event: InDialogResponse) -> None:
-        """The caller's answer to a request the callee sent: back to the leg."""
-        answered = self.relay.sent.get(event.request_id)
+        """The caller's answer to a request we sent: our refresh's, or the callee's request's
+        (back to the leg)."""
         response = event.response
+        if event.request_id == REFRESH:
+            gone = self.side.refreshed(response)
+            if gone is not None:
+                self._session_over(gone)
+            return
+        answered = self.relay.sent.get(event.request_id)
         if answered is None or self.attempt is None:
             return
         if response is not None and response.status < 200:
             return  # we said 100 Trying to the callee already
         if answered:  # a 2xx again: our ACK was lost
-            if self.ack is not None and response is not None and response.status < 300:
-                self.do(SendAck(self.ack))
+            if response is not None and response.status < 300 and self.side.last_ack:
+                self.side.ack(self.side.last_ack)
             return
         self.relay.sent[event.request_id] = True
+        self.side.answered(event.request_id, response)
         self._command(self.attempt, response=leg_response(event.request_id, response))
 
     def _leg_responded(self, event: LegResponded) -> None:
         answer = self.relay.answer(event.response, self.local.contact)
         if answer is not None:
-            self.do(Respond(*answer))
+            self.side.respond(*answer)
 
     # ---- the caller ----------------------------------------------------------------------
 
     def _cancelled(self, event: CallerCancelled) -> None:
         self._cancel_leg("caller cancelled")
         self._respond_caller(487)
-        self._end("caller", 487, "caller cancelled")
+        self._end("caller", 487, "caller cancelled", "cancelled")
 
     def _cancel_leg(self, reason: str) -> None:
         if self.attempt is not None and self.attempt.live:
@@ -458,23 +549,28 @@ class Call(Machine):
 
     def _early_request(self, event: InDialogRequest) -> None:
         request = event.request
-        if not self._checked(event):
+        if not self._checked(event) or self.side.receive(request, event.txn):
             return
-        if request.method == "BYE":  # BYE before our 2xx: the caller gave up early
-            self.do(Respond(event.txn, respond(request, 200)))
+        method = request.method
+        if method == "BYE":  # BYE before our 2xx: the caller gave up early
+            self.side.respond(event.txn, respond(request, 200))
             self._cancelled(CallerCancelled())
+        elif method == "UPDATE" and self.state is CallState.RINGING and self.attempt is not None:
+            self._command(self.attempt, request=self.relay.outbound(event.txn))  # RFC 3311
         else:
-            status = 491 if request.method in ("INVITE", "UPDATE") else 481
-            self.do(Respond(event.txn, respond(request, status)))
+            status = 491 if method in ("INVITE", "UPDATE") else 481
+            self.side.respond(event.txn, respond(request, status))
 
     def _request(self, event: InDialogRequest) -> None:
         request = event.request
-        if not self._checked(event) or self.attempt is None:
+        if not self._checked(event) or self.side.receive(request, event.txn):
+            return
+        if self.attempt is None:
             return
         if request.method == "BYE":
-            self.do(Respond(event.txn, respond(request, 200)))
+            self.side.respond(event.txn, respond(request, 200))
             self._command(self.attempt, bye=pb.LegBye(reason="caller hung up"))
-            self._end("caller", 200, "caller hung up")
+            self._end("caller", 200, "caller hung up", "normal")
             return
         if request.method == "INVITE":  # the far end may be slow: say so at once
             self.do(Respond(event.txn, respond(request, 100)))
@@ -493,39 +589,82 @@ class Call(Machine):
 
     def _ack_timed_out(self, event: AckTimedOut) -> None:
         """The caller never ACKed our 2xx: the call is over on both sides."""
-        if self.attempt is not None:
-            self._command(self.attempt, bye=pb.LegBye(reason="no ACK"))
-        self._bye_caller()
-        self._end("system", 408, "no ACK from the caller")
+        self._bye_both("no ACK", "system", 408, "no ACK from the caller", "no_ack")
 
     def _bye_caller(self) -> None:
         if self.dialog is not None:
-            self.do(SendRequest(self.dialog.create_request("BYE", [("User-Agent", USER_AGENT)])))
+            self.side.send(self.dialog.create_request("BYE", [("User-Agent", USER_AGENT)]))
+
+    def _bye_both(self, why: str, ended_by: str, status: int, reason: str, end: str) -> None:
+        if self.attempt is not None:
+            self._command(self.attempt, bye=pb.LegBye(reason=why))
+        self._bye_caller()
+        self._end(ended_by, status, reason, end)
+
+    def _session_over(self, reason: str) -> None:
+        self._bye_both("session expired", "system", 200, reason, "session_expired")
+
+    # ---- timers --------------------------------------------------------------------------
+
+    def _timer(self, event: TimerFired) -> None:
+        handler = TIMERS.get((self.state, event.name))
+        if handler is None:
+            raise ProtocolError(self.KIND, self.state, event)
+        handler(self)
+
+    def _failover_timer(self) -> None:
+        assert self.attempt is not None
+        self._command(self.attempt, cancel=pb.LegCancel(reason="failover timer"))
+        self._failed(408, "no provisional response in time", "failover_timer", timed_out=True)
+        self._next_attempt()
+
+    def _ring_timer(self) -> None:
+        """Rang past max_ring_s: 480, and no failover (it already rang)."""
+        self._cancel_leg("ring limit")
+        self._reject(480, None, "no answer within max_ring_s", "no_answer")
+
+    def _prack_timer(self) -> None:
+        if self.side.prack_timer():
+            return
+        # RFC 3262 3: a reliable provisional never PRACKed: the request fails with 5xx
+        if self.state is CallState.ANSWERED and self.attempt is not None:
+            self._command(self.attempt, bye=pb.LegBye(reason="no PRACK"))
+        else:
+            self._cancel_leg("no PRACK")
+        self._reject(500, None, "no PRACK for a reliable provisional response", "no_prack")
+
+    def _call_limit(self) -> None:
+        self._bye_both("call limit", "system", 200, "max_call_s reached", "max_call")
+
+    def _expiry(self) -> None:
+        self._session_over("no session refresh in time")
+
+    def _refresh(self) -> None:
+        self.side.refresh()
 
     # ---- control and the end -------------------------------------------------------------
 
     def _hangup_early(self, event: HangupRequested) -> None:
         self._cancel_leg(event.reason)
         self._respond_caller(487, None, [("Reason", f'SIP;cause=487;text="{event.reason}"')])
-        self._end(event.ended_by, 487, event.reason)
+        self._end(event.ended_by, 487, event.reason, event.why)
 
     def _hangup(self, event: HangupRequested) -> None:
-        if self.attempt is not None:
-            self._command(self.attempt, bye=pb.LegBye(reason=event.reason))
-        self._bye_caller()
-        self._end(event.ended_by, 200, event.reason)
+        self._bye_both(event.reason, event.ended_by, 200, event.reason, event.why)
 
     def _reject(
         self,
         status: int,
         phrase: str | None,
         reason: str,
+        end: str,
         *,
         retry_after: bool = False,
         diagnostic: bool = False,
+        headers: list[tuple[str, str]] | None = None,
     ) -> None:
         """End the call before answer with a final response to the caller."""
-        headers: list[tuple[str, str]] = []
+        headers = list(headers or ())
         if retry_after:
             headers.append(("Retry-After", str(RETRY_AFTER_S)))
         if diagnostic or status in (403, 503):
@@ -533,9 +672,9 @@ class Call(Machine):
             headers.append(("Reason", f'SIP;cause={status};text="{text}"'))
             headers.append(("Warning", f'399 {self.local.host} "{text}"'))
         self._respond_caller(status, phrase, headers)
-        self._end("system", status, reason)
+        self._end("system", status, reason, end)
 
-    def _end(self, ended_by: str, status: int, reason: str) -> None:
+    def _end(self, ended_by: str, status: int, reason: str, end: str) -> None:
         self.state = CallState.ENDED
         self._drop_leg()
         attempt = self.attempt
@@ -544,6 +683,7 @@ class Call(Machine):
             status=status,
             reason=reason,
             ended_by=ended_by,
+            end_reason=end,
             leg_id=attempt.id if attempt else "",
             trunk=attempt.target.trunk if attempt else "",
             attempt=attempt.number if attempt else 0,
@@ -554,13 +694,25 @@ class Call(Machine):
         pass
 
 
+S = CallState
+TIMERS: dict[tuple[CallState, str], Any] = {
+    (S.TRYING, "failover"): Call._failover_timer,
+    (S.RINGING, "ring"): Call._ring_timer,
+    (S.ANSWERED, "call_limit"): Call._call_limit,
+    (S.ANSWERED, "refresh"): Call._refresh,
+    (S.ANSWERED, "retry"): Call._refresh,
+    (S.ANSWERED, "expiry"): Call._expiry,
+    **{(state, "prack"): Call._prack_timer for state in (*EARLY, S.ANSWERED)},
+}
+
+
 def _table() -> dict[tuple[CallState, type], Handler]:
-    S = CallState
     table: dict[tuple[CallState, type], Handler] = {
         (S.ROUTING, InviteReceived): Call._invite,
         (S.ROUTING, RouteDecided): Call._routed,
         (S.ROUTING, RouteFailed): Call._route_failed,
-        (S.TRYING, TimerFired): Call._failover_timer,
+        (S.TRYING, RouteDecided): Call._redirect_routed,
+        (S.TRYING, RouteFailed): Call._redirect_unrouted,
         (S.ANSWERED, AckReceived): Call._ack,
         (S.ANSWERED, InDialogRequest): Call._request,
         (S.ANSWERED, LegRequested): Call._leg_requested,
@@ -570,9 +722,14 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         (S.ANSWERED, LegAnswered): Call._stale_answer,
         (S.ANSWERED, AckTimedOut): Call._ack_timed_out,
         (S.ANSWERED, HangupRequested): Call._hangup,
+        (S.RINGING, LegResponded): Call._leg_responded,
+        (S.RINGING, LegRequested): Call._leg_requested,
+        (S.RINGING, InDialogResponse): Call._caller_answered,
         (S.ENDED, LegCreateAnswered): Call._created_after_end,
         (S.ENDED, LegAnswered): Call._stale_answer,
     }
+    for state in (*EARLY, S.ANSWERED):
+        table[state, TimerFired] = Call._timer
     for state in EARLY:
         table[state, CallerCancelled] = Call._cancelled
         table[state, InDialogRequest] = Call._early_request
@@ -588,6 +745,8 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         (S.ANSWERED, LegCreateAnswered),
         (S.ANSWERED, LegProgress),
         (S.ANSWERED, LegFailed),
+        (S.RINGING, RouteDecided),
+        (S.RINGING, RouteFailed),
         (S.ENDED, RouteDecided),
         (S.ENDED, RouteFailed),
         (S.ENDED, LegProgress),

@@ -92,10 +92,12 @@ class AckTimedOut:
 
 @dataclass(frozen=True, slots=True)
 class HangupRequested:
-    """End the call from outside SIP: the API, the edge stopping, the other edge lost."""
+    """End the call from outside SIP: the API, the edge stopping, the other edge lost
+    (`why` is the CDR's end reason)."""
 
     ended_by: str
     reason: str
+    why: str = "hangup"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,20 +118,25 @@ class LegAnswered:
 
 @dataclass(frozen=True, slots=True)
 class LegFailed:
-    """A final failure: a response, a transport error, a timeout (`failure` says which)."""
+    """A final failure: a response, a transport error, a timeout (`failure` says which).
+    `status` is as the trunk's response map gives it, `received` as the trunk sent it;
+    `contacts` are a 3xx's."""
 
     leg_id: str
     status: int
     reason: str
     failure: str
+    received: int = 0
+    contacts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class LegEnded:
-    """The callee ended its dialog (BYE)."""
+    """The callee's dialog ended: its BYE, or `why` (session_expired ...)."""
 
     leg_id: str
     reason: str
+    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +160,15 @@ LegEvent = LegProgress | LegAnswered | LegFailed | LegEnded | LegRequested | Leg
 _FROM_LEG: dict[int, Callable[[pb.LegEvent], LegEvent]] = {
     pb.LegEvent.PROGRESS: lambda e: LegProgress(e.leg_id, e.status, e.reason, e.body),
     pb.LegEvent.ANSWERED: lambda e: LegAnswered(e.leg_id, e.status, e.reason, e.body),
-    pb.LegEvent.FAILED: lambda e: LegFailed(e.leg_id, e.status, e.reason, e.failure or "response"),
-    pb.LegEvent.ENDED: lambda e: LegEnded(e.leg_id, e.reason),
+    pb.LegEvent.FAILED: lambda e: LegFailed(
+        e.leg_id,
+        e.status,
+        e.reason,
+        e.failure or "response",
+        e.received_status or e.status,
+        tuple(h.value for h in e.headers if h.name.lower() == "contact"),
+    ),
+    pb.LegEvent.ENDED: lambda e: LegEnded(e.leg_id, e.reason, e.failure),
     pb.LegEvent.REQUEST: lambda e: LegRequested(e.leg_id, e.request),
     pb.LegEvent.RESPONSE: lambda e: LegResponded(e.leg_id, e.response),
 }

@@ -5,29 +5,43 @@ Theory of operation
 A leg is created by a call's owner (any edge) with a LegCommand `create`; it sends the
 INVITE, publishes what happens as LegEvents to the owner (progress, answered, failed, the
 callee's in-dialog requests and answers, ended), and takes the owner's further commands:
-cancel, ack, bye, and in-dialog requests and answers to relay. It cleans up after itself
-whatever order commands and responses cross in: a 2xx after a CANCEL is ACKed and ended with
-a BYE, and a second fork's 2xx is ACKed and ended too (RFC 3261 13.2.2.4).
+cancel, ack, bye, and in-dialog requests and answers to relay. Its `Side` does for the
+callee's dialog what the RFCs ask of a UAC whatever the caller does: it PRACKs reliable
+provisionals (RFC 3262), keeps the session timer (RFC 4028), answers glare with 491. It
+cleans up after itself whatever order commands and responses cross in: a 2xx after a
+CANCEL is ACKed and ended with a BYE, and so is a second fork's 2xx (RFC 3261 13.2.2.4).
+
+What crosses to the trunk of the caller's identity is decided here, by this trunk's trust
+(RFC 3323, 3325): From carries the calling number unless the caller asked for privacy or
+the route suppresses it without an alternate (then it is anonymous, with `Privacy: id`);
+P-Asserted-Identity goes only to a trusted trunk; Diversion and History-Info only to a
+trunk that takes them, and never to an untrusted one when privacy asks to withhold them.
 
 States: CALLING (INVITE sent, nothing but 100 back), EARLY (a provisional came), ANSWERED (a
 2xx confirmed the dialog), CANCELLING (given up before a final response: waiting for it to
 wind down), ENDED. The transitions:
 
     CALLING  Start                    the INVITE (17.1.1)
-    early    InviteResponse 1xx       progress (100 is absorbed) -> EARLY
+    early    InviteResponse 1xx       progress (100 absorbed; a reliable one PRACKed, once)
+                                      -> EARLY
     early    InviteResponse 2xx       answered -> ANSWERED
-    early    InviteResponse >=300     failed (response) -> ENDED
+    early    InviteResponse 422       once: the INVITE again with the callee's Min-SE
+    early    InviteResponse >=300     failed (response, its code as the response map says;
+                                      a 3xx with its Contacts) -> ENDED
     early    InviteResponse none      failed (timeout: timer B, or transport_error) -> ENDED
     early    CancelRequested, Bye     CANCEL (9.1): now, or when a provisional comes -> CANCELLING
-    early    InDialogRequest          481: no dialog is confirmed yet
+    early    InDialogRequest          an UPDATE in the early dialog relayed; others 481
+    early    RelayRequested           the caller's UPDATE in the early dialog
     ANSWERED AckRequested             the ACK, with the caller's body (13.2.2.4)
     ANSWERED ByeRequested, Cancel     BYE (15.1.1) -> ENDED
-    ANSWERED RelayRequested           the caller's request in this dialog
+    ANSWERED RelayRequested           the caller's request in this dialog (491 in a glare)
     ANSWERED RelayAnswered            the caller's answer to the callee's request
-    ANSWERED InDialogRequest          BYE: 200, ended -> ENDED; others relayed to the owner
+    ANSWERED InDialogRequest          BYE: 200, ended -> ENDED; a pure session refresh and
+                                      OPTIONS answered here; others relayed to the owner
     ANSWERED AckReceived              the callee's ACK of a relayed re-INVITE's 2xx, relayed
     ANSWERED InDialogResponse         the callee's answer, relayed to the owner
     ANSWERED InviteResponse 2xx       a repeat: ACK again; another fork's: ACK and BYE it
+    ANSWERED TimerFired               refresh: ours; expiry: none came, BYE, ended -> ENDED
     CANCELLING InviteResponse 2xx     answered as we gave up: ACK and BYE -> ENDED
     CANCELLING InviteResponse final   (487) -> ENDED
     ENDED    InviteResponse 2xx       ACK again, or ACK and BYE another fork
@@ -61,17 +75,23 @@ from tandem.b2bua.events import (
     RelayAnswered,
     RelayRequested,
     Start,
+    TimerFired,
 )
 from tandem.b2bua.local import ALLOW, USER_AGENT, Local, new_id, new_tag
-from tandem.b2bua.machine import Handler, Machine
+from tandem.b2bua.machine import Handler, Machine, ProtocolError
+from tandem.b2bua.profile import Profile
 from tandem.b2bua.relay import Relay, body_headers, leg_response, respond, sip_body
+from tandem.b2bua.side import REFRESH, Side, _min_se
 from tandem.pb import tandem_pb2 as pb
-from tandem.sip import Request
+from tandem.sip import Request, Response
 from tandem.sip.dialog import Dialog, DialogSet
 from tandem.sip.uri import format_host_port, quote_display
 
 Kind = pb.LegEvent.Kind
 ANONYMOUS_FROM = '"Anonymous" <sip:anonymous@anonymous.invalid>'
+HIDE_IDENTITY = frozenset(("id", "user", "header"))
+HIDE_HISTORY = frozenset(("header", "history"))  # RFC 3323, RFC 7044
+_UA = [("User-Agent", USER_AGENT)]
 
 
 class LegState(Enum):
@@ -89,9 +109,15 @@ class Leg(Machine):
     """One attempt of a call on one trunk this edge serves."""
 
     KIND = "leg"
+    state: LegState
 
     def __init__(
-        self, edge: str, command: pb.LegCommand, peer: tuple[str, int], local: Local
+        self,
+        edge: str,
+        command: pb.LegCommand,
+        peer: tuple[str, int],
+        local: Local,
+        profile: Profile | None = None,
     ) -> None:
         super().__init__()
         create = command.create
@@ -100,16 +126,28 @@ class Leg(Machine):
         self.edge = edge
         self.owner_edge = create.owner_edge
         self.local = local
+        self.profile = profile or Profile(trunk=create.target.trunk)
         self.state = LegState.CALLING
         self.seq = 0
         self.local_tag = new_tag()
         self.sip_call_id = create.sip_call_id or new_id()
-        self.invite = invite_request(create, peer, local, self.local_tag, self.sip_call_id)
+        self.side = Side(self.do, lambda: self.now, self.profile, uac=True)
+        self.invite = invite_request(
+            create, peer, local, self.local_tag, self.sip_call_id, self.profile
+        )
+        for name, value in self.side.invite_headers():
+            self.invite.headers.add(name, value)
+        self.side.sdp_sent = self.invite.body
         self.dialogs = DialogSet(self.invite)
-        self.dialog: Dialog | None = None  # the one the 2xx confirmed
-        self.ack: Request | None = None  # our ACK of the 2xx to our last INVITE, for repeats
+        self.early: Dialog | None = None  # the early dialog whose 1xx the caller heard last
+        self.retried_422 = False
         self.relay = Relay()
         self.callee_invite = False  # the callee's re-INVITE got its 2xx: its ACK crosses too
+
+    @property
+    def dialog(self) -> Dialog | None:
+        """The dialog the 2xx confirmed."""
+        return self.side.dialog
 
     def _publish(self, kind: pb.LegEvent.Kind, **fields: Any) -> None:
         self.seq += 1
@@ -138,17 +176,42 @@ class Leg(Machine):
         status = response.status
         if status == 100:
             return
+        if status == 422 and self._retry_422(response):
+            return
         dialog = self.dialogs.on_response(response)
         body = sip_body(response)
         if status < 200:
+            if dialog is None or not self.side.provisional_received(dialog, response):
+                return  # no dialog (no To tag), or a reliable one seen before
+            self.early = dialog
             self.state = LegState.EARLY
             self._publish(Kind.PROGRESS, status=status, reason=response.reason, body=body)
         elif status < 300:
-            self.dialog = dialog
+            self.side.dialog = dialog
+            self.side.confirmed(response)
             self.state = LegState.ANSWERED
             self._publish(Kind.ANSWERED, status=status, reason=response.reason, body=body)
         else:
-            self._fail(status, response.reason, "response")
+            contacts = [
+                pb.Header(name="Contact", value=v) for v in response.headers.values("contact")
+            ]
+            self._fail(self.profile.mapped(status), response.reason, "response", status, contacts)
+
+    def _retry_422(self, response: Response) -> bool:
+        """RFC 4028 6: the callee wants a longer session interval; ask again, once."""
+        if self.retried_422:
+            return False
+        self.retried_422 = True
+        invite = self.invite
+        headers = invite.headers.copy()
+        headers.remove("via")
+        headers.set("CSeq", f"{invite.cseq.number + 1} INVITE")
+        headers.set("Session-Expires", str(_min_se(response)))
+        headers.set("Min-SE", str(_min_se(response)))
+        self.invite = Request("INVITE", invite.uri, headers, invite.body)
+        self.dialogs = DialogSet(self.invite)
+        self.do(SendInvite(self.invite))
+        return True
 
     def _another_2xx(self, event: InviteResponse) -> None:
         response = event.response
@@ -157,8 +220,8 @@ class Leg(Machine):
         dialog = self.dialogs.on_response(response)
         if dialog is not None and dialog is not self.dialog:
             self._end_fork(dialog)
-        elif self.ack is not None:  # a retransmission: our ACK was lost
-            self.do(SendAck(self.ack))
+        elif self.side.last_ack is not None:  # a retransmission: our ACK was lost
+            self.side.ack(self.side.last_ack)
 
     def _end_fork(self, dialog: Dialog) -> None:
         """A second fork answered too: ACK it, then hang it up (RFC 3261 13.2.2.4)."""
@@ -170,14 +233,29 @@ class Leg(Machine):
         if response is not None and response.status < 200:
             return  # (the CANCEL asked for earlier leaves with this provisional)
         if response is not None and response.status < 300:
-            self.dialog = self.dialogs.on_response(response)
+            self.side.dialog = self.dialogs.on_response(response)
             self._send_ack(pb.SipBody())
             self._bye()
         self.state = LegState.ENDED
         self.do(Release())
 
-    def _fail(self, status: int, reason: str, failure: str) -> None:
-        self._publish(Kind.FAILED, status=status, reason=reason, failure=failure)
+    def _fail(
+        self,
+        status: int,
+        reason: str,
+        failure: str,
+        received: int = 0,
+        contacts: list[pb.Header] | None = None,
+    ) -> None:
+        received = received if received != status else 0
+        self._publish(
+            Kind.FAILED,
+            status=status,
+            reason=reason,
+            failure=failure,
+            received_status=received,
+            headers=contacts or [],
+        )
         self.state = LegState.ENDED
         self.do(Finished(status, reason, failure), Release())
 
@@ -189,7 +267,7 @@ class Leg(Machine):
         self.do(Finished(487, event.reason, event.reason, cancelled=True), CancelInvite())
 
     def _hang_up(self, event: CancelRequested | ByeRequested) -> None:
-        if self.ack is None:
+        if self.side.last_ack is None:  # a 2xx is ACKed before its dialog is ended
             self._send_ack(pb.SipBody())
         self._bye()
         self._end(200, event.reason)
@@ -199,27 +277,32 @@ class Leg(Machine):
 
     def _send_ack(self, body: pb.SipBody) -> None:
         if self.dialog is not None:
-            self.ack = self.dialog.create_ack(body_headers(body), body.body)
-            self.do(SendAck(self.ack))
+            self.side.ack(self.dialog.create_ack(body_headers(body), body.body))
 
     def _bye(self) -> None:
         if self.dialog is not None:
-            self.do(SendRequest(self.dialog.create_request("BYE", _UA)))
+            self.side.send(self.dialog.create_request("BYE", _UA))
 
     def _relay_requested(self, event: RelayRequested) -> None:
         relayed = event.request
-        assert self.dialog is not None
+        dialog = self.dialog if self.state is LegState.ANSWERED else self.early
+        if dialog is None or (self.state is not LegState.ANSWERED and relayed.method != "UPDATE"):
+            self._publish(Kind.RESPONSE, response=_refused(relayed, 481))
+            return
+        if relayed.method == "INVITE" and self.side.invite_in is not None:
+            self._publish(Kind.RESPONSE, response=_refused(relayed, 491))  # glare, at once
+            return
         headers = Relay.inbound_headers(relayed)
-        request = self.dialog.create_request(relayed.method, headers, relayed.body.body)
+        request = dialog.create_request(relayed.method, headers, relayed.body.body)
         self.relay.sent[relayed.request_id] = False
-        self.do(SendRequest(request, relayed.request_id))
+        self.side.send(request, relayed.request_id)
 
     def _relay_answered(self, event: RelayAnswered) -> None:
         answer = self.relay.answer(event.response, self.local.contact)
         if answer is None:
             return
         txn, response = answer
-        self.do(Respond(txn, response))
+        self.side.respond(txn, response)
         if txn.request.method == "INVITE" and 200 <= response.status < 300:
             self.callee_invite = True
 
@@ -232,6 +315,8 @@ class Leg(Machine):
         if error is not None:
             self.do(Respond(event.txn, respond(request, error)))
             return
+        if self.side.receive(request, event.txn):
+            return
         if request.method == "BYE":
             self.do(Respond(event.txn, respond(request, 200)))
             self._publish(Kind.ENDED, status=200, reason="callee hung up")
@@ -240,6 +325,21 @@ class Leg(Machine):
         if request.method == "INVITE":  # the far end may be slow: say so at once
             self.do(Respond(event.txn, respond(request, 100)))
         self._publish(Kind.REQUEST, request=self.relay.outbound(event.txn))
+
+    def _early_request(self, event: InDialogRequest) -> None:
+        """A request in an early dialog: an UPDATE crosses (RFC 3311); the rest is 481."""
+        request = event.request
+        dialog = self.dialogs.dialogs.get(request.from_.tag or "")
+        if dialog is None or request.method not in ("UPDATE", "OPTIONS"):
+            self._no_dialog(event)
+            return
+        error = dialog.on_request(request)
+        if error is not None:
+            self.do(Respond(event.txn, respond(request, error)))
+        elif request.method == "OPTIONS":
+            self.do(Respond(event.txn, respond(request, 200, headers=[("Allow", ALLOW)])))
+        else:
+            self._publish(Kind.REQUEST, request=self.relay.outbound(event.txn))
 
     def _no_dialog(self, event: InDialogRequest) -> None:
         self.do(Respond(event.txn, respond(event.request, 481)))
@@ -251,16 +351,38 @@ class Leg(Machine):
             self._publish(Kind.REQUEST, request=ack)
 
     def _callee_answered(self, event: InDialogResponse) -> None:
-        answered = self.relay.sent.get(event.request_id)
         response = event.response
+        if event.request_id == REFRESH:
+            gone = self.side.refreshed(response)
+            if gone is not None:
+                self._session_over(gone)
+            return
+        answered = self.relay.sent.get(event.request_id)
         if answered is None or (response is not None and response.status < 200):
             return
         if answered:  # a 2xx again (a re-INVITE's): our ACK was lost
-            if self.ack is not None and response is not None and response.status < 300:
-                self.do(SendAck(self.ack))
+            if response is not None and response.status < 300 and self.side.last_ack:
+                self.side.ack(self.side.last_ack)
             return
         self.relay.sent[event.request_id] = True
+        self.side.answered(event.request_id, response)
         self._publish(Kind.RESPONSE, response=leg_response(event.request_id, response))
+
+    # ---- the session timer ---------------------------------------------------------------
+
+    def _timer(self, event: TimerFired) -> None:
+        if event.name in ("refresh", "retry"):
+            self.side.refresh()
+        elif event.name == "expiry":
+            self._session_over("no session refresh in time")
+        else:
+            raise ProtocolError(self.KIND, self.state, event)
+
+    def _session_over(self, reason: str) -> None:
+        """RFC 4028 10: the session expired: BYE, and the call ends with it."""
+        self._bye()
+        self._publish(Kind.ENDED, status=200, reason=reason, failure="session_expired")
+        self._end(200, reason)
 
     def _end(self, status: int, reason: str) -> None:
         self.state = LegState.ENDED
@@ -270,22 +392,33 @@ class Leg(Machine):
         pass
 
 
-_UA = [("User-Agent", USER_AGENT)]
+def _refused(request: pb.LegRequest, status: int) -> pb.LegResponse:
+    reason = {481: "Call/Transaction Does Not Exist", 491: "Request Pending"}[status]
+    return pb.LegResponse(request_id=request.request_id, status=status, reason=reason)
 
 
 def invite_request(
-    create: pb.LegCreate, peer: tuple[str, int], local: Local, tag: str, call_id: str
+    create: pb.LegCreate,
+    peer: tuple[str, int],
+    local: Local,
+    tag: str,
+    call_id: str,
+    profile: Profile,
 ) -> Request:
     """The leg's INVITE: tandem's own From, To, Call-ID and Contact; the caller's identity
-    and history only as the target's trunk allows."""
+    and history only as the caller's privacy and this trunk's trust allow."""
     target = create.target
     hostport = format_host_port(*peer)
     suffix = ";transport=tcp" if local.transport == "tcp" else ""
-    if target.suppress_caller_id:
+    privacy = {p.strip().lower() for p in create.privacy.split(",") if p.strip()}
+    withheld = not target.calling  # a route that suppresses the caller ID, with no alternate
+    anonymous = withheld or bool(privacy & HIDE_IDENTITY)
+    if anonymous:
         from_ = f"{ANONYMOUS_FROM};tag={tag}"
     else:
-        display = f"{quote_display(create.calling_display)} " if create.calling_display else ""
-        from_ = f"{display}<sip:{target.calling or 'anonymous'}@{local.host}>;tag={tag}"
+        display = create.calling_display
+        shown = f"{quote_display(display)} " if display and not target.suppress_caller_id else ""
+        from_ = f"{shown}<sip:{target.calling}@{local.host}>;tag={tag}"
     fields = [
         ("Max-Forwards", str(create.max_forwards)),
         ("From", from_),
@@ -297,13 +430,20 @@ def invite_request(
         ("User-Agent", USER_AGENT),
     ]
     forwarded = [(h.name, h.value) for h in create.headers]
-    if target.forward_pai:
-        pai = [(n, v) for n, v in forwarded if n.lower() == "p-asserted-identity"]
-        fields += pai or [("P-Asserted-Identity", f"<sip:{target.calling}@{local.host}>")]
-    if target.forward_call_history:
-        fields += [(n, v) for n, v in forwarded if n.lower() in ("history-info", "diversion")]
-    if target.suppress_caller_id:
+    if profile.trusted:  # RFC 3325: the asserted identity, with the privacy it asks for
+        asserted = [v for n, v in forwarded if n.lower() == "p-asserted-identity"]
+        if target.suppress_caller_id and target.calling:
+            asserted = [f"<sip:{target.calling}@{local.host}>"]  # the route's alternate
+        elif not asserted and target.calling:
+            asserted = [f"<sip:{target.calling}@{local.host}>"]
+        fields += [("P-Asserted-Identity", v) for v in asserted]
+        wanted = privacy | ({"id"} if withheld else set())
+        if wanted:
+            fields.append(("Privacy", "; ".join(sorted(wanted))))
+    elif anonymous:
         fields.append(("Privacy", "id"))
+    if profile.forward_call_history and (profile.trusted or not privacy & HIDE_HISTORY):
+        fields += [(n, v) for n, v in forwarded if n.lower() in ("history-info", "diversion")]
     if create.body.body:
         fields.append(("Content-Type", create.body.content_type or "application/sdp"))
     uri = f"sip:{target.called}@{hostport}{suffix}"
@@ -321,27 +461,35 @@ def _table() -> dict[tuple[LegState, type], Handler]:
         (S.ANSWERED, ByeRequested): Leg._hang_up,
         (S.ANSWERED, AckRequested): Leg._ack_requested,
         (S.ANSWERED, RelayRequested): Leg._relay_requested,
+        (S.EARLY, RelayRequested): Leg._relay_requested,
         (S.ANSWERED, RelayAnswered): Leg._relay_answered,
+        (S.EARLY, RelayAnswered): Leg._relay_answered,
         (S.ANSWERED, InDialogRequest): Leg._callee_request,
         (S.ANSWERED, AckReceived): Leg._callee_ack,
         (S.ANSWERED, InDialogResponse): Leg._callee_answered,
+        (S.EARLY, InDialogResponse): Leg._callee_answered,
+        (S.ANSWERED, TimerFired): Leg._timer,
         (S.CANCELLING, InDialogRequest): Leg._no_dialog,
     }
     for state in EARLY:
         table[state, InviteResponse] = Leg._response
         table[state, CancelRequested] = Leg._cancel
         table[state, ByeRequested] = Leg._cancel
-        table[state, InDialogRequest] = Leg._no_dialog
+        table[state, InDialogRequest] = Leg._early_request
     # commands that cross a change they could not know of: nothing left to do
     late: list[tuple[LegState, type]] = [
-        (state, event)
-        for state in (*EARLY, S.CANCELLING)
-        for event in (AckRequested, RelayRequested, RelayAnswered)
+        (S.CALLING, RelayRequested),
+        (S.CALLING, RelayAnswered),
+        *((state, AckRequested) for state in (*EARLY, S.CANCELLING)),
+        (S.CANCELLING, RelayRequested),
+        (S.CANCELLING, RelayAnswered),
+        (S.CANCELLING, CancelRequested),
+        (S.CANCELLING, ByeRequested),
+        (S.ENDED, InDialogResponse),
+        (S.CANCELLING, InDialogResponse),
     ]
-    late += [(S.CANCELLING, CancelRequested), (S.CANCELLING, ByeRequested)]
     for state, event in late:
         table[state, event] = Leg._ignore
-    table[S.ENDED, InDialogResponse] = Leg._ignore
     return table
 
 

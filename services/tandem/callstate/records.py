@@ -89,6 +89,7 @@ def _leg_answered(call: pb.ActiveCall, event: pb.CallEvent) -> None:
 def _leg_failed(call: pb.ActiveCall, event: pb.CallEvent) -> None:
     attempt = _attempt(call, event)
     attempt.status, attempt.reason = event.status, event.reason
+    attempt.received_status = event.received_status
     attempt.end_unix_ms = event.time_unix_ms
 
 
@@ -171,6 +172,7 @@ def cdr(call: pb.ActiveCall, end: pb.CallEvent) -> pb.Cdr:
         answer_unix_ms=call.answer_unix_ms,
         end_unix_ms=end_ms,
         ended_by=end.ended_by,
+        end_reason=end.end_reason or (EDGE_LOST if end.ended_by == EDGE_LOST else ""),
         failover_count=max(0, len(attempts) - 1),
         trace_id=call.trace_id,
         edge=call.edge,

@@ -23,6 +23,7 @@ from tandem.b2bua import Call, Leg, ProtocolError
 from tandem.b2bua import actions as a
 from tandem.b2bua import events as e
 from tandem.b2bua.local import Local
+from tandem.b2bua.profile import Profile
 from tandem.b2bua.relay import respond
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.registry import Registry, Runner
@@ -32,6 +33,7 @@ from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
 from tandem.policy import Trunk
 from tandem.sip import Request, Response
+from tandem.sip.uri import DEFAULT_PORT, URI
 
 log = logging.getLogger("tandem.edge.executor")
 
@@ -65,11 +67,13 @@ class Executor:
         self.spawn = spawn
         self.mask = mask
         self.locals = {t: Local(*sent_by, t) for t in ("udp", "tcp")}
+        # the trunk an address belongs to (by its sources): the edge's admission, set later
+        self.trunk_of: Callable[[str, int], str | None] = lambda host, port: None
 
     # ---- new machines ------------------------------------------------------------------
 
     def start_call(self, invite: Request, txn: ServerTransaction, peer: Peer, trunk: Trunk) -> None:
-        call = Call(self.edge, trunk.id, self.locals[peer.transport])
+        call = Call(self.edge, profile_of(trunk), self.locals[peer.transport])
         trace = CallTrace(self.tracer, self.edge, call.id, trunk.id, invite.call_id, self.mask)
         call.trace_id = trace.trace_id
         runner = Runner(call, peer, trunk.id, trace, (invite.call_id, call.local_tag))
@@ -80,7 +84,7 @@ class Executor:
 
     def start_leg(self, command: pb.LegCommand, trunk: Trunk, parent: otel_context.Context) -> None:
         peer = Peer(trunk.transport, *trunk.peer_address)
-        leg = Leg(self.edge, command, peer.addr, self.locals[trunk.transport])
+        leg = Leg(self.edge, command, peer.addr, self.locals[trunk.transport], profile_of(trunk))
         trace = LegTrace(self.tracer, parent, self.edge, command, leg.sip_call_id, self.mask)
         runner = Runner(leg, peer, trunk.id, trace, (leg.sip_call_id, leg.local_tag))
         self.registry.add_leg(runner)
@@ -147,10 +151,29 @@ class Executor:
             if request_id:
                 self.feed(runner, e.InDialogResponse(request_id, response))
 
-        self.transactions.send_request(action.request, runner.peer, on_response)
+        peer = self.next_hop(runner, action.target)
+        self.transactions.send_request(action.request, peer, on_response)
 
     def _send_ack(self, runner: Runner, action: a.SendAck) -> None:
-        self.transactions.send_stateless(action.request, runner.peer)
+        self.transactions.send_stateless(action.request, self.next_hop(runner, action.target))
+
+    def next_hop(self, runner: Runner, target: str) -> Peer:
+        """Where a request in a dialog goes: the dialog's next hop (the far end's Contact or
+        first Route) when it is an address of the same trunk; else where the dialog began
+        (a Contact elsewhere must not turn tandem into anyone's reflector)."""
+        if not target:
+            return runner.peer
+        try:
+            uri = URI.parse(target)
+        except ValueError:
+            return runner.peer
+        transport = (uri.param("transport") or runner.peer.transport).lower()
+        if uri.scheme == "sips":
+            transport = "tls"
+        peer = Peer(transport, uri.host, uri.port or DEFAULT_PORT)
+        if peer == runner.peer or transport not in ("udp", "tcp", "tls"):
+            return runner.peer if transport not in ("udp", "tcp", "tls") else peer
+        return peer if self.trunk_of(uri.host, peer.port) == runner.trunk else runner.peer
 
     # ---- the bus -------------------------------------------------------------------------
 
@@ -244,6 +267,20 @@ class Executor:
             self.metrics.calls_active.dec()
         else:
             self.metrics.legs_active.dec()
+
+
+def profile_of(trunk: Trunk) -> Profile:
+    """What the machines need of a trunk's settings."""
+    return Profile(
+        trunk=trunk.id,
+        trusted=trunk.trusted,
+        forward_call_history=trunk.forward_call_history,
+        session_expires_s=trunk.session_expires_s,
+        min_se_s=trunk.min_se_s,
+        max_call_s=trunk.max_call_s,
+        refer=trunk.refer,
+        response_map=tuple(sorted(trunk.response_map.items())),
+    )
 
 
 ACTIONS: dict[type, Callable[[Executor, Runner, Any], None]] = {

@@ -9,7 +9,16 @@ import logging
 import time
 
 from tandem.b2bua import events as e
-from tandem.b2bua.local import ACCEPT, ALLOW, BODY_TYPES, METHODS, RETRY_AFTER_S, SUPPORTED, new_tag
+from tandem.b2bua.local import (
+    ACCEPT,
+    ALLOW,
+    BODY_TYPES,
+    EXTENSIONS,
+    METHODS,
+    RETRY_AFTER_S,
+    SUPPORTED,
+    new_tag,
+)
 from tandem.b2bua.relay import respond
 from tandem.edge.admission import Admission, RejectLimiter
 from tandem.edge.executor import Executor
@@ -126,7 +135,7 @@ class Inbound:
                 self.executor.feed(runner, e.AckReceived(request))
             return
         txn = self.transactions.server(event, peer)
-        error = validate_request(request, methods=METHODS, accept=BODY_TYPES)
+        error = validate_request(request, methods=METHODS, supported=EXTENSIONS, accept=BODY_TYPES)
         if error is not None:
             assert error.status is not None
             self._answer(txn, error.status, list(error.headers))

@@ -70,6 +70,7 @@ class Service:
         self.inbound = Inbound(
             edge.id, self.transports, self.transactions, self.registry, self.executor, self.metrics
         )
+        self.executor.trunk_of = self._trunk_of
         self.prober = Prober(
             edge.id,
             self.transactions,
@@ -189,6 +190,10 @@ class Service:
                     log.info("policy reloaded: %d trunks served", len(self.trunks))
             except Exception:
                 log.exception("policy reload failed; keeping the previous one")
+
+    def _trunk_of(self, host: str, port: int) -> str | None:
+        trunk = self.inbound.admission.trunk(host, port)
+        return trunk.id if trunk is not None else None
 
     # ---- SIP in -------------------------------------------------------------------------------
 

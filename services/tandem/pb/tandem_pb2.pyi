@@ -43,7 +43,7 @@ class RouteRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ...) -> None: ...
 
 class RouteTarget(_message.Message):
-    __slots__ = ("trunk", "edge", "called", "calling", "usage", "route", "suppress_caller_id", "failover_timer_s", "failover_response_codes", "forward_pai", "forward_call_history", "trunk_down")
+    __slots__ = ("trunk", "edge", "called", "calling", "usage", "route", "suppress_caller_id", "failover_timer_s", "failover_response_codes", "forward_pai", "forward_call_history", "trunk_down", "max_ring_s", "max_call_s", "redirect")
     TRUNK_FIELD_NUMBER: _ClassVar[int]
     EDGE_FIELD_NUMBER: _ClassVar[int]
     CALLED_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,9 @@ class RouteTarget(_message.Message):
     FORWARD_PAI_FIELD_NUMBER: _ClassVar[int]
     FORWARD_CALL_HISTORY_FIELD_NUMBER: _ClassVar[int]
     TRUNK_DOWN_FIELD_NUMBER: _ClassVar[int]
+    MAX_RING_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_S_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_FIELD_NUMBER: _ClassVar[int]
     trunk: str
     edge: str
     called: str
@@ -68,7 +71,10 @@ class RouteTarget(_message.Message):
     forward_pai: bool
     forward_call_history: bool
     trunk_down: bool
-    def __init__(self, trunk: _Optional[str] = ..., edge: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., suppress_caller_id: _Optional[bool] = ..., failover_timer_s: _Optional[float] = ..., failover_response_codes: _Optional[_Iterable[int]] = ..., forward_pai: _Optional[bool] = ..., forward_call_history: _Optional[bool] = ..., trunk_down: _Optional[bool] = ...) -> None: ...
+    max_ring_s: float
+    max_call_s: float
+    redirect: str
+    def __init__(self, trunk: _Optional[str] = ..., edge: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., suppress_caller_id: _Optional[bool] = ..., failover_timer_s: _Optional[float] = ..., failover_response_codes: _Optional[_Iterable[int]] = ..., forward_pai: _Optional[bool] = ..., forward_call_history: _Optional[bool] = ..., trunk_down: _Optional[bool] = ..., max_ring_s: _Optional[float] = ..., max_call_s: _Optional[float] = ..., redirect: _Optional[str] = ...) -> None: ...
 
 class RouteDecision(_message.Message):
     __slots__ = ("result", "status", "reason", "normalized_called", "normalized_calling", "usage", "route", "targets", "explain")
@@ -111,7 +117,7 @@ class SipBody(_message.Message):
     def __init__(self, content_type: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class LegCreate(_message.Message):
-    __slots__ = ("target", "calling_display", "headers", "body", "max_forwards", "attempt", "sip_call_id", "owner_edge")
+    __slots__ = ("target", "calling_display", "headers", "body", "max_forwards", "attempt", "sip_call_id", "owner_edge", "privacy")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CALLING_DISPLAY_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +126,7 @@ class LegCreate(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_EDGE_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     target: RouteTarget
     calling_display: str
     headers: _containers.RepeatedCompositeFieldContainer[Header]
@@ -128,7 +135,8 @@ class LegCreate(_message.Message):
     attempt: int
     sip_call_id: str
     owner_edge: str
-    def __init__(self, target: _Optional[_Union[RouteTarget, _Mapping]] = ..., calling_display: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., max_forwards: _Optional[int] = ..., attempt: _Optional[int] = ..., sip_call_id: _Optional[str] = ..., owner_edge: _Optional[str] = ...) -> None: ...
+    privacy: str
+    def __init__(self, target: _Optional[_Union[RouteTarget, _Mapping]] = ..., calling_display: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., max_forwards: _Optional[int] = ..., attempt: _Optional[int] = ..., sip_call_id: _Optional[str] = ..., owner_edge: _Optional[str] = ..., privacy: _Optional[str] = ...) -> None: ...
 
 class LegCancel(_message.Message):
     __slots__ = ("reason",)
@@ -203,7 +211,7 @@ class CommandReply(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class LegEvent(_message.Message):
-    __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq")
+    __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq", "received_status")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[LegEvent.Kind]
@@ -234,6 +242,7 @@ class LegEvent(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_STATUS_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     call_id: str
     edge: str
@@ -248,10 +257,11 @@ class LegEvent(_message.Message):
     failure: str
     time_unix_ms: int
     seq: int
-    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+    received_status: int
+    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ..., received_status: _Optional[int] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt", "failure")
+    __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt", "failure", "end_reason", "received_status")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[CallEvent.Kind]
@@ -292,6 +302,8 @@ class CallEvent(_message.Message):
     NORMALIZED_CALLED_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_STATUS_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     kind: CallEvent.Kind
     seq: int
@@ -312,7 +324,9 @@ class CallEvent(_message.Message):
     normalized_called: str
     attempt: int
     failure: str
-    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[_Union[CallEvent.Kind, str]] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ..., failure: _Optional[str] = ...) -> None: ...
+    end_reason: str
+    received_status: int
+    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[_Union[CallEvent.Kind, str]] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ..., failure: _Optional[str] = ..., end_reason: _Optional[str] = ..., received_status: _Optional[int] = ...) -> None: ...
 
 class Hangup(_message.Message):
     __slots__ = ("call_id", "reason")
@@ -380,7 +394,7 @@ class TrunkCounters(_message.Message):
     def __init__(self, trunk: _Optional[str] = ..., active_in: _Optional[int] = ..., active_out: _Optional[int] = ..., attempts: _Optional[int] = ..., answered: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., failures: _Optional[_Mapping[int, int]] = ..., peak_active: _Optional[int] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("leg_id", "trunk", "sip_call_id", "called", "calling", "status", "reason", "start_unix_ms", "end_unix_ms", "answer_unix_ms", "attempt")
+    __slots__ = ("leg_id", "trunk", "sip_call_id", "called", "calling", "status", "reason", "start_unix_ms", "end_unix_ms", "answer_unix_ms", "attempt", "received_status")
     LEG_ID_FIELD_NUMBER: _ClassVar[int]
     TRUNK_FIELD_NUMBER: _ClassVar[int]
     SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -392,6 +406,7 @@ class Attempt(_message.Message):
     END_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ANSWER_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_STATUS_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     trunk: str
     sip_call_id: str
@@ -403,7 +418,8 @@ class Attempt(_message.Message):
     end_unix_ms: int
     answer_unix_ms: int
     attempt: int
-    def __init__(self, leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    received_status: int
+    def __init__(self, leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., received_status: _Optional[int] = ...) -> None: ...
 
 class ActiveCall(_message.Message):
     __slots__ = ("call_id", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "state", "invite_unix_ms", "answer_unix_ms", "attempts", "trace_id", "last_seq", "timeline", "normalized_called", "usage", "route")
@@ -442,7 +458,7 @@ class ActiveCall(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., state: _Optional[_Union[CallState, str]] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., trace_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., timeline: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ..., normalized_called: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
 
 class Cdr(_message.Message):
-    __slots__ = ("call_id", "sip_call_ids", "ingress_trunk", "egress_trunk", "attempts", "called_received", "calling_received", "called_sent", "calling_sent", "invite_unix_ms", "answer_unix_ms", "end_unix_ms", "duration_s", "final_status", "final_reason", "ended_by", "failover_count", "trace_id", "edge", "usage", "route")
+    __slots__ = ("call_id", "sip_call_ids", "ingress_trunk", "egress_trunk", "attempts", "called_received", "calling_received", "called_sent", "calling_sent", "invite_unix_ms", "answer_unix_ms", "end_unix_ms", "duration_s", "final_status", "final_reason", "ended_by", "failover_count", "trace_id", "edge", "usage", "route", "end_reason")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SIP_CALL_IDS_FIELD_NUMBER: _ClassVar[int]
     INGRESS_TRUNK_FIELD_NUMBER: _ClassVar[int]
@@ -464,6 +480,7 @@ class Cdr(_message.Message):
     EDGE_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     sip_call_ids: _containers.RepeatedScalarFieldContainer[str]
     ingress_trunk: str
@@ -485,4 +502,5 @@ class Cdr(_message.Message):
     edge: str
     usage: str
     route: str
-    def __init__(self, call_id: _Optional[str] = ..., sip_call_ids: _Optional[_Iterable[str]] = ..., ingress_trunk: _Optional[str] = ..., egress_trunk: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., called_received: _Optional[str] = ..., calling_received: _Optional[str] = ..., called_sent: _Optional[str] = ..., calling_sent: _Optional[str] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., duration_s: _Optional[float] = ..., final_status: _Optional[int] = ..., final_reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., failover_count: _Optional[int] = ..., trace_id: _Optional[str] = ..., edge: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
+    end_reason: str
+    def __init__(self, call_id: _Optional[str] = ..., sip_call_ids: _Optional[_Iterable[str]] = ..., ingress_trunk: _Optional[str] = ..., egress_trunk: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., called_received: _Optional[str] = ..., calling_received: _Optional[str] = ..., called_sent: _Optional[str] = ..., calling_sent: _Optional[str] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., duration_s: _Optional[float] = ..., final_status: _Optional[int] = ..., final_reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., failover_count: _Optional[int] = ..., trace_id: _Optional[str] = ..., edge: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., end_reason: _Optional[str] = ...) -> None: ...

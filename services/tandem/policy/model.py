@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -182,10 +182,19 @@ class Trunk(Strict):
     max_concurrent_calls: int | None = Field(default=None, ge=1)
     failover_timer_s: float = Field(default=10.0, gt=0, le=300)
     failover_response_codes: list[int] = [408, 503, 504]
-    forward_pai: bool = False
+    forward_pai: bool = False  # the wave-1 name of `trusted` (read as trusted: true)
     forward_call_history: bool = False
     options_interval_s: float = Field(default=30.0, ge=0, le=3600)  # 0: no probes
     enabled: bool = True
+    # in the trust domain (RFC 3325): its P-Asserted-Identity is believed, ours is sent to it
+    trusted: bool = False
+    session_expires_s: int = Field(default=1800, ge=0, le=86400)  # RFC 4028; 0: no timer
+    min_se_s: int = Field(default=90, ge=90, le=86400)
+    max_ring_s: float = Field(default=180.0, ge=0, le=3600)  # 0: rings as long as it likes
+    max_call_s: float = Field(default=14400.0, ge=0, le=7 * 86400)  # 0: no limit
+    refer: Literal["handle", "relay", "reject"] = "handle"
+    redirect: Literal["relay", "follow"] = "relay"
+    response_map: dict[int, int] = {}  # its final codes as tandem passes them on: {404: 503}
     tls_verify: bool = True  # outbound TLS: the peer's certificate must name the peer's host
     tls_names: list[str] = []  # inbound TLS: one of these must be in the certificate's SAN
     auth: TrunkAuth | None = None
@@ -207,6 +216,30 @@ class Trunk(Strict):
             except ValueError as exc:
                 raise ValueError(f"{text!r} is not an IP, CIDR or IP:port ({exc})") from None
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _forward_pai_is_trusted(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("forward_pai") and "trusted" not in data:
+            return {**data, "trusted": True}
+        return data
+
+    @field_validator("response_map")
+    @classmethod
+    def _response_map(cls, value: dict[int, int]) -> dict[int, int]:
+        bad = sorted(code for pair in value.items() for code in pair if not 300 <= code <= 699)
+        if bad:
+            raise ValueError(f"maps final SIP codes only (300-699), not {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _session_timer(self) -> Trunk:
+        if self.session_expires_s and self.session_expires_s < self.min_se_s:
+            raise ValueError(
+                f"session_expires_s ({self.session_expires_s}) is below min_se_s "
+                f"({self.min_se_s}): 0 disables the timer"
+            )
+        return self
 
     @field_validator("failover_response_codes")
     @classmethod
@@ -281,8 +314,6 @@ class Route(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Route:
-        if self.suppress_caller_id and not self.alternate_caller_id:
-            raise ValueError("alternate_caller_id is required when suppress_caller_id is true")
         if self.spread == "weighted":
             missing = [t for t in self.trunks if self.weights.get(t, 0) <= 0]
             if missing:

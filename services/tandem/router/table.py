@@ -60,8 +60,11 @@ class CompiledTrunk:
                 edge=trunk.edge,
                 failover_timer_s=trunk.failover_timer_s,
                 failover_response_codes=trunk.failover_response_codes,
-                forward_pai=trunk.forward_pai,
+                forward_pai=trunk.trusted,
                 forward_call_history=trunk.forward_call_history,
+                max_ring_s=trunk.max_ring_s,
+                max_call_s=trunk.max_call_s,
+                redirect=trunk.redirect,
             ),
         )
 
@@ -311,8 +314,8 @@ class RoutingTable:
         calling: str,
     ) -> None:
         trunk = self.trunks[trunk_id]
-        if route.suppress_caller_id and route.alternate_caller_id:
-            calling = route.alternate_caller_id
+        if route.suppress_caller_id:  # the alternate number, or none at all (anonymous)
+            calling = route.alternate_caller_id or ""
         called, _ = apply_rules(trunk.outbound_called_rules, called)
         if calling:
             calling, _ = apply_rules(trunk.outbound_calling_rules, calling)

@@ -1,0 +1,26 @@
+"""What a call or leg machine needs to know of its trunk: the edge builds it from the policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The settings of the trunk on one side of a call (defaults: the policy's)."""
+
+    trunk: str = ""
+    trusted: bool = False  # in the trust domain (RFC 3325): its identity believed, ours sent
+    forward_call_history: bool = False  # Diversion and History-Info cross to it
+    session_expires_s: int = 1800  # RFC 4028 on this side's dialog; 0: no session timer
+    min_se_s: int = 90
+    max_call_s: float = 14400.0  # 0: no limit
+    refer: str = "handle"  # handle, relay or reject a REFER from this trunk
+    response_map: tuple[tuple[int, int], ...] = ()  # its final codes, translated
+
+    def mapped(self, status: int) -> int:
+        """A final response code as this trunk's response map translates it."""
+        for received, sent in self.response_map:
+            if received == status:
+                return sent
+        return status
