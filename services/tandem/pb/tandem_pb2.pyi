@@ -211,7 +211,7 @@ class CommandReply(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class LegEvent(_message.Message):
-    __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq", "received_status")
+    __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq", "received_status", "remote_tag", "local_tag")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[LegEvent.Kind]
@@ -221,6 +221,7 @@ class LegEvent(_message.Message):
         REQUEST: _ClassVar[LegEvent.Kind]
         RESPONSE: _ClassVar[LegEvent.Kind]
         ENDED: _ClassVar[LegEvent.Kind]
+        TRANSFER: _ClassVar[LegEvent.Kind]
     KIND_UNSPECIFIED: LegEvent.Kind
     PROGRESS: LegEvent.Kind
     ANSWERED: LegEvent.Kind
@@ -228,6 +229,7 @@ class LegEvent(_message.Message):
     REQUEST: LegEvent.Kind
     RESPONSE: LegEvent.Kind
     ENDED: LegEvent.Kind
+    TRANSFER: LegEvent.Kind
     LEG_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     EDGE_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +245,8 @@ class LegEvent(_message.Message):
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_STATUS_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_TAG_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_TAG_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     call_id: str
     edge: str
@@ -258,10 +262,12 @@ class LegEvent(_message.Message):
     time_unix_ms: int
     seq: int
     received_status: int
-    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ..., received_status: _Optional[int] = ...) -> None: ...
+    remote_tag: str
+    local_tag: str
+    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ..., received_status: _Optional[int] = ..., remote_tag: _Optional[str] = ..., local_tag: _Optional[str] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt", "failure", "end_reason", "received_status")
+    __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt", "failure", "end_reason", "received_status", "transferred_from", "transferred_to")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[CallEvent.Kind]
@@ -304,6 +310,8 @@ class CallEvent(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     END_REASON_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_STATUS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERRED_FROM_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERRED_TO_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     kind: CallEvent.Kind
     seq: int
@@ -326,7 +334,9 @@ class CallEvent(_message.Message):
     failure: str
     end_reason: str
     received_status: int
-    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[_Union[CallEvent.Kind, str]] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ..., failure: _Optional[str] = ..., end_reason: _Optional[str] = ..., received_status: _Optional[int] = ...) -> None: ...
+    transferred_from: str
+    transferred_to: str
+    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[_Union[CallEvent.Kind, str]] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ..., failure: _Optional[str] = ..., end_reason: _Optional[str] = ..., received_status: _Optional[int] = ..., transferred_from: _Optional[str] = ..., transferred_to: _Optional[str] = ...) -> None: ...
 
 class Hangup(_message.Message):
     __slots__ = ("call_id", "reason")
@@ -422,7 +432,7 @@ class Attempt(_message.Message):
     def __init__(self, leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., received_status: _Optional[int] = ...) -> None: ...
 
 class ActiveCall(_message.Message):
-    __slots__ = ("call_id", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "state", "invite_unix_ms", "answer_unix_ms", "attempts", "trace_id", "last_seq", "timeline", "normalized_called", "usage", "route")
+    __slots__ = ("call_id", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "state", "invite_unix_ms", "answer_unix_ms", "attempts", "trace_id", "last_seq", "timeline", "normalized_called", "usage", "route", "transferred_from")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     EDGE_FIELD_NUMBER: _ClassVar[int]
     INGRESS_TRUNK_FIELD_NUMBER: _ClassVar[int]
@@ -439,6 +449,7 @@ class ActiveCall(_message.Message):
     NORMALIZED_CALLED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERRED_FROM_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     edge: str
     ingress_trunk: str
@@ -455,10 +466,11 @@ class ActiveCall(_message.Message):
     normalized_called: str
     usage: str
     route: str
-    def __init__(self, call_id: _Optional[str] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., state: _Optional[_Union[CallState, str]] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., trace_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., timeline: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ..., normalized_called: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
+    transferred_from: str
+    def __init__(self, call_id: _Optional[str] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., state: _Optional[_Union[CallState, str]] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., trace_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., timeline: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ..., normalized_called: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., transferred_from: _Optional[str] = ...) -> None: ...
 
 class Cdr(_message.Message):
-    __slots__ = ("call_id", "sip_call_ids", "ingress_trunk", "egress_trunk", "attempts", "called_received", "calling_received", "called_sent", "calling_sent", "invite_unix_ms", "answer_unix_ms", "end_unix_ms", "duration_s", "final_status", "final_reason", "ended_by", "failover_count", "trace_id", "edge", "usage", "route", "end_reason")
+    __slots__ = ("call_id", "sip_call_ids", "ingress_trunk", "egress_trunk", "attempts", "called_received", "calling_received", "called_sent", "calling_sent", "invite_unix_ms", "answer_unix_ms", "end_unix_ms", "duration_s", "final_status", "final_reason", "ended_by", "failover_count", "trace_id", "edge", "usage", "route", "end_reason", "transferred_from", "transferred_to")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SIP_CALL_IDS_FIELD_NUMBER: _ClassVar[int]
     INGRESS_TRUNK_FIELD_NUMBER: _ClassVar[int]
@@ -481,6 +493,8 @@ class Cdr(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     END_REASON_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERRED_FROM_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERRED_TO_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     sip_call_ids: _containers.RepeatedScalarFieldContainer[str]
     ingress_trunk: str
@@ -503,4 +517,6 @@ class Cdr(_message.Message):
     usage: str
     route: str
     end_reason: str
-    def __init__(self, call_id: _Optional[str] = ..., sip_call_ids: _Optional[_Iterable[str]] = ..., ingress_trunk: _Optional[str] = ..., egress_trunk: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., called_received: _Optional[str] = ..., calling_received: _Optional[str] = ..., called_sent: _Optional[str] = ..., calling_sent: _Optional[str] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., duration_s: _Optional[float] = ..., final_status: _Optional[int] = ..., final_reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., failover_count: _Optional[int] = ..., trace_id: _Optional[str] = ..., edge: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., end_reason: _Optional[str] = ...) -> None: ...
+    transferred_from: str
+    transferred_to: str
+    def __init__(self, call_id: _Optional[str] = ..., sip_call_ids: _Optional[_Iterable[str]] = ..., ingress_trunk: _Optional[str] = ..., egress_trunk: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., called_received: _Optional[str] = ..., calling_received: _Optional[str] = ..., called_sent: _Optional[str] = ..., calling_sent: _Optional[str] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., duration_s: _Optional[float] = ..., final_status: _Optional[int] = ..., final_reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., failover_count: _Optional[int] = ..., trace_id: _Optional[str] = ..., edge: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., end_reason: _Optional[str] = ..., transferred_from: _Optional[str] = ..., transferred_to: _Optional[str] = ...) -> None: ...
