@@ -74,7 +74,10 @@ async def test_read_token_sees_write_token_hangs_up_and_neither_shows(
     page = await client.get("/console/calls/c1")
     bodies.append(page.text)
     assert 'id="hangup"' in page.text
-    done = await client.post("/console/calls/c1/hangup")
+    elsewhere = {"origin": "http://attacker.example"}
+    assert (await client.post("/console/calls/c1/hangup", headers=elsewhere)).status_code == 403
+    assert edge.hangups == []
+    done = await client.post("/console/calls/c1/hangup", headers={"origin": "http://callstate"})
     assert done.status_code == 303 and [h.call_id for h in edge.hangups] == ["c1"]
     for body in bodies:
         assert READ not in body and WRITE not in body

@@ -164,6 +164,10 @@ def reader(request: Request, console: ConsoleDep) -> Role:
 
 
 def writer(request: Request, console: ConsoleDep) -> Role:
+    # the cookie is SameSite=Strict; an open (loopback) console has no cookie to lean on
+    origin = request.headers.get("origin")
+    if origin and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, "a hang-up from another site's page")
     return need_role(request, console.tokens, Role.WRITE)
 
 
