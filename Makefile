@@ -10,13 +10,17 @@ CONFIG ?= examples/tandem.yaml
 PYTEST_ARGS ?=
 
 # command or file that proves a package is there : the Debian package (npm and unzip fetch
-# helm and kubectl, see `tools`).
+# helm and kubectl, see `tools`; sngrep receives the edges' HEP; chromium and its driver run
+# the console's browser tests).
 SYSTEM_DEPS := \
 	/usr/bin/sipp:sip-tester \
 	/usr/sbin/kamailio:kamailio \
 	/usr/bin/npm:npm \
 	/usr/bin/unzip:unzip \
-	/usr/sbin/dnsmasq:dnsmasq-base
+	/usr/sbin/dnsmasq:dnsmasq-base \
+	/usr/bin/sngrep:sngrep \
+	/usr/bin/chromium:chromium \
+	/usr/bin/chromedriver:chromium-driver
 
 # helm and kubectl for tests/deploy, pinned. Debian has no helm, and its kubectl (1.20)
 # cannot render kustomize v5 overlays; this npm package (AWS CDK's kubectl layer) carries

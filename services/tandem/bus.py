@@ -18,7 +18,7 @@ import nats.errors
 from google.protobuf.message import Message
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from tandem import telemetry
@@ -66,6 +66,16 @@ def cdr(trunk: str) -> str:
     return f"tandem.cdr.{trunk}"
 
 
+def sip_capture(call: str) -> str:
+    """A call's captured SIP messages: one subject per call, so they are one query."""
+    return f"tandem.sip.{call}"
+
+
+def sip_unmatched(edge: str) -> str:
+    """Captured messages of no call (OPTIONS probes, strays), by the edge that saw them."""
+    return f"tandem.sip.unmatched.{edge}"
+
+
 # ---- durable stores ---------------------------------------------------------------------
 CALLS_STREAM = "TANDEM_CALLS"
 CDR_STREAM = "TANDEM_CDR"
@@ -73,6 +83,7 @@ CONFIG_BUCKET = "TANDEM_CONFIG"
 ACTIVE_CALLS_BUCKET = "TANDEM_CALLS"
 TRUNK_HEALTH_BUCKET = "TANDEM_TRUNK_HEALTH"
 TRUNK_COUNTERS_BUCKET = "TANDEM_TRUNK_COUNTERS"
+SIP_STREAM = "TANDEM_SIP"
 
 DAY_S = 86400.0
 STREAMS = (
@@ -98,6 +109,19 @@ BUCKETS = (
     KeyValueConfig(bucket=TRUNK_HEALTH_BUCKET, storage=StorageType.FILE),
     KeyValueConfig(bucket=TRUNK_COUNTERS_BUCKET, storage=StorageType.FILE),
 )
+
+
+def sip_stream(max_age_s: float, max_bytes: int) -> StreamConfig:
+    """TANDEM_SIP, made by the edges with the config's capture limits (the oldest go first)."""
+    return StreamConfig(
+        name=SIP_STREAM,
+        subjects=[sip_capture(">")],
+        storage=StorageType.FILE,
+        max_age=max_age_s,
+        max_bytes=max_bytes,
+        discard=DiscardPolicy.OLD,
+    )
+
 
 # ---- timeouts (named, as nats.py does) ----------------------------------------------------
 CONNECT_TIMEOUT_S = 2.0

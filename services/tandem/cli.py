@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvloop
 
-from tandem import __version__, bus, telemetry
+from tandem import __version__, bus, consolecli, telemetry
 from tandem.config import Config, ConfigError, check_files, load_config
 from tandem.http import InsecureApiError
 
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_sub.add_parser("import", help="store the config file's routing policy")
     _common(p)
     p.add_argument("--if-empty", action="store_true", help="only when no policy is stored")
+    consolecli.add_parsers(sub, DEFAULT_CONFIG)  # calls, cdrs, trunks, hangup, ladder
     return parser
 
 
@@ -254,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "trace":
             return _trace(config, args.key)
+        if args.command in consolecli.COMMANDS:
+            return consolecli.run(args, config)
         if args.command == "demo":
             from tandem.demo import Demo
             from tandem.sim.config import load_sims

@@ -108,16 +108,58 @@ class Telemetry(Strict):
         return None if value is None else host_port(value, None)
 
 
+class Capture(Strict):
+    """SIP capture: every message in and out of each edge, by call, in TANDEM_SIP."""
+
+    enabled: bool = True
+    max_age_s: float = Field(default=3600.0, gt=0)  # the stream's limits: the oldest go first
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024)
+    bodies: bool = True  # false: bodies (SDP) are left out
+    hep: str | None = None  # also send HEP v3 to Homer / heplify-server: "udp:host:port"
+    hep_password: str | None = Field(default=None, repr=False)  # heplify-server's auth key
+    queue: int = Field(default=10_000, ge=1)  # messages waiting for the bus; more are dropped
+
+    @field_validator("hep")
+    @classmethod
+    def _hep(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, _, address = value.partition(":")
+        if scheme != "udp":
+            raise ValueError(f"capture.hep must be udp:host:port, not {value!r}")
+        host_port(address, 9060)
+        return value
+
+
+class Console(Strict):
+    """The operator's console (/console on the callstate API)."""
+
+    # where the console reaches the router's API for the route tester (default: router.api)
+    router_url: str | None = None
+    # a link to a tracing UI for a call's trace, e.g. http://jaeger:16686/trace/{trace_id}
+    trace_url: str | None = None
+
+    @field_validator("trace_url")
+    @classmethod
+    def _trace_url(cls, value: str | None) -> str | None:
+        if value is not None and "{trace_id}" not in value:
+            raise ValueError("console.trace_url must contain {trace_id}")
+        return value
+
+
 class Config(Policy):
     """A whole deployment: where NATS and the APIs are, the edges, and the routing policy."""
 
     nats: str = "nats://127.0.0.1:4222"
     api_token: str | None = Field(default=None, repr=False)
+    api_read_token: str | None = Field(default=None, repr=False)  # read-only API and console
     router: ApiService = ApiService(api="127.0.0.1:8081")
     callstate: Callstate = Callstate(api="127.0.0.1:8082")
     edges: list[Edge] = Field(default_factory=list)
     telemetry: Telemetry = Telemetry()
     dns: Dns = Dns()
+    capture: Capture = Capture()
+    console: Console = Console()
 
     @model_validator(mode="after")
     def _edges(self) -> Config:

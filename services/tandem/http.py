@@ -22,6 +22,8 @@ from tandem import __version__
 from tandem.sip.uri import split_host_port
 
 TOKEN_ENV = "TANDEM_API_TOKEN"
+READ_TOKEN_ENV = "TANDEM_API_READ_TOKEN"  # GET requests and the console's read-only views
+READ_METHODS = frozenset({"GET", "HEAD"})
 log = logging.getLogger("tandem.http")
 
 
@@ -31,6 +33,10 @@ class InsecureApiError(Exception):
 
 def api_token(configured: str | None) -> str | None:
     return os.environ.get(TOKEN_ENV) or configured
+
+
+def api_read_token(configured: str | None) -> str | None:
+    return os.environ.get(READ_TOKEN_ENV) or configured
 
 
 def is_loopback(host: str) -> bool:
@@ -56,8 +62,16 @@ def authorized(request: Request) -> None:
     if token is None:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    accepted = [token]
+    read_token: str | None = getattr(request.app.state, "read_token", None)
+    if read_token is not None and request.method in READ_METHODS:
+        accepted.append(read_token)
+    if scheme.lower() != "bearer" or not any(same_token(given, t) for t in accepted):
         raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+def same_token(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 AUTH = [Depends(authorized)]
@@ -66,6 +80,7 @@ AUTH = [Depends(authorized)]
 def create_app(service: str, *, ready: Callable[[], bool], token: str | None) -> FastAPI:
     app = FastAPI(title=f"tandem {service}", version=__version__)
     app.state.token = token
+    app.state.read_token = None  # set by a process whose API takes one (callstate)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -188,4 +188,6 @@ async def test_openapi_lists_every_operation(api: httpx.AsyncClient) -> None:
         ("GET", "/v1/cdrs"),
         ("GET", "/v1/cdrs.csv"),
         ("GET", "/v1/stats"),
+        ("GET", "/v1/calls/{call_id}/sip"),  # the console's: captured SIP, trunks
+        ("GET", "/v1/trunks"),
     }

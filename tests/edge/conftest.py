@@ -85,11 +85,12 @@ MakeSystem = Callable[..., Awaitable[System]]
 
 @pytest.fixture
 async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSystem]:
-    """Build the system; keyword arguments override trunk settings: gw1={...}, pbx={...}."""
+    """Build the system; keyword arguments override trunk settings: gw1={...}, pbx={...};
+    `settings` adds top-level config (capture, telemetry)."""
     telemetry.setup_tracing("edge-test")
     systems: list[System] = []
 
-    async def make(**overrides: dict[str, Any]) -> System:
+    async def make(settings: dict[str, Any] | None = None, **overrides: dict[str, Any]) -> System:
         phones = [await Phone.open(f"127.0.0.{n}") for n in (2, 3, 4, 5, 9)]
         pbx, gw1, gw2, gw3, stranger = phones
         quiet = {"options_interval_s": 0}
@@ -134,6 +135,7 @@ async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSys
                     },
                 ],
             }
+            | (settings or {})
         )
         await import_policy(js, config.policy)
         router = RouterService(Context("router", config, nc, js, None))

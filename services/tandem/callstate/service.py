@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tandem import bus
-from tandem.callstate import api, lease, records
+from tandem.callstate import api, console, lease, records
 from tandem.callstate.feed import Feed
 from tandem.callstate.metrics import EVENTS, register
 from tandem.callstate.stats import Figures, Ledger
@@ -86,6 +86,7 @@ class Service:
         self._heartbeats: Subscription | None = None
         self.app = create_app("callstate", ready=self.ready, token=ctx.token)
         api.mount(self.app, self)
+        console.mount(self.app, self, ctx.js, ctx.config)
 
     # ---- life cycle -------------------------------------------------------------------------
     def ready(self) -> bool:

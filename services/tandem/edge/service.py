@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -21,6 +22,7 @@ from tandem.b2bua import Call, Leg
 from tandem.b2bua import events as e
 from tandem.config import Edge
 from tandem.edge.admission import Admission
+from tandem.edge.capture import Capture
 from tandem.edge.executor import Executor
 from tandem.edge.health import Probe, Prober
 from tandem.edge.inbound import Inbound
@@ -54,8 +56,17 @@ class Service:
         host, port = split_host_port(edge.sip, DEFAULT_PORT)
         sent_by = split_host_port(edge.advertise or edge.sip, port)
         self.transports = Transports(host, port, self.receive, self.transport_failed)
-        self.transactions = Transactions(sent_by, self.transports.send)
+        self.transactions = Transactions(sent_by, self.send)
         self.registry = Registry()
+        self.capture = Capture(
+            edge.id,
+            ctx.config.capture,
+            ctx.config.telemetry.mask_numbers,
+            ctx.js,
+            self.registry,
+            self.trunk_of,
+            sent_by,
+        )
         self.executor = Executor(
             edge.id,
             ctx.nc,
@@ -100,6 +111,7 @@ class Service:
             seen = 0
         self.apply_policy(await read_policy(kv) or self.ctx.config.policy)
         self.transactions.start()
+        await self.capture.start()
         await self.transports.start()
         subscriptions = (
             (bus.edge_cmd(self.edge_id), self.on_command),
@@ -147,6 +159,7 @@ class Service:
             await asyncio.wait(list(self._tasks), timeout=1.0)
         self.transactions.stop()
         await self.transports.stop()
+        await self.capture.stop()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -198,7 +211,18 @@ class Service:
     # ---- SIP in -------------------------------------------------------------------------------
 
     def receive(self, data: bytes, peer: Peer) -> None:
+        when = time.time()
         self.inbound.receive(data, peer)
+        self.capture.received(data, peer, when)
+
+    def send(self, data: bytes, peer: Peer) -> None:
+        """What the transaction layer sends: out through the sockets, and into capture."""
+        self.transports.send(data, peer)
+        self.capture.sent(data, peer)
+
+    def trunk_of(self, peer: Peer) -> str:
+        trunk = self.inbound.admission.trunk(peer.host, peer.port)
+        return trunk.id if trunk is not None else ""
 
     def transport_failed(self, peer: Peer) -> None:
         self.transactions.transport_failed(peer)

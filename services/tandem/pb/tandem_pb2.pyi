@@ -520,3 +520,51 @@ class Cdr(_message.Message):
     transferred_from: str
     transferred_to: str
     def __init__(self, call_id: _Optional[str] = ..., sip_call_ids: _Optional[_Iterable[str]] = ..., ingress_trunk: _Optional[str] = ..., egress_trunk: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., called_received: _Optional[str] = ..., calling_received: _Optional[str] = ..., called_sent: _Optional[str] = ..., calling_sent: _Optional[str] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., duration_s: _Optional[float] = ..., final_status: _Optional[int] = ..., final_reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., failover_count: _Optional[int] = ..., trace_id: _Optional[str] = ..., edge: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., end_reason: _Optional[str] = ..., transferred_from: _Optional[str] = ..., transferred_to: _Optional[str] = ...) -> None: ...
+
+class SipMessage(_message.Message):
+    __slots__ = ("call_id", "leg_id", "edge", "trunk", "direction", "transport", "src", "dst", "time_unix_us", "sip_call_id", "method", "status", "reason", "cseq", "data")
+    class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        DIRECTION_UNSPECIFIED: _ClassVar[SipMessage.Direction]
+        IN: _ClassVar[SipMessage.Direction]
+        OUT: _ClassVar[SipMessage.Direction]
+    DIRECTION_UNSPECIFIED: SipMessage.Direction
+    IN: SipMessage.Direction
+    OUT: SipMessage.Direction
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_US_FIELD_NUMBER: _ClassVar[int]
+    SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CSEQ_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    leg_id: str
+    edge: str
+    trunk: str
+    direction: SipMessage.Direction
+    transport: str
+    src: str
+    dst: str
+    time_unix_us: int
+    sip_call_id: str
+    method: str
+    status: int
+    reason: str
+    cseq: int
+    data: bytes
+    def __init__(self, call_id: _Optional[str] = ..., leg_id: _Optional[str] = ..., edge: _Optional[str] = ..., trunk: _Optional[str] = ..., direction: _Optional[_Union[SipMessage.Direction, str]] = ..., transport: _Optional[str] = ..., src: _Optional[str] = ..., dst: _Optional[str] = ..., time_unix_us: _Optional[int] = ..., sip_call_id: _Optional[str] = ..., method: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., cseq: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class SipCapture(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[SipMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[SipMessage, _Mapping]]] = ...) -> None: ...
