@@ -37,6 +37,8 @@ SAMPLES: dict[type, e.Event] = {
     e.LegEnded: e.LegEnded("leg", "bye"),
     e.LegRequested: e.LegRequested("leg", pb.LegRequest(method="INFO")),
     e.LegResponded: e.LegResponded("leg", pb.LegResponse(request_id="r1", status=200)),
+    e.LegTransferRequested: e.LegTransferRequested("leg", "<sip:+14255550199@x>", "2"),
+    e.DialogFound: e.DialogFound(None),
     e.Start: e.Start(),
     e.InviteResponse: e.InviteResponse(None, "timeout"),
     e.CancelRequested: e.CancelRequested("test"),
@@ -107,8 +109,10 @@ STEPS = st.lists(
         st.tuples(st.just("cancel"), st.just(0), st.just(False)),
         st.tuples(st.just("callee"), st.sampled_from(["BYE", "INFO"]), st.just(False)),
         st.tuples(st.just("hangup"), st.just(0), st.just(False)),
+        st.tuples(st.just("refer"), st.just(0), st.booleans()),
+        st.tuples(st.just("route"), st.sampled_from([True, False]), st.just(False)),
     ),
-    max_size=12,
+    max_size=14,
 )
 
 
@@ -134,6 +138,17 @@ def test_no_sequence_leaves_a_call_stuck(steps: list[tuple[str, typing.Any, bool
                     w.callee_request(len(w.legs), arg)
             elif step == "hangup" and id(w.call) not in w.released:
                 w.feed(w.call, e.HangupRequested("api", "test"))
+                w.settle()
+            elif step == "refer" and w.call.dialog is not None and id(w.call) not in w.released:
+                refer_to = [("Refer-To", "<sip:+14255550199@x>")]
+                if other_fork and w.legs and w.legs[0].dialog is not None:
+                    w.callee_request(1, "REFER", extra=refer_to)
+                else:
+                    w.caller_request("REFER", extra=refer_to)
+            elif step == "route" and id(w.call) not in w.released:
+                targets = [target("gw3", called="+14255550199")] if arg else []
+                result = pb.RouteDecision.ROUTED if arg else pb.RouteDecision.NO_ROUTE
+                w.feed(w.call, e.RouteDecided(pb.RouteDecision(result=result, targets=targets)))
                 w.settle()
         except ProtocolError:
             pass  # the edge logs and counts it; the machine is unchanged

@@ -92,6 +92,8 @@ class World:
         self.invite_txn = Txn(caller_invite())
         self.leg_created: dict[str, bool] = {}  # leg id -> created on its edge
         self.refuse_create: set[str] = set()  # trunks whose edge refuses the leg
+        self.call_ids: tuple[str, ...] = ()  # the records the call carries, as the edge knows
+        self.dialogs: dict[tuple[str, str, str], e.DialogFound] = {}  # what FindDialog finds
 
     # ---- driving ------------------------------------------------------------------------
 
@@ -185,7 +187,9 @@ class World:
         self.settle()
         return txn
 
-    def callee_request(self, n: int, method: str, body: bytes = b"") -> Txn:
+    def callee_request(
+        self, n: int, method: str, body: bytes = b"", extra: list[tuple[str, str]] | None = None
+    ) -> Txn:
         """The callee sends a request in the leg's dialog."""
         leg = self.leg(n)
         dialog = leg.dialog
@@ -200,6 +204,7 @@ class World:
                 ("Call-ID", dialog.call_id),
                 ("CSeq", f"{(dialog.remote_cseq or 0) + 1} {method}"),
                 ("Contact", "<sip:gw@10.2.0.2>"),
+                *(extra or []),
             ]
             + ([("Content-Type", "application/sdp")] if body else []),
             body,
@@ -267,11 +272,9 @@ class World:
 
     def _command_leg(self, machine: Machine, action: a.CommandLeg) -> None:
         command = action.command
-        leg = next((g for g in self.legs if g.id == command.leg_id), None)
         event = e.from_leg_command(command)
         if event is not None:
             self.bus.append((_Deferred(lambda: self._to_leg(command.leg_id, event)), e.Start()))
-        assert leg is None or leg.call_id == self.call.id
 
     def _to_leg(self, leg_id: str, event: e.Event) -> None:
         leg = next((g for g in self.legs if g.id == leg_id), None)
@@ -291,6 +294,13 @@ class World:
             event = e.from_leg_event(message)
             assert event is not None
             self.bus.append((self.call, event))
+
+    def _call_ids(self, machine: Machine, action: a.CallIds) -> None:
+        self.call_ids = action.ids
+
+    def _find_dialog(self, machine: Machine, action: a.FindDialog) -> None:
+        found = self.dialogs.get((action.call_id, action.our_tag, action.their_tag))
+        self.bus.append((machine, found or e.DialogFound(None)))
 
     def _start_timer(self, machine: Machine, action: a.StartTimer) -> None:
         when = self.now + action.delay_s
@@ -338,6 +348,8 @@ HANDLERS: dict[type, Callable[[World, Machine, Any], None]] = {
     a.CreateLeg: World._create_leg,
     a.CommandLeg: World._command_leg,
     a.DropLeg: World._drop_leg,
+    a.CallIds: World._call_ids,
+    a.FindDialog: World._find_dialog,
     a.Publish: World._publish,
     a.StartTimer: World._start_timer,
     a.StopTimer: World._stop_timer,

@@ -86,6 +86,23 @@ class DropLeg:
 
 
 @dataclass(frozen=True, slots=True)
+class FindDialog:
+    """Look up the dialog a Replaces names (RFC 3891), as the referrer's side names it; the
+    answer comes back as DialogFound."""
+
+    call_id: str
+    our_tag: str
+    their_tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallIds:
+    """The call records this machine carries now (a transfer starts a second one)."""
+
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Publish:
     """A call event (durable, on TANDEM_CALLS) or a leg event (to the call's owner)."""
 
@@ -141,6 +158,8 @@ Action = (
     | CreateLeg
     | CommandLeg
     | DropLeg
+    | FindDialog
+    | CallIds
     | Publish
     | StartTimer
     | StopTimer

@@ -50,6 +50,13 @@ once a 2xx did, ENDED. The transitions, each checkable against RFC 3261:
     ANSWERED TimerFired             refresh: our session refresh (UPDATE or re-INVITE);
                                     expiry: no refresh came, BYE both ways; call_limit:
                                     max_call_s, BYE both ways -> ENDED
+    ANSWERED InDialogRequest REFER  the trunk's `refer`: reject 403, relay it, or handle it:
+    ANSWERED LegTransferRequested   202, route the Refer-To (or find the dialog its Replaces
+                                    names), a new leg to the target, NOTIFY the referrer of
+                                    its progress; on answer re-INVITE the transferee with the
+                                    target's SDP, end the referrer: the call goes on as a new
+                                    record (transferred_from/_to); on failure it goes on as
+                                    it was
     ENDED    late answers           a leg created after the end is cancelled; others dropped
 
 ("early" is ROUTING, TRYING and RINGING.) Every other pair raises `ProtocolError`.
@@ -57,16 +64,17 @@ once a 2xx did, ENDED. The transitions, each checkable against RFC 3261:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from tandem.b2bua.actions import (
     AskRoute,
+    CallIds,
     CommandLeg,
     CreateLeg,
     DropLeg,
     Failover,
+    FindDialog,
     Finished,
     Publish,
     Release,
@@ -78,6 +86,7 @@ from tandem.b2bua.events import (
     AckReceived,
     AckTimedOut,
     CallerCancelled,
+    DialogFound,
     HangupRequested,
     InDialogRequest,
     InDialogResponse,
@@ -89,6 +98,7 @@ from tandem.b2bua.events import (
     LegProgress,
     LegRequested,
     LegResponded,
+    LegTransferRequested,
     RouteDecided,
     RouteFailed,
     TimerFired,
@@ -97,8 +107,18 @@ from tandem.b2bua.events import (
 from tandem.b2bua.local import ALLOW, RETRY_AFTER_S, USER_AGENT, Local, new_id, new_tag
 from tandem.b2bua.machine import Handler, Machine, ProtocolError
 from tandem.b2bua.profile import Profile
+from tandem.b2bua.records import Attempt, Record
 from tandem.b2bua.relay import Relay, body_headers, leg_response, respond, sip_body
 from tandem.b2bua.side import REFRESH, Side, tokens
+from tandem.b2bua.transfer import (
+    CALLER,
+    SIPFRAG,
+    Referral,
+    Transfer,
+    notify_headers,
+    referral,
+    sipfrag,
+)
 from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request
 from tandem.sip.dialog import Dialog, DialogState
@@ -139,17 +159,6 @@ def _number_in(name_addr: str) -> str:
         return ""
 
 
-@dataclass(slots=True)
-class Attempt:
-    """One target tried: the egress leg created for it."""
-
-    id: str
-    target: pb.RouteTarget
-    number: int  # 1 for the first target
-    sip_call_id: str
-    live: bool = True  # its events are still wanted
-
-
 class Call(Machine):
     """One call this edge owns. `id` and `local_tag` exist before the first event."""
 
@@ -158,7 +167,7 @@ class Call(Machine):
 
     def __init__(self, edge: str, profile: Profile, local: Local, trace_id: str = "") -> None:
         super().__init__()
-        self.id = new_id()
+        self.record = Record(new_id(), profile.trunk)
         self.edge = edge
         self.profile = profile
         self.trunk = profile.trunk
@@ -173,14 +182,21 @@ class Call(Machine):
         self.privacy = ""  # the caller's Privacy values, for the legs
         self.identity: list[str] = []  # its P-Asserted-Identity, when its trunk is trusted
         self.started_ms = self.answered_ms = 0
-        self.seq = 0
         self.targets: list[pb.RouteTarget] = []
         self.attempts: dict[str, Attempt] = {}  # by leg id
         self.attempt: Attempt | None = None  # the latest
         self.failures: list[tuple[int, str, bool]] = []  # status, reason, timed out
         self.contacts: list[str] = []  # a followed redirect's numbers still to route
+        self.asked = False  # a redirect's Contact is with the router
         self.redirects = 0
         self.relay = Relay()
+        self.bridged: Attempt | None = None  # the leg in the caller's place, after a transfer
+        self.transfer: Transfer | None = None
+
+    @property
+    def id(self) -> str:
+        """The call's id, as callstate records it (a transfer gives it a new one)."""
+        return self.record.id
 
     @property
     def dialog(self) -> Dialog | None:
@@ -188,22 +204,25 @@ class Call(Machine):
 
     # ---- events out ----------------------------------------------------------------------
 
-    def _publish(self, kind: pb.CallEvent.Kind, **fields: Any) -> None:
-        self.seq += 1
+    def _publish(
+        self, kind: pb.CallEvent.Kind, record: Record | None = None, **fields: Any
+    ) -> None:
+        record = record or self.record
+        record.seq += 1
         event = pb.CallEvent(
-            call_id=self.id,
+            call_id=record.id,
             kind=kind,
-            seq=self.seq,
+            seq=record.seq,
             time_unix_ms=self.now_ms,
             edge=self.edge,
-            ingress_trunk=self.trunk,
+            ingress_trunk=record.trunk,
             trace_id=self.trace_id,
             **fields,
         )
         self.do(Publish(event))
 
-    def _leg_fields(self) -> dict[str, Any]:
-        attempt = self.attempt
+    def _leg_fields(self, attempt: Attempt | None = None) -> dict[str, Any]:
+        attempt = attempt or self.attempt
         if attempt is None:
             return {}
         target = attempt.target
@@ -402,12 +421,16 @@ class Call(Machine):
 
     def _follow(self) -> None:
         """Route the next Contact of a redirect, or carry on with the targets left."""
+        self.asked = bool(self.contacts)
         if self.contacts:
             self._ask(self.contacts.pop(0))
         else:
             self._next_attempt()
 
     def _redirect_routed(self, event: RouteDecided) -> None:
+        if not self.asked:
+            raise ProtocolError(self.KIND, self.state, event)  # no redirect asked for one
+        self.asked = False
         if event.decision.result == pb.RouteDecision.ROUTED:
             at = len(self.attempts)
             self.targets[at:at] = list(event.decision.targets)
@@ -417,6 +440,8 @@ class Call(Machine):
             self._follow()
 
     def _redirect_unrouted(self, event: RouteFailed) -> None:
+        if not self.asked:
+            raise ProtocolError(self.KIND, self.state, event)
         self._follow()
 
     # ---- the leg's events ----------------------------------------------------------------
@@ -428,6 +453,7 @@ class Call(Machine):
         if self.state is CallState.TRYING and self.attempt.target.max_ring_s:
             self.do(StartTimer("ring", self.attempt.target.max_ring_s))
         self.state = CallState.RINGING
+        self.attempt.sdp = event.body.body or self.attempt.sdp
         self._relay_answer(event.status, event.reason, event.body)
         self._publish(
             Kind.LEG_PROGRESS, status=event.status, reason=event.reason, **self._leg_fields()
@@ -440,6 +466,7 @@ class Call(Machine):
         self.do(StopTimer("failover"), StopTimer("ring"))
         self.state = CallState.ANSWERED
         self.answered_ms = self.now_ms
+        self._connected(self.attempt, event)
         limits = [s for s in (self.profile.max_call_s, self.attempt.target.max_call_s) if s]
         if limits:
             self.do(StartTimer("call_limit", min(limits)))
@@ -484,10 +511,16 @@ class Call(Machine):
             self._reject(480, None, event.reason or "callee ended", "rejected")
 
     def _leg_ended(self, event: LegEnded) -> None:
-        if self._is_current(event.leg_id):
-            self._bye_caller()
-            reason = event.reason or "callee hung up"
-            self._end("callee", 200, reason, event.why or "normal")
+        transfer = self.transfer
+        if transfer is not None and transfer.leg is not None and transfer.leg.id == event.leg_id:
+            self._transfer_failed(480, event.reason or "the transfer target hung up")
+            return
+        other = self._other(event.leg_id)
+        if other is None:
+            return
+        self._bye_party(other, "the other party hung up")
+        reason = event.reason or "callee hung up"
+        self._end("callee", 200, reason, event.why or "normal")
 
     def _relay_answer(self, status: int, reason: str, body: pb.SipBody) -> None:
         headers = [("Contact", self.local.contact)]
@@ -496,9 +529,16 @@ class Call(Machine):
         self._respond_caller(status, reason or None, headers + body_headers(body), body.body)
 
     def _leg_requested(self, event: LegRequested) -> None:
-        """A request the callee sent in its dialog: the same request in the caller's."""
+        """A request the callee sent in its dialog: the same request in the other party's."""
         request, dialog = event.request, self.dialog
-        if not self._is_current(event.leg_id) or dialog is None:
+        other = self._other(event.leg_id)
+        if isinstance(other, Attempt):  # two legs bridged: it crosses as it came
+            if request.method == "ACK":
+                self._command(other, ack=pb.LegAck(body=request.body))
+            else:
+                self._command(other, request=request)
+            return
+        if other is None or dialog is None:
             return
         body = request.body
         if request.method == "ACK":
@@ -517,6 +557,14 @@ class Call(Machine):
             if gone is not None:
                 self._session_over(gone)
             return
+        if event.request_id == JOIN:
+            self.side.answered(JOIN, response)
+            if response is None or response.status >= 200:
+                status = response.status if response is not None else 408
+                if 200 <= status < 300 and self.dialog is not None:
+                    self.side.ack(self.dialog.create_ack())
+                self._joined(status)
+            return
         answered = self.relay.sent.get(event.request_id)
         if answered is None or self.attempt is None:
             return
@@ -531,9 +579,40 @@ class Call(Machine):
         self._command(self.attempt, response=leg_response(event.request_id, response))
 
     def _leg_responded(self, event: LegResponded) -> None:
+        if event.response.request_id == JOIN:
+            self._joined(event.response.status)
+            return
         answer = self.relay.answer(event.response, self.local.contact)
         if answer is not None:
             self.side.respond(*answer)
+            return
+        other = self._other(event.leg_id)
+        if isinstance(other, Attempt):  # two legs bridged: the answer goes back as it came
+            self._command(other, response=event.response)
+
+    # ---- the parties of an answered call -------------------------------------------------
+
+    def _connected(self, attempt: Attempt, event: LegAnswered) -> None:
+        attempt.sdp = event.body.body or attempt.sdp
+        attempt.local_tag, attempt.remote_tag = event.local_tag, event.remote_tag
+
+    def _other(self, leg_id: str) -> Attempt | str | None:
+        """The party across from a connected leg: the caller (CALLER), the other leg of a
+        bridge, or None when the leg is not one of the call's two parties."""
+        attempt, bridged = self.attempt, self.bridged
+        if attempt is None or not attempt.live:
+            return None
+        if leg_id == attempt.id:
+            return bridged if bridged is not None else CALLER
+        if bridged is not None and leg_id == bridged.id:
+            return attempt
+        return None
+
+    def _bye_party(self, party: Attempt | str, reason: str) -> None:
+        if isinstance(party, Attempt):
+            self._command(party, bye=pb.LegBye(reason=reason))
+        else:
+            self._bye_caller()
 
     # ---- the caller ----------------------------------------------------------------------
 
@@ -563,9 +642,16 @@ class Call(Machine):
 
     def _request(self, event: InDialogRequest) -> None:
         request = event.request
+        if self.bridged is not None:  # the caller was transferred away: its dialog is over
+            status = 200 if request.method == "BYE" else 481
+            self.do(Respond(event.txn, respond(request, status)))
+            return
         if not self._checked(event) or self.side.receive(request, event.txn):
             return
         if self.attempt is None:
+            return
+        if request.method == "REFER" and self.profile.refer != "relay":
+            self._refer_from_caller(event)
             return
         if request.method == "BYE":
             self.side.respond(event.txn, respond(request, 200))
@@ -598,7 +684,9 @@ class Call(Machine):
     def _bye_both(self, why: str, ended_by: str, status: int, reason: str, end: str) -> None:
         if self.attempt is not None:
             self._command(self.attempt, bye=pb.LegBye(reason=why))
-        self._bye_caller()
+        self._bye_party(self.bridged or CALLER, why)
+        if self.transfer is not None:
+            self._transfer_failed(487, why)
         self._end(ended_by, status, reason, end)
 
     def _session_over(self, reason: str) -> None:
@@ -641,6 +729,274 @@ class Call(Machine):
 
     def _refresh(self) -> None:
         self.side.refresh()
+
+    # ---- transfers (REFER, RFC 3515; Replaces, RFC 3891) --------------------------------
+
+    def _refer_from_caller(self, event: InDialogRequest) -> None:
+        request = event.request
+        if self.profile.refer == "reject":
+            self.do(Respond(event.txn, respond(request, 403, "Transfer Not Allowed")))
+            return
+        wanted = referral(request.headers.get("refer-to") or "")
+        if wanted is None:
+            self.do(Respond(event.txn, respond(request, 400, "Bad Refer-To")))
+            return
+        self.do(Respond(event.txn, respond(request, 202)))
+        assert self.attempt is not None
+        event_id = str(request.cseq.number)
+        self._transfer(CALLER, self.attempt.id, wanted, event_id, self.profile.trunk)
+
+    def _refer_from_leg(self, event: LegTransferRequested) -> None:
+        """The leg answered its far end's REFER 202 already; it is for the call to do."""
+        other = self._other(event.leg_id)
+        leg = self.attempts.get(event.leg_id)
+        wanted = referral(event.refer_to)
+        if other is None or leg is None or wanted is None:
+            return
+        transferee = other.id if isinstance(other, Attempt) else CALLER
+        self._transfer(leg.id, transferee, wanted, event.event_id, leg.target.trunk)
+
+    def _transfer(
+        self, referrer: str, transferee: str, wanted: Referral, event_id: str, trunk: str
+    ) -> None:
+        if self.transfer is not None:  # one at a time
+            self._notify(referrer, event_id, 491, final=True)
+            return
+        record = Record(new_id(), trunk)
+        self.transfer = Transfer(referrer, transferee, event_id, record, wanted)
+        self.do(CallIds((self.record.id, record.id)))
+        self._notify(referrer, event_id, 100)
+        self._publish(
+            Kind.STARTED,
+            record,
+            called=wanted.number,
+            calling=self._number_of(transferee),
+            transferred_from=self.record.id,
+        )
+        if wanted.replaces is not None:
+            self.do(FindDialog(*wanted.replaces))
+            return
+        ask = pb.RouteRequest(
+            call_id=record.id,
+            ingress_trunk=trunk,
+            called=wanted.number,
+            calling=self._number_of(transferee),
+        )
+        self.do(AskRoute(ask))
+
+    def _number_of(self, party: str) -> str:
+        leg = self.attempts.get(party)
+        return leg.target.called if leg is not None else self.calling
+
+    def _transfer_routed(self, event: RouteDecided) -> None:
+        transfer, decision = self.transfer, event.decision
+        if transfer is None or transfer.targets or transfer.referral.replaces is not None:
+            return
+        if decision.result != pb.RouteDecision.ROUTED:
+            refused = 403 if decision.result == pb.RouteDecision.NO_ROUTE else 503
+            self._transfer_failed(decision.status or refused, decision.reason or "no route")
+            return
+        self._publish(
+            Kind.ROUTED,
+            transfer.record,
+            usage=decision.usage,
+            route=decision.route,
+            normalized_called=decision.normalized_called,
+        )
+        transfer.targets = list(decision.targets)
+        self._transfer_next()
+
+    def _transfer_unrouted(self, event: RouteFailed) -> None:
+        self._transfer_failed(503, "no route decision")
+
+    def _dialog_found(self, event: DialogFound) -> None:
+        """The dialog a Replaces names, found: the new leg replaces its far end's."""
+        transfer = self.transfer
+        if transfer is None or transfer.targets:
+            return
+        if event.target is None:
+            self._transfer_failed(481, "the dialog to replace is not here")
+            return
+        transfer.targets, transfer.replaces = [event.target], event.replaces
+        self._transfer_next()
+
+    def _transfer_next(self) -> None:
+        transfer = self.transfer
+        assert transfer is not None
+        if transfer.leg is not None:
+            transfer.leg.live = False
+            self.do(DropLeg(transfer.leg.id), StopTimer("transfer"))
+        tried = sum(1 for a in self.attempts.values() if a.target in transfer.targets)
+        if tried >= len(transfer.targets):
+            self._transfer_failed(*transfer.last)
+            return
+        target = transfer.targets[tried]
+        leg = Attempt(new_id(), target, tried + 1, new_id())
+        self.attempts[leg.id] = transfer.leg = leg
+        self._publish(Kind.LEG_ATTEMPT, transfer.record, **self._leg_fields(leg))
+        self.do(StartTimer("transfer", target.failover_timer_s or DEFAULT_FAILOVER_TIMER_S))
+        moving = self.attempts.get(transfer.transferee)
+        offer = moving.sdp if moving is not None else self.side.sdp_received
+        headers = [pb.Header(name="Replaces", value=transfer.replaces)] if transfer.replaces else []
+        create = pb.LegCreate(
+            target=target,
+            headers=headers,
+            body=pb.SipBody(content_type="application/sdp", body=offer) if offer else None,
+            max_forwards=70,
+            attempt=leg.number,
+            sip_call_id=leg.sip_call_id,
+            owner_edge=self.edge,
+            privacy=self.privacy,
+        )
+        command = pb.LegCommand(leg_id=leg.id, call_id=transfer.record.id, create=create)
+        self.do(CreateLeg(target.edge, command))
+
+    def _is_transfer_leg(self, leg_id: str) -> Transfer | None:
+        transfer = self.transfer
+        leg = transfer.leg if transfer is not None else None
+        return transfer if leg is not None and leg.id == leg_id and leg.live else None
+
+    def _transfer_progress(self, event: LegProgress) -> None:
+        transfer = self._is_transfer_leg(event.leg_id)
+        if transfer is None:
+            return
+        self.do(StopTimer("transfer"))
+        if not transfer.rang:
+            transfer.rang = True
+            self._notify(transfer.referrer, transfer.event_id, event.status, reason=event.reason)
+        fields = self._leg_fields(transfer.leg)
+        self._publish(Kind.LEG_PROGRESS, transfer.record, status=event.status, **fields)
+
+    def _transfer_leg_failed(self, event: LegFailed) -> None:
+        transfer = self._is_transfer_leg(event.leg_id)
+        if transfer is None or transfer.leg is None:
+            return
+        self._publish(
+            Kind.LEG_FAILED,
+            transfer.record,
+            status=event.status,
+            reason=event.reason,
+            failure=event.failure,
+            **self._leg_fields(transfer.leg),
+        )
+        transfer.last = (event.status, event.reason)
+        codes = transfer.leg.target.failover_response_codes or DEFAULT_FAILOVER_CODES
+        if not transfer.rang and (event.failure != "response" or event.status in codes):
+            self._transfer_next()
+        else:
+            self._transfer_failed(event.status, event.reason)
+
+    def _transfer_created(self, event: LegCreateAnswered) -> None:
+        transfer = self._is_transfer_leg(event.leg_id)
+        if transfer is not None and event.error:
+            transfer.last = (503, event.error)
+            self._transfer_next()
+
+    def _transfer_timer(self) -> None:
+        transfer = self.transfer
+        if transfer is None or transfer.leg is None:
+            return
+        self._command(transfer.leg, cancel=pb.LegCancel(reason="failover timer"))
+        transfer.last = (408, "no provisional response in time")
+        self._transfer_next()
+
+    def _transfer_answered(self, event: LegAnswered) -> None:
+        """The target answered: the transferee gets its SDP (a re-INVITE), then joins it."""
+        transfer = self._is_transfer_leg(event.leg_id)
+        if transfer is None or transfer.leg is None:
+            self._stale_answer(event)
+            return
+        self.do(StopTimer("transfer"))
+        self._connected(transfer.leg, event)
+        body = transfer.leg.sdp
+        moving = self.attempts.get(transfer.transferee)
+        if moving is not None:
+            offer = pb.SipBody(content_type="application/sdp", body=body)
+            self._command(
+                moving, request=pb.LegRequest(request_id=JOIN, method="INVITE", body=offer)
+            )
+        elif self.dialog is not None:
+            headers = [("User-Agent", USER_AGENT), ("Content-Type", "application/sdp")]
+            self.side.send(self.dialog.create_request("INVITE", headers, body), JOIN)
+
+    def _joined(self, status: int) -> None:
+        """The transferee's answer to the re-INVITE that points it at the target."""
+        transfer = self.transfer
+        if transfer is None or transfer.leg is None:
+            return
+        if not 200 <= status < 300:
+            self._command(transfer.leg, bye=pb.LegBye(reason="transfer failed"))
+            self._transfer_failed(status, "the transferee refused the new media")
+            return
+        moving = self.attempts.get(transfer.transferee)
+        if moving is not None:
+            self._command(moving, ack=pb.LegAck())
+        self._command(transfer.leg, ack=pb.LegAck())
+        self._notify(transfer.referrer, transfer.event_id, 200, final=True)
+        old, new = self.record, transfer.record
+        referrer = self.attempts.get(transfer.referrer)
+        if referrer is not None:  # the callee transferred the caller: its leg ends
+            self._command(referrer, bye=pb.LegBye(reason="transferred"))
+            referrer.live = False
+            self.do(DropLeg(referrer.id))
+            self.attempt = transfer.leg
+        else:  # the caller transferred the callee: the callee's leg takes its place
+            self._bye_caller()
+            self.bridged, self.attempt = self.attempt, transfer.leg
+        self._publish(
+            Kind.ENDED,
+            old,
+            status=200,
+            reason="transferred",
+            ended_by="caller" if transfer.referrer == CALLER else "callee",
+            end_reason="transferred",
+            transferred_to=new.id,
+            **self._leg_fields(referrer or self.bridged),
+        )
+        self.record, self.transfer = new, None
+        fields = self._leg_fields()
+        self._publish(Kind.LEG_ANSWERED, status=200, reason="OK", **fields)
+        self._publish(Kind.ANSWERED, status=200, reason="OK", **fields)
+        self.do(CallIds((new.id,)))
+
+    def _transfer_failed(self, status: int, reason: str) -> None:
+        """The transfer did not happen: the referrer hears why, the call goes on as it was."""
+        transfer, self.transfer = self.transfer, None
+        if transfer is None:
+            return
+        if transfer.leg is not None and transfer.leg.live:
+            self._command(transfer.leg, cancel=pb.LegCancel(reason="transfer failed"))
+            transfer.leg.live = False
+            self.do(DropLeg(transfer.leg.id), StopTimer("transfer"))
+        self._notify(transfer.referrer, transfer.event_id, status, final=True, reason=reason)
+        self._publish(
+            Kind.ENDED,
+            transfer.record,
+            status=status,
+            reason=reason,
+            ended_by="system",
+            end_reason="transfer_failed",
+        )
+        self.do(CallIds((self.record.id,)))
+
+    def _notify(
+        self, referrer: str, event_id: str, status: int, *, final: bool = False, reason: str = ""
+    ) -> None:
+        """RFC 3515: the referrer hears how its REFER is doing, as a sipfrag."""
+        body = sipfrag(status, reason)
+        headers = notify_headers(event_id, final)
+        leg = self.attempts.get(referrer)
+        if leg is not None:
+            request = pb.LegRequest(
+                request_id=new_id(),
+                method="NOTIFY",
+                headers=[pb.Header(name=n, value=v) for n, v in headers],
+                body=pb.SipBody(content_type=SIPFRAG, body=body),
+            )
+            self._command(leg, request=request)
+        elif self.dialog is not None:
+            headers += [("User-Agent", USER_AGENT), ("Content-Type", SIPFRAG)]
+            self.side.send(self.dialog.create_request("NOTIFY", headers, body))
 
     # ---- control and the end -------------------------------------------------------------
 
@@ -694,8 +1050,10 @@ class Call(Machine):
         pass
 
 
+JOIN = "join"  # the request id of the re-INVITE that joins a transferee to its target
 S = CallState
 TIMERS: dict[tuple[CallState, str], Any] = {
+    (S.ANSWERED, "transfer"): Call._transfer_timer,
     (S.TRYING, "failover"): Call._failover_timer,
     (S.RINGING, "ring"): Call._ring_timer,
     (S.ANSWERED, "call_limit"): Call._call_limit,
@@ -719,7 +1077,14 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         (S.ANSWERED, LegResponded): Call._leg_responded,
         (S.ANSWERED, InDialogResponse): Call._caller_answered,
         (S.ANSWERED, LegEnded): Call._leg_ended,
-        (S.ANSWERED, LegAnswered): Call._stale_answer,
+        (S.ANSWERED, LegAnswered): Call._transfer_answered,
+        (S.ANSWERED, LegProgress): Call._transfer_progress,
+        (S.ANSWERED, LegFailed): Call._transfer_leg_failed,
+        (S.ANSWERED, LegCreateAnswered): Call._transfer_created,
+        (S.ANSWERED, LegTransferRequested): Call._refer_from_leg,
+        (S.ANSWERED, RouteDecided): Call._transfer_routed,
+        (S.ANSWERED, RouteFailed): Call._transfer_unrouted,
+        (S.ANSWERED, DialogFound): Call._dialog_found,
         (S.ANSWERED, AckTimedOut): Call._ack_timed_out,
         (S.ANSWERED, HangupRequested): Call._hangup,
         (S.RINGING, LegResponded): Call._leg_responded,
@@ -742,9 +1107,6 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         table[state, LegCreateAnswered] = Call._create_answered
     # late news, after the fact: nothing left to do
     for state, event in (
-        (S.ANSWERED, LegCreateAnswered),
-        (S.ANSWERED, LegProgress),
-        (S.ANSWERED, LegFailed),
         (S.RINGING, RouteDecided),
         (S.RINGING, RouteFailed),
         (S.ENDED, RouteDecided),
@@ -755,6 +1117,8 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         (S.ENDED, LegRequested),
         (S.ENDED, LegResponded),
         (S.ENDED, InDialogResponse),
+        (S.ENDED, DialogFound),
+        (S.ENDED, LegTransferRequested),
     ):
         table[state, event] = Call._ignore
     return table

@@ -114,6 +114,8 @@ class LegAnswered:
     status: int
     reason: str
     body: pb.SipBody
+    local_tag: str = ""  # the tags of the leg's dialog: what a Replaces would name
+    remote_tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +157,38 @@ class LegResponded:
     response: pb.LegResponse
 
 
-LegEvent = LegProgress | LegAnswered | LegFailed | LegEnded | LegRequested | LegResponded
+@dataclass(frozen=True, slots=True)
+class LegTransferRequested:
+    """The callee asked to be transferred (a REFER the leg answered 202)."""
+
+    leg_id: str
+    refer_to: str
+    event_id: str  # the REFER's CSeq number
+
+
+@dataclass(frozen=True, slots=True)
+class DialogFound:
+    """Where the dialog a Replaces names leads (None: not on this edge)."""
+
+    target: pb.RouteTarget | None
+    replaces: str = ""  # the Replaces header for the INVITE that takes its place
+
+
+LegEvent = (
+    LegProgress
+    | LegAnswered
+    | LegFailed
+    | LegEnded
+    | LegRequested
+    | LegResponded
+    | LegTransferRequested
+)
 
 _FROM_LEG: dict[int, Callable[[pb.LegEvent], LegEvent]] = {
     pb.LegEvent.PROGRESS: lambda e: LegProgress(e.leg_id, e.status, e.reason, e.body),
-    pb.LegEvent.ANSWERED: lambda e: LegAnswered(e.leg_id, e.status, e.reason, e.body),
+    pb.LegEvent.ANSWERED: lambda e: LegAnswered(
+        e.leg_id, e.status, e.reason, e.body, e.local_tag, e.remote_tag
+    ),
     pb.LegEvent.FAILED: lambda e: LegFailed(
         e.leg_id,
         e.status,
@@ -171,6 +200,11 @@ _FROM_LEG: dict[int, Callable[[pb.LegEvent], LegEvent]] = {
     pb.LegEvent.ENDED: lambda e: LegEnded(e.leg_id, e.reason, e.failure),
     pb.LegEvent.REQUEST: lambda e: LegRequested(e.leg_id, e.request),
     pb.LegEvent.RESPONSE: lambda e: LegResponded(e.leg_id, e.response),
+    pb.LegEvent.TRANSFER: lambda e: LegTransferRequested(
+        e.leg_id,
+        next((h.value for h in e.request.headers if h.name.lower() == "refer-to"), ""),
+        e.request.request_id,
+    ),
 }
 
 
@@ -253,6 +287,7 @@ Event = (
     | RouteDecided
     | RouteFailed
     | LegCreateAnswered
+    | DialogFound
     | CallerCancelled
     | AckTimedOut
     | HangupRequested

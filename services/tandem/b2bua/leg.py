@@ -82,6 +82,7 @@ from tandem.b2bua.machine import Handler, Machine, ProtocolError
 from tandem.b2bua.profile import Profile
 from tandem.b2bua.relay import Relay, body_headers, leg_response, respond, sip_body
 from tandem.b2bua.side import REFRESH, Side, _min_se
+from tandem.b2bua.transfer import referral
 from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response
 from tandem.sip.dialog import Dialog, DialogSet
@@ -190,7 +191,14 @@ class Leg(Machine):
             self.side.dialog = dialog
             self.side.confirmed(response)
             self.state = LegState.ANSWERED
-            self._publish(Kind.ANSWERED, status=status, reason=response.reason, body=body)
+            self._publish(
+                Kind.ANSWERED,
+                status=status,
+                reason=response.reason,
+                body=body,
+                local_tag=self.local_tag,
+                remote_tag=response.to.tag or "",
+            )
         else:
             contacts = [
                 pb.Header(name="Contact", value=v) for v in response.headers.values("contact")
@@ -322,9 +330,27 @@ class Leg(Machine):
             self._publish(Kind.ENDED, status=200, reason="callee hung up")
             self._end(200, "callee hung up")
             return
+        if request.method == "REFER" and self.profile.refer != "relay":
+            self._refer(event)
+            return
         if request.method == "INVITE":  # the far end may be slow: say so at once
             self.do(Respond(event.txn, respond(request, 100)))
         self._publish(Kind.REQUEST, request=self.relay.outbound(event.txn))
+
+    def _refer(self, event: InDialogRequest) -> None:
+        """A REFER from the callee: refused, or accepted for the call's owner to carry out."""
+        request = event.request
+        if self.profile.refer == "reject":
+            self.do(Respond(event.txn, respond(request, 403, "Transfer Not Allowed")))
+            return
+        refer_to = request.headers.get("refer-to") or ""
+        if referral(refer_to) is None:
+            self.do(Respond(event.txn, respond(request, 400, "Bad Refer-To")))
+            return
+        self.do(Respond(event.txn, respond(request, 202)))
+        headers = [pb.Header(name="Refer-To", value=refer_to)]
+        refer = pb.LegRequest(request_id=str(request.cseq.number), method="REFER", headers=headers)
+        self._publish(Kind.TRANSFER, request=refer)
 
     def _early_request(self, event: InDialogRequest) -> None:
         """A request in an early dialog: an UPDATE crosses (RFC 3311); the rest is 481."""
@@ -444,6 +470,7 @@ def invite_request(
         fields.append(("Privacy", "id"))
     if profile.forward_call_history and (profile.trusted or not privacy & HIDE_HISTORY):
         fields += [(n, v) for n, v in forwarded if n.lower() in ("history-info", "diversion")]
+    fields += [(n, v) for n, v in forwarded if n.lower() == "replaces"]  # an attended transfer
     if create.body.body:
         fields.append(("Content-Type", create.body.content_type or "application/sdp"))
     uri = f"sip:{target.called}@{hostport}{suffix}"

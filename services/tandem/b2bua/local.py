@@ -14,10 +14,18 @@ from tandem import __version__
 from tandem.sip.uri import format_host_port
 
 USER_AGENT = f"tandem/{__version__}"
-METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "PRACK")
+METHODS = (
+    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "PRACK", "REFER", "NOTIFY",
+)  # fmt: skip
 ALLOW = ", ".join(METHODS)
 ACCEPT = "application/sdp"
-BODY_TYPES = ("application/sdp", "multipart/mixed", "application/dtmf-relay", "application/dtmf")
+BODY_TYPES = (
+    "application/sdp",
+    "multipart/mixed",
+    "application/dtmf-relay",
+    "application/dtmf",
+    "message/sipfrag",  # NOTIFYs of a REFER's progress
+)
 EXTENSIONS = ("100rel", "timer")  # RFC 3262, RFC 4028: what a Require may ask of tandem
 SUPPORTED = ", ".join(EXTENSIONS)
 RETRY_AFTER_S = 5  # on every 503 tandem gives for its own reasons (limits, overload, drain)

@@ -14,7 +14,18 @@ from tandem.b2bua.local import USER_AGENT, new_id
 from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response, make_response
 
-END_TO_END = frozenset(("content-disposition", "event", "info-package", "reason", "recv-info"))
+END_TO_END = frozenset(
+    (
+        "content-disposition",
+        "event",
+        "info-package",
+        "reason",
+        "recv-info",
+        "refer-to",  # a relayed REFER (RFC 3515) and its NOTIFYs
+        "referred-by",
+        "subscription-state",
+    )
+)
 
 
 def relayed_headers(message: Request | Response) -> list[pb.Header]:

@@ -220,6 +220,37 @@ class Executor:
     def _drop_leg(self, runner: Runner, action: a.DropLeg) -> None:
         self.registry.owned_legs.pop(action.leg_id, None)
 
+    def _call_ids(self, runner: Runner, action: a.CallIds) -> None:
+        self.registry.call_ids(runner, action.ids)
+
+    def _find_dialog(self, runner: Runner, action: a.FindDialog) -> None:
+        """Where the dialog a Replaces names leads, if it is one of this edge's: the far end
+        to INVITE in its place, and the Replaces header that INVITE carries (RFC 3891)."""
+        found = self.registry.dialogs.get((action.call_id, action.our_tag))
+        target, replaces = None, ""
+        call = found.machine if found is not None else None
+        if isinstance(call, Leg):  # the referrer was the callee: its caller is replaced
+            owner = self.registry.calls.get(call.call_id)
+            call = owner.machine if owner is not None else None
+            caller = owner.trunk if owner is not None else ""
+            if isinstance(call, Call) and call.invite is not None and caller:
+                invite = call.invite
+                target = pb.RouteTarget(
+                    trunk=caller, edge=self.edge, called=call.calling, calling=call.called
+                )
+                replaces = f"{invite.call_id};to-tag={invite.from_.tag};from-tag={call.local_tag}"
+        elif isinstance(call, Call) and call.attempt is not None and call.attempt.remote_tag:
+            attempt = call.attempt  # the referrer was the caller: its callee is replaced
+            target = pb.RouteTarget()
+            target.CopyFrom(attempt.target)
+            replaces = (
+                f"{attempt.sip_call_id};to-tag={attempt.remote_tag};from-tag={attempt.local_tag}"
+            )
+        self.spawn(self._feed_later(runner, e.DialogFound(target, replaces)))
+
+    async def _feed_later(self, runner: Runner, event: e.Event) -> None:
+        self.feed(runner, event)
+
     def _publish(self, runner: Runner, action: a.Publish) -> None:
         message = action.message
         if isinstance(message, pb.CallEvent):
@@ -293,6 +324,8 @@ ACTIONS: dict[type, Callable[[Executor, Runner, Any], None]] = {
     a.CreateLeg: Executor._create_leg,
     a.CommandLeg: Executor._command_leg,
     a.DropLeg: Executor._drop_leg,
+    a.CallIds: Executor._call_ids,
+    a.FindDialog: Executor._find_dialog,
     a.Publish: Executor._publish,
     a.StartTimer: Executor._start_timer,
     a.StopTimer: Executor._stop_timer,

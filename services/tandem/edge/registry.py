@@ -18,7 +18,17 @@ DialogKey = tuple[str, str]  # SIP Call-ID, our tag
 class Runner:
     """One machine as the edge runs it: its far end, its timers, its spans."""
 
-    __slots__ = ("dialog", "invite", "machine", "peer", "setup", "timers", "trace", "trunk")
+    __slots__ = (
+        "call_ids",
+        "dialog",
+        "invite",
+        "machine",
+        "peer",
+        "setup",
+        "timers",
+        "trace",
+        "trunk",
+    )
 
     def __init__(
         self,
@@ -37,6 +47,7 @@ class Runner:
         # a call: the caller's INVITE (None once it has its final response); a leg: ours
         self.invite: ServerTransaction | ClientTransaction | None = None
         self.setup = isinstance(machine, Call)  # a call not yet answered nor rejected
+        self.call_ids: tuple[str, ...] = (machine.id,) if isinstance(machine, Call) else ()
 
     @property
     def headers(self) -> dict[str, str]:
@@ -67,6 +78,15 @@ class Registry:
         self.in_setup += 1
         self.idle.clear()
 
+    def call_ids(self, runner: Runner, ids: tuple[str, ...]) -> None:
+        """A call's records now (a transfer starts a second): each finds the call."""
+        for old in runner.call_ids:
+            if old not in ids and self.calls.get(old) is runner:
+                del self.calls[old]
+        for new in ids:
+            self.calls[new] = runner
+        runner.call_ids = ids
+
     def add_leg(self, runner: Runner) -> None:
         self.legs[runner.machine.id] = runner
         self.dialogs[runner.dialog] = runner
@@ -86,7 +106,7 @@ class Registry:
         if self.dialogs.get(runner.dialog) is runner:
             del self.dialogs[runner.dialog]
         if isinstance(machine, Call):
-            if self.calls.pop(machine.id, None) is not None:
+            if any([self.calls.pop(i, None) is not None for i in runner.call_ids]):
                 self.active_in[runner.trunk] -= 1
             for leg_id in machine.attempts:
                 self.owned_legs.pop(leg_id, None)

@@ -143,8 +143,10 @@ class Service:
         await self.registry.idle.wait()
 
     async def stop(self) -> None:
-        for runner in list(self.registry.calls.values()):
-            self.executor.feed(runner, e.HangupRequested("system", "edge stopping"))
+        for runner in set(self.registry.calls.values()):
+            self.executor.feed(
+                runner, e.HangupRequested("system", "edge stopping", "edge_stopping")
+            )
         for runner in list(self.registry.legs.values()):
             self.executor.feed(runner, e.CancelRequested("edge stopping"))
         await self.executor.outbox.flush()  # the commands and events above leave
@@ -331,12 +333,13 @@ class Service:
                 self._edges_lost(lost)
 
     def _edges_lost(self, lost: set[str]) -> None:
-        for runner in list(self.registry.calls.values()):
+        for runner in set(self.registry.calls.values()):
             call = runner.machine
             assert isinstance(call, Call)
             if call.attempt is not None and call.attempt.target.edge in lost:
                 edge = call.attempt.target.edge
-                self.executor.feed(runner, e.HangupRequested("edge_lost", f"edge {edge} lost"))
+                lost_edge = e.HangupRequested("edge_lost", f"edge {edge} lost", "edge_lost")
+                self.executor.feed(runner, lost_edge)
         for runner in list(self.registry.legs.values()):
             leg = runner.machine
             assert isinstance(leg, Leg)
