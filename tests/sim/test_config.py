@@ -76,6 +76,30 @@ def test_invalid_gateway_is_refused_with_field_and_reason(
     assert any(f"gateways.0.{field}" in e and reason in e for e in refused.value.errors)
 
 
+def test_new_fields_default_to_what_sims_did_before() -> None:
+    gw = Gateway.model_validate(gateway())
+    assert (gw.progress, gw.prack, gw.session_timer) == (180, "not_used", "inactive")
+    assert (gw.session_expires_s, gw.min_se_s) == (1800, 90)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"progress": 200}, "progress", "Input should be 180 or 183"),
+        ({"prack": "required"}, "prack", "'not_used', 'optional' or 'mandatory'"),
+        ({"session_timer": "on"}, "session_timer", "'optional', 'required' or 'always'"),
+        ({"min_se_s": 30}, "min_se_s", "greater than or equal to 90"),
+        ({"session_expires_s": 60}, "session_expires_s", "greater than or equal to 90"),
+        ({"session_expires_s": 100, "min_se_s": 120}, "", "at least min_se_s"),
+    ],
+)
+def test_invalid_call_features_are_refused(change: dict[str, Any], field: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_sims({"gateways": [gateway(**change)]})
+    where = f"gateways.0.{field}".rstrip(".")
+    assert any(where in e and reason in e for e in refused.value.errors), refused.value.errors
+
+
 def test_duplicate_addresses_are_refused() -> None:
     with pytest.raises(ConfigError, match="duplicate sip"):
         parse_sims({"gateways": [gateway(), gateway(id="gw2", control="127.0.0.3:8201")]})

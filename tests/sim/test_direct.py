@@ -3,41 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 
-from tandem.sim.client import SimClient
-from tandem.sim.views import CallView
+from tests.sim.calls import call_up, connected, flowing, hang_up
 from tests.sim.conftest import Direct
 
 QUIET_S = 0.6  # long enough for 30 packets at 20 ms: silence means nobody sends
-
-
-def connected(c: CallView) -> bool:
-    return c.state == "confirmed" and c.media == "active"
-
-
-def flowing(before: CallView | None = None) -> Callable[[CallView], bool]:
-    """RTP both ways, and more of it than `before` counted."""
-    sent = before.rtp.tx_packets if before else 0
-    got = before.rtp.rx_packets if before else 0
-    return lambda c: c.rtp.tx_packets > sent and c.rtp.rx_packets > got
-
-
-def call_up(caller: SimClient, callee: SimClient, calling: str, called: str) -> tuple[str, str]:
-    """Place a call and wait until both ends talk; returns (caller's id, callee's id)."""
-    out = caller.place_call(calling, called)
-    caller.wait_call(out.id, connected, "answer")
-    inbound = callee.wait_inbound(lambda c: c.sip_call_id == out.sip_call_id)
-    callee.wait_call(inbound.id, connected, "answer")
-    return out.id, inbound.id
-
-
-def hang_up(side: SimClient, call_id: str, other: SimClient, other_id: str) -> None:
-    side.hangup(call_id)
-    side.wait_call(call_id, lambda c: c.ended, "end")
-    other.wait_call(other_id, lambda c: c.ended, "end")
 
 
 def test_phone_calls_gateway_and_audio_flows_both_ways(direct: Direct) -> None:
@@ -145,3 +117,33 @@ def test_control_api_refuses_what_cannot_be_done(direct: Direct) -> None:
     direct.pbx.wait_call(out.id, lambda c: c.ended, "rejection")
     refused = http.post(f"/v1/calls/{out.id}/dtmf", json={"digits": "1"})
     assert refused.status_code == 409 and "ended" in refused.text
+    assert http.post(f"/v1/calls/{out.id}/transfer", json={"to": "+1"}).status_code == 409
+    both = {"to": "+12065550150", "replaces": "1"}
+    assert http.post(f"/v1/calls/{out.id}/transfer", json=both).status_code == 422
+    assert http.post(f"/v1/calls/{out.id}/transfer", json={}).status_code == 422
+
+    ringing = direct.pbx.place_call("0100", "+14255550000")
+    inbound = direct.gateway.wait_inbound(lambda c: c.sip_call_id == ringing.sip_call_id)
+    assert http.post(f"/v1/calls/{ringing.id}/answer").status_code == 409  # not inbound
+    answer = f"/v1/calls/{inbound.id}/answer"
+    assert direct.gateway.http.post(answer, json={"code": 486}).status_code == 422
+    direct.pbx.hangup(ringing.id)
+    direct.gateway.wait_call(inbound.id, lambda c: c.ended, "CANCEL")
+    assert direct.gateway.http.post(answer).status_code == 409  # too late
+
+
+def test_control_api_shows_the_sims_settings_and_documents_them(direct: Direct) -> None:
+    settings = direct.gateway.http.get("/v1/sim").json()
+    assert settings["id"] == "gw" and settings["rules"][0] == {"pattern": "0486$", "reply": 486}
+    assert (settings["prack"], settings["session_timer"], settings["progress"]) == (
+        "not_used",
+        "inactive",
+        180,
+    )
+    schema = direct.pbx.http.get("/openapi.json").json()
+    assert {"/v1/sip/vanish", "/v1/calls/{call_id}/transfer", "/v1/calls/{call_id}/sip"} <= set(
+        schema["paths"]
+    )
+    fields = schema["components"]["schemas"]["Pbx"]["properties"]
+    for name in ("progress", "prack", "session_timer", "session_expires_s", "min_se_s"):
+        assert fields[name]["description"], name

@@ -17,7 +17,7 @@ from types import TracebackType
 import httpx
 
 from tandem.sim.config import Kind, Sim
-from tandem.sim.views import CallView
+from tandem.sim.views import CallView, SipMessage, SipPresence
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -50,8 +50,10 @@ class SimClient:
         except httpx.HTTPError:
             return False
 
-    def place_call(self, calling: str, called: str) -> CallView:
-        body = {"calling": calling, "called": called}
+    def place_call(
+        self, calling: str, called: str, headers: dict[str, str] | None = None
+    ) -> CallView:
+        body = {"calling": calling, "called": called, "headers": headers or {}}
         return CallView.model_validate(self._call("POST", "/v1/calls", body).json())
 
     def calls(self) -> list[CallView]:
@@ -59,6 +61,32 @@ class SimClient:
 
     def call(self, call_id: str) -> CallView:
         return CallView.model_validate(self._call("GET", f"/v1/calls/{call_id}").json())
+
+    def sip_messages(self, call_id: str) -> list[SipMessage]:
+        """The SIP messages of the call, in and out, oldest first (an inbound call's INVITE
+        is the first)."""
+        found = self._call("GET", f"/v1/calls/{call_id}/sip").json()
+        return [SipMessage.model_validate(m) for m in found]
+
+    def answer(self, call_id: str, code: int = 200) -> CallView:
+        body = {"code": code}
+        path = f"/v1/calls/{call_id}/answer"
+        return CallView.model_validate(self._call("POST", path, body).json())
+
+    def transfer(
+        self, call_id: str, to: str | None = None, replaces: str | None = None
+    ) -> CallView:
+        """Blind transfer to a number (`to`), or attended onto another call (`replaces`)."""
+        body = {"to": to} if to is not None else {"replaces": replaces}
+        path = f"/v1/calls/{call_id}/transfer"
+        return CallView.model_validate(self._call("POST", path, body).json())
+
+    def vanish(self) -> SipPresence:
+        """No SIP in or out from now on (no BYE): the far end's requests go unanswered."""
+        return SipPresence.model_validate(self._call("POST", "/v1/sip/vanish").json())
+
+    def reappear(self) -> SipPresence:
+        return SipPresence.model_validate(self._call("POST", "/v1/sip/reappear").json())
 
     def send_dtmf(self, call_id: str, digits: str) -> CallView:
         body = {"digits": digits}
@@ -90,6 +118,23 @@ class SimClient:
                 return view
             if time.monotonic() > deadline:
                 raise SimError(f"call {call_id}: no {what} after {timeout_s}s; last seen {view}")
+            time.sleep(POLL_S)
+
+    def wait_message(
+        self,
+        call_id: str,
+        condition: Callable[[SipMessage], bool],
+        what: str,
+        timeout_s: float = WAIT_TIMEOUT_S,
+    ) -> SipMessage:
+        """The first SIP message of the call for which `condition` holds, once there is one."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [m for m in self.sip_messages(call_id) if condition(m)]
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                raise SimError(f"call {call_id}: no {what} after {timeout_s}s")
             time.sleep(POLL_S)
 
     def wait_inbound(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -20,9 +20,14 @@ from tandem.sip.uri import split_host_port
 
 Kind = Literal["pbx", "gateway"]
 Number = Annotated[str, Field(pattern=r"^\+?[0-9*#]{1,32}$")]
+# pjsua's own names (pjsua_100rel_use, pjsua_sip_timer_use), so its docs apply as written
+PrackUse = Literal["not_used", "optional", "mandatory"]
+TimerUse = Literal["inactive", "optional", "required", "always"]
+Progress = Literal[180, 183]
 
-RINGING = 180
+RINGING: Final = 180
 ANSWERED = 200
+MIN_SE_S = 90  # RFC 4028's floor, and PJSIP's (ABS_MIN_SE): it refuses anything lower
 # a final reply (reject) or one of the provisional/answer replies a sim can give
 _PROVISIONAL = {180, 183}
 
@@ -67,7 +72,35 @@ class Sim(Strict):
     trunk: str = Field(description="host:port it sends its calls to: tandem's edge")
     control: str = Field(description="host:port of the HTTP control API (loopback only)")
     rtp_ports: tuple[int, int] = Field(description="first and last RTP port (RTCP is +1)")
-    answer_after_s: float = Field(default=0.3, ge=0, le=60)
+    answer_after_s: float = Field(
+        default=0.3, ge=0, le=60, description="how long it rings before it answers (seconds)"
+    )
+    progress: Progress = Field(
+        default=RINGING,
+        description="what it sends while it rings before answering: 180 Ringing, or 183 "
+        "Session Progress with SDP (early media, RTP both ways before the 200)",
+    )
+    prack: PrackUse = Field(
+        default="not_used",
+        description="100rel (RFC 3262), pjsua's prackUse. Every INVITE it sends says "
+        "Supported: 100rel, and a caller's Require: 100rel is always honoured. optional: "
+        "its 18x are also reliable when the caller merely supports 100rel. mandatory: "
+        "Require: 100rel on the calls it places; callers without 100rel are refused (421)",
+    )
+    session_timer: TimerUse = Field(
+        default="inactive",
+        description="session timers (RFC 4028), pjsua's timerUse. inactive: none, unless a "
+        "caller sends Require: timer. optional: offered on the calls it places "
+        "(Session-Expires, Supported: timer) and used whenever the far end wants them. "
+        "required: Require: timer on the calls it places; callers without timers are "
+        "refused (421). always: used even when the far end neither asks nor supports them",
+    )
+    session_expires_s: int = Field(
+        default=1800, ge=MIN_SE_S, description="Session-Expires it asks for (seconds)"
+    )
+    min_se_s: int = Field(
+        default=MIN_SE_S, ge=MIN_SE_S, description="Min-SE: the shortest it accepts (seconds)"
+    )
 
     @field_validator("sip", "trunk")
     @classmethod
@@ -89,6 +122,12 @@ class Sim(Strict):
         if not 1024 <= first < last <= 65535 or last - first < 3:
             raise ValueError("need 1024 <= first < last <= 65535 and room for two calls")
         return value
+
+    @model_validator(mode="after")
+    def _session_interval(self) -> Sim:
+        if self.session_expires_s < self.min_se_s:
+            raise ValueError("session_expires_s must be at least min_se_s")
+        return self
 
     @property
     def sip_address(self) -> tuple[str, int]:
