@@ -184,3 +184,17 @@ def test_an_unknown_dialog_to_replace_is_reported() -> None:
     final = [r for r in w.sent[id(w.call)] if r.method == "NOTIFY"][-1]
     assert final.body.startswith(b"SIP/2.0 481")
     assert w.call.state is CallState.ANSWERED
+
+
+def test_a_callees_replaces_is_looked_up_on_the_legs_edge() -> None:
+    """The dialog a callee's Replaces names is its trunk's: the leg's edge finds it."""
+    w = World()
+    answered_call(w)
+    replaced = target("gw3", edge="edge-c", called="+12065550151")
+    w.dialogs[("consult", "ours", "theirs")] = e.DialogFound(replaced, "c2;to-tag=x;from-tag=y")
+    refer_to = "<sip:+12065550151@t?Replaces=consult%3Bto-tag%3Dours%3Bfrom-tag%3Dtheirs>"
+    assert callee_refers(w, refer_to).statuses == [202]
+    new_leg = w.leg(2)
+    assert new_leg.invite.headers.get("replaces") == "c2;to-tag=x;from-tag=y"
+    assert new_leg.edge == "edge-c"
+    assert w.route_requests[-1].called != "+12065550151"  # no routing: the dialog says where

@@ -9,6 +9,7 @@ and gw2 on edge-pstn. Local numbers (+1 425/206) go out through gw1, then gw2; g
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 from collections.abc import Iterator
@@ -36,7 +37,9 @@ def sim_address(name: str) -> str:
     return f"{HOSTS[name]}:{free_port(HOSTS[name], socket.SOCK_DGRAM)}"
 
 
-def sims_config(edge_pbx: str, edge_pstn: str, sips: dict[str, str]) -> dict[str, Any]:
+def sims_config(
+    edge_pbx: str, edge_pstn: str, sips: dict[str, str], tweaks: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     def sim(name: str, trunk: str, **more: Any) -> dict[str, Any]:
         return {
             "id": name,
@@ -46,6 +49,7 @@ def sims_config(edge_pbx: str, edge_pstn: str, sips: dict[str, str]) -> dict[str
             "rtp_ports": rtp_ports(),
             "answer_after_s": 0.2,
             **more,
+            **tweaks.get(name, {}),
         }
 
     return {
@@ -60,13 +64,17 @@ def sims_config(edge_pbx: str, edge_pstn: str, sips: dict[str, str]) -> dict[str
     }
 
 
-def tandem_config(nats_url: str, sips: dict[str, str]) -> dict[str, Any]:
+def tandem_config(
+    nats_url: str, sips: dict[str, str], tweaks: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     config = system_config(nats_url)
     trunks = {t["id"]: t for t in config["trunks"]}
     for trunk_id, name in (("pbx-hq", "hq"), ("pbx-branch", "branch"), ("pstn-gw1", "gw1")):
         trunks[trunk_id].update(peer=sips[name], sources=[HOSTS[name]])
     gw2 = dict(trunks["pstn-gw1"], id="pstn-gw2", peer=sips["gw2"], sources=[HOSTS["gw2"]])
     config["trunks"].append(gw2)
+    for trunk in config["trunks"]:
+        trunk.update(tweaks.get(trunk["id"], {}))
     for route in config["routes"]:
         if "pstn-gw1" in route["trunks"]:
             route.update(trunks=["pstn-gw1", "pstn-gw2"], spread="ordered")
@@ -82,20 +90,25 @@ class World:
     tandem: TandemUp
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    folder: Path = tmp_path_factory.mktemp("e2e")
+@contextlib.contextmanager
+def running_world(
+    folder: Path,
+    sims: dict[str, dict[str, Any]] | None = None,
+    trunks: dict[str, dict[str, Any]] | None = None,
+) -> Iterator[World]:
+    """tandem and the four sims; `sims` and `trunks` change their settings by name."""
     nats = NatsServer(folder / "nats")
     nats.start()
     sips = {name: sim_address(name) for name in HOSTS}
-    config = tandem_config(nats.url, sips)
+    config = tandem_config(nats.url, sips, trunks or {})
     edges = {e["id"]: e["sip"] for e in config["edges"]}
     sims_path = folder / "sim.yaml"
-    sims_path.write_text(yaml.safe_dump(sims_config(edges["edge-pbx"], edges["edge-pstn"], sips)))
-    sims = load_sims(sims_path)
+    settings = sims_config(edges["edge-pbx"], edges["edge-pstn"], sips, sims or {})
+    sims_path.write_text(yaml.safe_dump(settings))
+    loaded = load_sims(sims_path)
     kinds: dict[str, Kind] = {"hq": "pbx", "branch": "pbx", "gw1": "gateway", "gw2": "gateway"}
     processes = {
-        name: SimProcess(kind, sims.pick(kind, name), sims_path, folder / f"{name}.log", 4)
+        name: SimProcess(kind, loaded.pick(kind, name), sims_path, folder / f"{name}.log", 4)
         for name, kind in kinds.items()
     }
     tandem = TandemUp(config, folder)
@@ -120,3 +133,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for process in processes.values():
             process.stop()
         nats.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with running_world(tmp_path_factory.mktemp("e2e")) as running:
+        yield running

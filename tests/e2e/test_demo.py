@@ -18,11 +18,12 @@ pytestmark = pytest.mark.e2e
 
 def write_configs(folder: Path) -> tuple[Path, Path]:
     sips = {name: sim_address(name) for name in HOSTS}
-    config = tandem_config(f"nats://127.0.0.1:{free_port()}", sips)
+    config = tandem_config(f"nats://127.0.0.1:{free_port()}", sips, {})
     edges = {e["id"]: e["sip"] for e in config["edges"]}
     config_path, sims_path = folder / "tandem.yaml", folder / "sim.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    sims_path.write_text(yaml.safe_dump(sims_config(edges["edge-pbx"], edges["edge-pstn"], sips)))
+    sims = sims_config(edges["edge-pbx"], edges["edge-pstn"], sips, {})
+    sims_path.write_text(yaml.safe_dump(sims))
     return config_path, sims_path
 
 

@@ -754,11 +754,19 @@ class Call(Machine):
         if other is None or leg is None or wanted is None:
             return
         transferee = other.id if isinstance(other, Attempt) else CALLER
-        self._transfer(leg.id, transferee, wanted, event.event_id, leg.target.trunk)
+        self._transfer(leg.id, transferee, wanted, event.event_id, leg.target.trunk, event.found)
 
     def _transfer(
-        self, referrer: str, transferee: str, wanted: Referral, event_id: str, trunk: str
+        self,
+        referrer: str,
+        transferee: str,
+        wanted: Referral,
+        event_id: str,
+        trunk: str,
+        found: DialogFound | None = None,
     ) -> None:
+        """Start a transfer; a Replaces is looked up here, unless the referrer's edge did
+        (`found`: the dialogs a leg's far end names are on the leg's edge)."""
         if self.transfer is not None:  # one at a time
             self._notify(referrer, event_id, 491, final=True)
             return
@@ -774,7 +782,10 @@ class Call(Machine):
             transferred_from=self.record.id,
         )
         if wanted.replaces is not None:
-            self.do(FindDialog(*wanted.replaces))
+            if found is not None:
+                self._dialog_found(found)
+            else:
+                self.do(FindDialog(*wanted.replaces))
             return
         ask = pb.RouteRequest(
             call_id=record.id,

@@ -158,20 +158,22 @@ class LegResponded:
 
 
 @dataclass(frozen=True, slots=True)
-class LegTransferRequested:
-    """The callee asked to be transferred (a REFER the leg answered 202)."""
-
-    leg_id: str
-    refer_to: str
-    event_id: str  # the REFER's CSeq number
-
-
-@dataclass(frozen=True, slots=True)
 class DialogFound:
     """Where the dialog a Replaces names leads (None: not on this edge)."""
 
     target: pb.RouteTarget | None
     replaces: str = ""  # the Replaces header for the INVITE that takes its place
+
+
+@dataclass(frozen=True, slots=True)
+class LegTransferRequested:
+    """The callee asked to be transferred (a REFER the leg answered 202). With Replaces, the
+    leg's edge has looked up the dialog it names: `found` says where it leads."""
+
+    leg_id: str
+    refer_to: str
+    event_id: str  # the REFER's CSeq number
+    found: DialogFound | None = None
 
 
 LegEvent = (
@@ -204,6 +206,7 @@ _FROM_LEG: dict[int, Callable[[pb.LegEvent], LegEvent]] = {
         e.leg_id,
         next((h.value for h in e.request.headers if h.name.lower() == "refer-to"), ""),
         e.request.request_id,
+        DialogFound(e.transfer_target if e.HasField("transfer_target") else None, e.replaces),
     ),
 }
 

@@ -56,6 +56,7 @@ from typing import Any
 
 from tandem.b2bua.actions import (
     CancelInvite,
+    FindDialog,
     Finished,
     Publish,
     Release,
@@ -69,6 +70,7 @@ from tandem.b2bua.events import (
     AckRequested,
     ByeRequested,
     CancelRequested,
+    DialogFound,
     InDialogRequest,
     InDialogResponse,
     InviteResponse,
@@ -144,6 +146,7 @@ class Leg(Machine):
         self.retried_422 = False
         self.relay = Relay()
         self.callee_invite = False  # the callee's re-INVITE got its 2xx: its ACK crosses too
+        self.refer: pb.LegRequest | None = None  # a REFER with Replaces, being looked up
 
     @property
     def dialog(self) -> Dialog | None:
@@ -344,13 +347,30 @@ class Leg(Machine):
             self.do(Respond(event.txn, respond(request, 403, "Transfer Not Allowed")))
             return
         refer_to = request.headers.get("refer-to") or ""
-        if referral(refer_to) is None:
+        wanted = referral(refer_to)
+        if wanted is None:
             self.do(Respond(event.txn, respond(request, 400, "Bad Refer-To")))
             return
         self.do(Respond(event.txn, respond(request, 202)))
         headers = [pb.Header(name="Refer-To", value=refer_to)]
-        refer = pb.LegRequest(request_id=str(request.cseq.number), method="REFER", headers=headers)
-        self._publish(Kind.TRANSFER, request=refer)
+        self.refer = pb.LegRequest(
+            request_id=str(request.cseq.number), method="REFER", headers=headers
+        )
+        if wanted.replaces is not None:  # the dialog it names is this edge's to find
+            self.do(FindDialog(*wanted.replaces))
+        else:
+            self._publish(Kind.TRANSFER, request=self.refer)
+
+    def _refer_resolved(self, event: DialogFound) -> None:
+        if self.refer is None:
+            return
+        refer, self.refer = self.refer, None
+        self._publish(
+            Kind.TRANSFER,
+            request=refer,
+            transfer_target=event.target,
+            replaces=event.replaces,
+        )
 
     def _early_request(self, event: InDialogRequest) -> None:
         """A request in an early dialog: an UPDATE crosses (RFC 3311); the rest is 481."""
@@ -496,6 +516,7 @@ def _table() -> dict[tuple[LegState, type], Handler]:
         (S.ANSWERED, InDialogResponse): Leg._callee_answered,
         (S.EARLY, InDialogResponse): Leg._callee_answered,
         (S.ANSWERED, TimerFired): Leg._timer,
+        (S.ANSWERED, DialogFound): Leg._refer_resolved,
         (S.CANCELLING, InDialogRequest): Leg._no_dialog,
     }
     for state in EARLY:
@@ -514,6 +535,7 @@ def _table() -> dict[tuple[LegState, type], Handler]:
         (S.CANCELLING, ByeRequested),
         (S.ENDED, InDialogResponse),
         (S.CANCELLING, InDialogResponse),
+        (S.ENDED, DialogFound),
     ]
     for state, event in late:
         table[state, event] = Leg._ignore

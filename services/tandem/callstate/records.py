@@ -57,6 +57,7 @@ def _started(call: pb.ActiveCall, event: pb.CallEvent) -> None:
     call.invite_unix_ms = event.time_unix_ms or call.invite_unix_ms
     call.sip_call_id = event.sip_call_id
     call.called, call.calling = event.called, event.calling
+    call.transferred_from = event.transferred_from
 
 
 def _routed(call: pb.ActiveCall, event: pb.CallEvent) -> None:
@@ -178,6 +179,8 @@ def cdr(call: pb.ActiveCall, end: pb.CallEvent) -> pb.Cdr:
         edge=call.edge,
         usage=call.usage,
         route=call.route,
+        transferred_from=call.transferred_from,
+        transferred_to=end.transferred_to,
     )
     if call.answer_unix_ms:
         record.duration_s = max(0, end_ms - call.answer_unix_ms) / 1000

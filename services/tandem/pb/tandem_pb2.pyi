@@ -211,7 +211,7 @@ class CommandReply(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class LegEvent(_message.Message):
-    __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq", "received_status", "remote_tag", "local_tag")
+    __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq", "received_status", "remote_tag", "local_tag", "transfer_target", "replaces")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[LegEvent.Kind]
@@ -247,6 +247,8 @@ class LegEvent(_message.Message):
     RECEIVED_STATUS_FIELD_NUMBER: _ClassVar[int]
     REMOTE_TAG_FIELD_NUMBER: _ClassVar[int]
     LOCAL_TAG_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_TARGET_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     call_id: str
     edge: str
@@ -264,7 +266,9 @@ class LegEvent(_message.Message):
     received_status: int
     remote_tag: str
     local_tag: str
-    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ..., received_status: _Optional[int] = ..., remote_tag: _Optional[str] = ..., local_tag: _Optional[str] = ...) -> None: ...
+    transfer_target: RouteTarget
+    replaces: str
+    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ..., received_status: _Optional[int] = ..., remote_tag: _Optional[str] = ..., local_tag: _Optional[str] = ..., transfer_target: _Optional[_Union[RouteTarget, _Mapping]] = ..., replaces: _Optional[str] = ...) -> None: ...
 
 class CallEvent(_message.Message):
     __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt", "failure", "end_reason", "received_status", "transferred_from", "transferred_to")
