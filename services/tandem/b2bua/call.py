@@ -159,6 +159,11 @@ def privacy_of(request: Request) -> set[str]:
     return {v.strip() for v in values.split(",") if v.strip()} - {"none"}
 
 
+def _changed(status: int, received: int) -> int:
+    """The trunk's own code for the record, when its response map changed it (else 0)."""
+    return received if received != status else 0
+
+
 def _number_in(name_addr: str) -> str:
     try:
         return number_of(str(NameAddr.parse(name_addr).uri))
@@ -379,7 +384,7 @@ class Call(Machine):
             status=status,
             reason=f"{failure}: {reason}",
             failure=failure,
-            received_status=received,
+            received_status=_changed(status, received),
             **self._leg_fields(),
         )
         if len(self.attempts) < len(self.targets):  # a failover only if a target is left
@@ -506,7 +511,7 @@ class Call(Machine):
             status=event.status,
             reason=event.reason,
             failure=event.failure,
-            received_status=event.received,
+            received_status=_changed(event.status, event.received),
             **self._leg_fields(),
         )
         self._drop_leg()
