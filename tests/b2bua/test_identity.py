@@ -73,6 +73,27 @@ def test_an_untrusted_callers_assertion_is_not_believed() -> None:
     assert w.leg().invite.headers.get("p-asserted-identity") != PAI
 
 
+def test_an_anonymous_untrusted_caller_gets_no_asserted_identity() -> None:
+    """Nothing is known of who calls: a trusted trunk must not be told it is 'anonymous'."""
+    w = World(target("gw1", calling="anonymous"), caller=UNTRUSTED_PBX, gw1=TRUSTED_GW)
+    w.invite_txn.request = anonymous_caller()
+    w.start()
+    invite = w.leg().invite
+    assert "p-asserted-identity" not in invite.headers
+    assert invite.headers.get("privacy") == "id"
+
+
+def test_privacy_values_are_read_as_rfc_3323_writes_them() -> None:
+    """priv-values are joined by ';' (Privacy: id;critical): each one counts."""
+    invite = anonymous_caller()
+    invite.headers.set("Privacy", "id;critical")
+    untrusted = leg_invite(invite, caller=TRUSTED_PBX, callee=UNTRUSTED_GW)
+    assert untrusted.from_.uri.user == "anonymous"
+    assert "p-asserted-identity" not in untrusted.headers
+    trusted = leg_invite(invite, caller=TRUSTED_PBX, callee=TRUSTED_GW)
+    assert trusted.headers.get("privacy") == "critical; id"
+
+
 def test_a_suppressed_caller_id_presents_the_alternate_number() -> None:
     """Lync: suppress_caller_id with alternate_caller_id shows the alternate, no privacy."""
     invite = leg_invite(

@@ -58,6 +58,19 @@ def test_a_translated_code_decides_the_failover_and_the_event_keeps_both() -> No
     assert w.leg_events[0].received_status == 404
 
 
+def test_a_code_no_map_changed_is_recorded_once() -> None:
+    """received_status is the trunk's own code only when its map changed it: a failover's
+    503 and a relayed 486 as they came are not recorded twice, nor a timeout as received."""
+    w = World(target("gw1"), target("gw2"), target("gw3"))
+    w.start()
+    w.respond_leg(1, 503)
+    w.feed(w.leg(2), e.InviteResponse(None, "timeout"))
+    w.settle()
+    w.respond_leg(3, 486)
+    failed = [ev for ev in w.call_events if ev.kind == pb.CallEvent.LEG_FAILED]
+    assert [(ev.status, ev.received_status) for ev in failed] == [(503, 0), (408, 0), (486, 0)]
+
+
 def redirect(w: World, n: int, contacts: list[str]) -> None:
     leg = w.leg(n)
     response = make_response(

@@ -124,15 +124,27 @@ class System:
 
     def cdr(self, sip_call_id: str, within_s: float = CDR_WAIT_S) -> dict[str, Any]:
         """The CDR callstate wrote for the call that had this SIP Call-ID on one of its legs."""
+        return self.cdrs(sip_call_id, 1, within_s)[0]
+
+    def cdrs(
+        self, sip_call_id: str, count: int, within_s: float = CDR_WAIT_S
+    ) -> list[dict[str, Any]]:
+        """The `count` CDRs of calls with this SIP Call-ID (a caller may use one Call-ID for
+        a second INVITE, after a 422), oldest first."""
         deadline = time.monotonic() + within_s
         while True:
             cdrs = httpx.get(f"{self.callstate_api}/v1/cdrs", params={"limit": 500}).json()
-            for cdr in cdrs["cdrs"]:
-                if sip_call_id in cdr["sip_call_ids"]:
-                    return dict(cdr)
+            found = [dict(c) for c in cdrs["cdrs"] if sip_call_id in c["sip_call_ids"]]
+            if len(found) >= count:
+                return sorted(found, key=lambda c: int(c["invite_unix_ms"]))
             if time.monotonic() > deadline:
-                raise AssertionError(f"no CDR for Call-ID {sip_call_id}: {cdrs}")
+                raise AssertionError(f"{len(found)} of {count} CDRs for {sip_call_id}: {cdrs}")
             time.sleep(0.2)
+
+
+def trunk(system: System, ip: str, scenario: str, workdir: Path, **kwargs: Any) -> Sipp:
+    """A trunk's SIPp, started where the config's peer says the trunk answers."""
+    return Sipp(scenario, workdir, ip=ip, port=system.peer_port(ip), **kwargs).start()
 
 
 def _sip_port() -> int:
@@ -147,14 +159,27 @@ def _sip_port() -> int:
         return port
 
 
+def trunk_peers(*ips: str) -> dict[str, str]:
+    """Where each trunk address's SIPp answers: a free port, not 5060, so that nothing else
+    on the machine reaches them."""
+    return {ip: f"{ip}:{free_port(ip, socket.SOCK_DGRAM)}" for ip in ips}
+
+
+def run_system(workdir: Path, peers: dict[str, str], config: dict[str, Any]) -> System:
+    """tandem up with this config, each edge on a port free for both UDP and TCP."""
+    for edge in config["edges"]:
+        edge["sip"] = f"127.0.0.1:{_sip_port()}"
+    up = TandemUp(config, workdir)
+    up.start()
+    return System(up, config, workdir, peers)
+
+
 def start_system(
     workdir: Path, extra_trunks: tuple[str, ...] = (), **gateway_overrides: Any
 ) -> System:
     """tandem up with the policy above; each of `extra_trunks` (addresses) gets an edge and
     a trunk of its own, with no route to it."""
-    # trunks answer on free ports, not 5060: nothing else on the machine reaches them
-    ips = (HQ, GW1, BRANCH, GW2, *extra_trunks)
-    peers = {ip: f"{ip}:{free_port(ip, socket.SOCK_DGRAM)}" for ip in ips}
+    peers = trunk_peers(HQ, GW1, BRANCH, GW2, *extra_trunks)
     config = system_config(f"nats://127.0.0.1:{free_port()}", **policy(peers, **gateway_overrides))
     for n, ip in enumerate(extra_trunks, start=1):
         config["edges"].append({"id": f"edge-x{n}", "api": f"127.0.0.1:{free_port()}"})
@@ -162,11 +187,7 @@ def start_system(
             {"id": f"trunk-x{n}", "edge": f"edge-x{n}", "peer": peers[ip], "sources": [ip]}
             | {"pstn_usages": ["Internal"], "options_interval_s": 0}
         )
-    for edge in config["edges"]:
-        edge["sip"] = f"127.0.0.1:{_sip_port()}"
-    up = TandemUp(config, workdir)
-    up.start()
-    return System(up, config, workdir, peers)
+    return run_system(workdir, peers, config)
 
 
 @pytest.fixture(scope="module")

@@ -110,6 +110,7 @@ class Sipp:
         remote: str | None = None,
         called: str | None = None,
         calling: str = "2125550100",
+        keys: dict[str, str] | None = None,
         calls: int = 1,
         rate: float | None = None,
         pause_ms: int = 200,
@@ -129,11 +130,12 @@ class Sipp:
             sipp_binary(),
             "-sf", str(SCENARIOS / scenario),
             "-i", ip, "-p", str(self.port),
-            "-cp", str(free_port(kind=socket.SOCK_DGRAM)),
+            "-cp", str(free_port("0.0.0.0", socket.SOCK_DGRAM)),  # SIPp binds it on every address
             "-mp", str(free_port(ip, socket.SOCK_DGRAM)),
             "-m", str(calls),
             "-d", str(pause_ms),
             "-key", "calling", calling,
+            *(arg for key, value in (keys or {}).items() for arg in ("-key", key, value)),
             "-timeout", f"{timeout_s}s", "-timeout_error",
             "-nostdin",
             *(("-trace_msg", "-message_file", str(self.message_file)) if trace else ()),
@@ -202,3 +204,33 @@ class Sipp:
     @staticmethod
     def _read(path: Path) -> str:
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+# ---- reading the messages of a trace -------------------------------------------------------
+
+
+def headers(message: str, name: str) -> list[str]:
+    """Every value of a header in a traced message (none: an empty list)."""
+    return [v.strip() for v in re.findall(rf"^{name}\s*:(.*)$", message, re.M | re.I)]
+
+
+def header(message: str, name: str) -> str:
+    found = headers(message, name)
+    assert found, f"no {name} in:\n{message}"
+    return found[0]
+
+
+def call_id(result: SippResult) -> str:
+    """The SIP Call-ID of the (first) call this SIPp placed or took."""
+    first = result.sent("INVITE") or result.received("INVITE")
+    assert first, result.describe()
+    return header(first[0], "Call-ID")
+
+
+def passed(*results: SippResult) -> None:
+    for result in results:
+        assert result.returncode == 0, result.describe()
+
+
+def request_uri_user(invite: str) -> str:
+    return invite.split()[1].removeprefix("sip:").split("@")[0]

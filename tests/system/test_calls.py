@@ -8,44 +8,25 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from tests.system.conftest import BRANCH, FAILOVER_TIMER_S, GW1, GW2, HQ, STRANGER, System
-from tests.system.sipp import Sipp, SippResult
+from tests.system.conftest import (
+    BRANCH,
+    FAILOVER_TIMER_S,
+    GW1,
+    GW2,
+    HQ,
+    STRANGER,
+    System,
+    trunk,
+)
+from tests.system.sipp import Sipp, call_id, header, passed, request_uri_user
 
 LOCAL = "+14255551234"  # hq dials a Redmond number: route redmond-local, gw1 then gw2
 LOCAL_SENT = "14255551234"  # as the gateways' outbound rule writes it
 HQ_EXTENSION = "4255550100"  # a gateway delivers a call to an hq extension
 BRANCH_EXTENSION = "+12065550142"
-
-
-def header(message: str, name: str) -> str:
-    found = re.search(rf"^{name}\s*:\s*(.*)$", message, re.M | re.I)
-    assert found is not None, f"no {name} in:\n{message}"
-    return found.group(1).strip()
-
-
-def call_id(result: SippResult) -> str:
-    """The SIP Call-ID of the (first) call this SIPp placed or took."""
-    first = result.sent("INVITE") or result.received("INVITE")
-    assert first, result.describe()
-    return header(first[0], "Call-ID")
-
-
-def passed(*results: SippResult) -> None:
-    for result in results:
-        assert result.returncode == 0, result.describe()
-
-
-def request_uri_user(invite: str) -> str:
-    return invite.split()[1].removeprefix("sip:").split("@")[0]
-
-
-def trunk(system: System, ip: str, scenario: str, workdir: Path, **kwargs: Any) -> Sipp:
-    """A trunk answering where the config's peer says."""
-    return Sipp(scenario, workdir, ip=ip, port=system.peer_port(ip), **kwargs).start()
 
 
 def test_pbx_to_pstn_with_early_media(system: System, sipp_dir: Path) -> None:

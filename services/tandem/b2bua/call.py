@@ -109,7 +109,7 @@ from tandem.b2bua.machine import Handler, Machine, ProtocolError
 from tandem.b2bua.profile import Profile
 from tandem.b2bua.records import Attempt, Record
 from tandem.b2bua.relay import Relay, body_headers, leg_response, respond, sip_body
-from tandem.b2bua.side import REFRESH, Side, tokens
+from tandem.b2bua.side import REFRESH, Side
 from tandem.b2bua.transfer import (
     CALLER,
     SIPFRAG,
@@ -150,6 +150,18 @@ def number_of(uri_text: str) -> str:
         return rest.partition(";")[0]
     user, at, _ = rest.partition("@")
     return user.partition(";")[0] if at else ""
+
+
+def privacy_of(request: Request) -> set[str]:
+    """The privacy a request asks for (RFC 3323 4.2: priv-values joined by ';', which some
+    user agents write with ',')."""
+    values = ",".join(request.headers.values("privacy")).replace(";", ",").lower()
+    return {v.strip() for v in values.split(",") if v.strip()} - {"none"}
+
+
+def _changed(status: int, received: int) -> int:
+    """The trunk's own code for the record, when its response map changed it (else 0)."""
+    return received if received != status else 0
 
 
 def _number_in(name_addr: str) -> str:
@@ -273,7 +285,7 @@ class Call(Machine):
         self.called = number_of(invite.uri) or number_of(str(invite.to.uri))
         from_ = invite.from_
         self.calling = number_of(str(from_.uri))
-        privacy = tokens(invite, "privacy") - {"none"}
+        privacy = privacy_of(invite)
         self.privacy = ", ".join(sorted(privacy))
         # RFC 3325: a P-Asserted-Identity is believed only from a trunk in the trust domain
         self.identity = invite.headers.values("p-asserted-identity") if self.profile.trusted else []
@@ -372,7 +384,7 @@ class Call(Machine):
             status=status,
             reason=f"{failure}: {reason}",
             failure=failure,
-            received_status=received,
+            received_status=_changed(status, received),
             **self._leg_fields(),
         )
         if len(self.attempts) < len(self.targets):  # a failover only if a target is left
@@ -499,7 +511,7 @@ class Call(Machine):
             status=event.status,
             reason=event.reason,
             failure=event.failure,
-            received_status=event.received,
+            received_status=_changed(event.status, event.received),
             **self._leg_fields(),
         )
         self._drop_leg()

@@ -480,8 +480,8 @@ def invite_request(
         asserted = [v for n, v in forwarded if n.lower() == "p-asserted-identity"]
         if target.suppress_caller_id and target.calling:
             asserted = [f"<sip:{target.calling}@{local.host}>"]  # the route's alternate
-        elif not asserted and target.calling:
-            asserted = [f"<sip:{target.calling}@{local.host}>"]
+        elif not asserted and target.calling.lower() not in ("", "anonymous"):
+            asserted = [f"<sip:{target.calling}@{local.host}>"]  # an anonymous From names no one
         fields += [("P-Asserted-Identity", v) for v in asserted]
         wanted = privacy | ({"id"} if withheld else set())
         if wanted:
