@@ -1,9 +1,7 @@
 """How tandem names itself in SIP: ids, tags, its Contact, and the headers it always sends.
 
 Each leg of a call has its own Call-ID, tags, Via (added by the transaction layer) and
-Contact, so nothing of one side's topology reaches the other. Requests in a dialog go to the
-trunk's address (the source of the ingress INVITE, the peer of the egress trunk), as an SBC
-does, never to a Contact's host.
+Contact, so nothing of one side's topology reaches the other.
 """
 
 from __future__ import annotations
