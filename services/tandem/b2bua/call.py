@@ -108,7 +108,7 @@ from tandem.b2bua.local import ALLOW, RETRY_AFTER_S, USER_AGENT, Local, new_id, 
 from tandem.b2bua.machine import Handler, Machine, ProtocolError
 from tandem.b2bua.profile import Profile
 from tandem.b2bua.records import Attempt, Record
-from tandem.b2bua.relay import Relay, body_headers, leg_response, respond, sip_body
+from tandem.b2bua.relay import Relay, body_headers, respond, sip_body
 from tandem.b2bua.side import REFRESH, Side
 from tandem.b2bua.transfer import (
     CALLER,
@@ -577,18 +577,9 @@ class Call(Machine):
                     self.side.ack(self.dialog.create_ack())
                 self._joined(status)
             return
-        answered = self.relay.sent.get(event.request_id)
-        if answered is None or self.attempt is None:
-            return
-        if response is not None and response.status < 200:
-            return  # we said 100 Trying to the callee already
-        if answered:  # a 2xx again: our ACK was lost
-            if response is not None and response.status < 300 and self.side.last_ack:
-                self.side.ack(self.side.last_ack)
-            return
-        self.relay.sent[event.request_id] = True
-        self.side.answered(event.request_id, response)
-        self._command(self.attempt, response=leg_response(event.request_id, response))
+        crossing = self.side.crossing(self.relay, event.request_id, response)
+        if crossing is not None and self.attempt is not None:
+            self._command(self.attempt, response=crossing)
 
     def _leg_responded(self, event: LegResponded) -> None:
         if event.response.request_id == JOIN:

@@ -82,7 +82,7 @@ from tandem.b2bua.events import (
 from tandem.b2bua.local import ALLOW, USER_AGENT, Local, new_id, new_tag
 from tandem.b2bua.machine import Handler, Machine, ProtocolError
 from tandem.b2bua.profile import Profile
-from tandem.b2bua.relay import Relay, body_headers, leg_response, respond, sip_body
+from tandem.b2bua.relay import Relay, body_headers, respond, sip_body
 from tandem.b2bua.side import REFRESH, Side, _min_se
 from tandem.b2bua.transfer import referral
 from tandem.pb import tandem_pb2 as pb
@@ -403,16 +403,9 @@ class Leg(Machine):
             if gone is not None:
                 self._session_over(gone)
             return
-        answered = self.relay.sent.get(event.request_id)
-        if answered is None or (response is not None and response.status < 200):
-            return
-        if answered:  # a 2xx again (a re-INVITE's): our ACK was lost
-            if response is not None and response.status < 300 and self.side.last_ack:
-                self.side.ack(self.side.last_ack)
-            return
-        self.relay.sent[event.request_id] = True
-        self.side.answered(event.request_id, response)
-        self._publish(Kind.RESPONSE, response=leg_response(event.request_id, response))
+        crossing = self.side.crossing(self.relay, event.request_id, response)
+        if crossing is not None:
+            self._publish(Kind.RESPONSE, response=crossing)
 
     # ---- the session timer ---------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from tandem.b2bua.actions import Respond, SendAck, SendRequest, StartTimer, Stop
 from tandem.b2bua.events import Txn
 from tandem.b2bua.local import ALLOW, SUPPORTED, USER_AGENT
 from tandem.b2bua.profile import Profile
-from tandem.b2bua.relay import respond
+from tandem.b2bua.relay import Relay, leg_response, respond
+from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response
 from tandem.sip.dialog import Dialog
 
@@ -147,6 +148,23 @@ class Side:
             self.offer_out = ""
         if response is not None and 200 <= response.status < 300 and response.body:
             self.sdp_received = response.body
+
+    def crossing(
+        self, relay: Relay, request_id: str, response: Response | None
+    ) -> pb.LegResponse | None:
+        """The far end's answer to a request we sent here for the other leg: what crosses
+        back, once (None for a provisional, an unknown request, or a 2xx again, which is
+        ACKed again: our ACK was lost)."""
+        answered = relay.sent.get(request_id)
+        if answered is None or (response is not None and response.status < 200):
+            return None
+        if answered:
+            if response is not None and response.status < 300 and self.last_ack is not None:
+                self.ack(self.last_ack)
+            return None
+        relay.sent[request_id] = True
+        self.answered(request_id, response)
+        return leg_response(request_id, response)
 
     # ---- answering in the dialog ----------------------------------------------------------
 
