@@ -16,7 +16,8 @@ import pytest
 
 from tandem.sim.client import SimClient
 from tests.e2e.conftest import World, running_world
-from tests.e2e.test_calls import call_up, connected, flowing
+from tests.e2e.test_calls import call_up
+from tests.sim.calls import connected, flowing
 
 pytestmark = pytest.mark.e2e
 

@@ -4,30 +4,18 @@ media path, RFC 4733 DTMF, hold and resume by re-INVITE, and failover between ga
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
 
 from tandem.sim.client import SimClient
-from tandem.sim.views import CallView
 from tandem.traces import Span, render_tree
 from tests.e2e.conftest import World
+from tests.sim.calls import connected, flowing
 
 pytestmark = pytest.mark.e2e
 
 QUIET_S = 0.6  # 30 packets at 20 ms: no packet in that time means nobody sends
-
-
-def connected(c: CallView) -> bool:
-    return c.state == "confirmed" and c.media == "active"
-
-
-def flowing(before: CallView | None = None) -> Callable[[CallView], bool]:
-    """RTP both ways, more of it than `before` counted."""
-    sent = before.rtp.tx_packets if before else 0
-    got = before.rtp.rx_packets if before else 0
-    return lambda c: c.rtp.tx_packets > sent and c.rtp.rx_packets > got
 
 
 def call_up(caller: SimClient, callee: SimClient, calling: str, called: str) -> tuple[str, str]:
