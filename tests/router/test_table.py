@@ -47,7 +47,7 @@ def test_a_redmond_number_takes_redmond_local() -> None:
 
 
 def test_an_international_number_takes_universal() -> None:
-    decision = RoutingTable(redmond()).decide("pbx", "+441235551010")
+    decision = RoutingTable(redmond()).decide("pbx", "+441235551010", explain=True)
     assert (decision.result, decision.usage, decision.route) == (
         ROUTED,
         "GlobalPSTNHopoff",
@@ -65,8 +65,14 @@ def test_a_trunk_whose_only_usage_has_no_route_gets_403() -> None:
     assert not decision.targets
 
 
+def test_a_decision_for_a_call_carries_no_prose() -> None:
+    """The bus has no reader for `explain`: only route tests build it."""
+    decision = RoutingTable(redmond()).decide("pbx", "+441235551010")
+    assert decision.result == ROUTED and list(decision.explain) == []
+
+
 def test_the_called_number_is_normalized_by_the_ingress_trunk() -> None:
-    decision = RoutingTable(redmond()).decide("pbx", "0100")
+    decision = RoutingTable(redmond()).decide("pbx", "0100", explain=True)
     assert decision.normalized_called == "+14255550100"
     assert decision.route == "Redmond-Local"
     assert any("inbound_rules[0]" in line for line in decision.explain)
@@ -105,7 +111,7 @@ def test_a_later_usage_is_the_backup_even_when_the_first_has_no_usable_trunk() -
         [trunk("in", ["First", "Second"]), trunk("off", enabled=False), trunk("gw")],
         [route("r1", r"^\+1", ["First"], ["off"]), route("r2", r"^\+1", ["Second"], ["gw"])],
     )
-    decision = t.decide("in", "+12065550100")
+    decision = t.decide("in", "+12065550100", explain=True)
     assert decision.result == ROUTED
     assert targets(decision) == ["gw"]
     assert (decision.usage, decision.route) == ("Second", "r2")
@@ -138,7 +144,7 @@ def skip_policy() -> RoutingTable:
 
 def test_disabled_busy_and_ingress_trunks_are_skipped_and_down_ones_go_last() -> None:
     conditions = Conditions(down={"flaky"}, active_calls={"busy": 2})
-    decision = skip_policy().decide("in", "+1", conditions=conditions)
+    decision = skip_policy().decide("in", "+1", conditions=conditions, explain=True)
     assert targets(decision) == ["ok", "flaky"]
     assert [t.trunk_down for t in decision.targets] == [False, True]
     explain = "\n".join(decision.explain)

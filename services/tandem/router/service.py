@@ -113,7 +113,7 @@ class Service:
         """A decision that places no call: the round-robin turns are left where they were."""
         preview = Spreader(self.spreader.rng)
         preview.turns = dict(self.spreader.turns)
-        return self.table.decide(trunk, called, calling, self.conditions, preview)
+        return self.table.decide(trunk, called, calling, self.conditions, preview, explain=True)
 
     async def _on_decide(self, msg: Msg) -> None:
         parent = telemetry.extract(dict(msg.headers or {}))

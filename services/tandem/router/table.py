@@ -204,17 +204,39 @@ class RoutingTable:
         calling: str = "",
         conditions: Conditions | None = None,
         spreader: Spreader | None = None,
+        explain: bool = False,
     ) -> pb.RouteDecision:
+        """The decision for a call; `explain` adds its reasons in prose (for route tests:
+        a call's decision on the bus has no reader for them)."""
         conditions = conditions or Conditions()
         spreader = spreader or Spreader()
         decision = pb.RouteDecision()
-        explain = decision.explain
+        notes: list[str] | None = [] if explain else None
+        self._decide(decision, ingress, called, calling, conditions, spreader, notes)
+        if notes is not None:
+            if decision.result != pb.RouteDecision.ROUTED:
+                notes.append(f"{decision.status}: {decision.reason}")
+            decision.explain.extend(notes)
+        return decision
+
+    def _decide(
+        self,
+        decision: pb.RouteDecision,
+        ingress: str,
+        called: str,
+        calling: str,
+        conditions: Conditions,
+        spreader: Spreader,
+        explain: list[str] | None,
+    ) -> pb.RouteDecision:
         trunk = self.trunks.get(ingress)
         if trunk is None:
-            explain.append(f"ingress trunk {ingress!r} is not in the policy")
+            if explain is not None:
+                explain.append(f"ingress trunk {ingress!r} is not in the policy")
             return _refuse(decision, NO_ROUTE_STATUS, f"unknown ingress trunk {ingress}")
         if not trunk.config.enabled:
-            explain.append(f"ingress trunk {ingress} is disabled (draining): no new calls")
+            if explain is not None:
+                explain.append(f"ingress trunk {ingress} is disabled (draining): no new calls")
             return _refuse(decision, NO_TRUNK_STATUS, f"trunk {ingress} is disabled")
 
         called = _normalize(trunk.inbound_rules, called, "called", "inbound_rules", explain)
@@ -226,7 +248,7 @@ class RoutingTable:
         decision.normalized_calling = calling
 
         usages = trunk.config.pstn_usages
-        if not usages:
+        if not usages and explain is not None:
             explain.append(f"trunk {ingress} has no PSTN usages: it may not route calls")
         up: list[tuple[str, Route, str]] = []  # (trunk, route, usage), in the order to try
         down: list[tuple[str, Route, str]] = []
@@ -235,10 +257,12 @@ class RoutingTable:
         for usage in usages:
             routes = [r for r in matching if usage in r.config.pstn_usages]
             if not routes:
-                explain.append(f"usage {usage}: no voice route matches {called}")
+                if explain is not None:
+                    explain.append(f"usage {usage}: no voice route matches {called}")
                 continue
-            names = ", ".join(r.label for r in routes)
-            explain.append(f"usage {usage}: {names} match {called}")
+            if explain is not None:
+                names = ", ".join(r.label for r in routes)
+                explain.append(f"usage {usage}: {names} match {called}")
             if not decision.usage:
                 decision.usage, decision.route = usage, routes[0].config.id
             for route in routes:
@@ -262,7 +286,7 @@ class RoutingTable:
                 f"no usable trunk on the routes for {called} "
                 f"(ms-diagnostics {NO_TRUNK_DIAGNOSTIC})",
             )
-        if down:
+        if down and explain is not None:
             explain.append(f"down trunks go last: {', '.join(pick[0] for pick in down)}")
         for trunk_id, config, usage in up:
             self._target(decision.targets.add(), trunk_id, config, usage, called, calling)
@@ -273,9 +297,10 @@ class RoutingTable:
         first = decision.targets[0]
         decision.usage, decision.route = first.usage, first.route
         decision.result = pb.RouteDecision.ROUTED
-        explain.append(
-            "targets in order: " + ", ".join(f"{t.trunk} ({t.route})" for t in decision.targets)
-        )
+        if explain is not None:
+            explain.append(
+                "targets in order: " + ", ".join(f"{t.trunk} ({t.route})" for t in decision.targets)
+            )
         return decision
 
     def _usable(
@@ -284,7 +309,7 @@ class RoutingTable:
         ingress: str,
         conditions: Conditions,
         taken: set[str],
-        explain: Any,
+        explain: list[str] | None,
     ) -> list[str]:
         usable = []
         for trunk_id in route.trunks:
@@ -301,7 +326,8 @@ class RoutingTable:
             else:
                 usable.append(trunk_id)
                 continue
-            explain.append(f"route {route.id}: trunk {trunk_id} skipped: {why}")
+            if explain is not None:
+                explain.append(f"route {route.id}: trunk {trunk_id} skipped: {why}")
         return usable
 
     def _target(
@@ -328,18 +354,23 @@ class RoutingTable:
 
 
 def _normalize(
-    rules: tuple[CompiledRule, ...], number: str, which: str, field_name: str, explain: Any
+    rules: tuple[CompiledRule, ...],
+    number: str,
+    which: str,
+    field_name: str,
+    explain: list[str] | None,
 ) -> str:
     normalized, index = apply_rules(rules, number)
     if index is None:
-        if rules:
+        if rules and explain is not None:
             explain.append(f"{which} {number}: no rule of {field_name} matches; kept as is")
         return number
     rule = rules[index]
-    explain.append(
-        f"{which} {number} -> {normalized} by {field_name}[{index}] "
-        f"{rule.pattern.text} -> {rule.translation}"
-    )
+    if explain is not None:
+        explain.append(
+            f"{which} {number} -> {normalized} by {field_name}[{index}] "
+            f"{rule.pattern.text} -> {rule.translation}"
+        )
     return normalized
 
 
@@ -349,7 +380,6 @@ def _refuse(decision: pb.RouteDecision, status: int, reason: str) -> pb.RouteDec
     )
     decision.status = status
     decision.reason = reason
-    decision.explain.append(f"{status}: {reason}")
     return decision
 
 
@@ -382,7 +412,7 @@ def decision_dict(decision: pb.RouteDecision) -> dict[str, Any]:
 
 def route_test(policy: Policy, trunk: str, called: str, calling: str, as_json: bool) -> str:
     """`tandem route-test`: the decision for one number, from a policy alone (all trunks up)."""
-    decision = RoutingTable(policy).decide(trunk, called, calling)
+    decision = RoutingTable(policy).decide(trunk, called, calling, explain=True)
     if as_json:
         return json.dumps(decision_dict(decision), indent=2)
     return decision_text(decision)
