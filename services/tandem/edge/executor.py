@@ -178,6 +178,7 @@ class Executor:
     # ---- the bus -------------------------------------------------------------------------
 
     def _ask_route(self, runner: Runner, action: a.AskRoute) -> None:
+        self.registry.routing.setdefault(runner, time.monotonic())
         self.spawn(self._route(runner, action.request))
 
     async def _route(self, runner: Runner, request: pb.RouteRequest) -> None:
@@ -193,6 +194,7 @@ class Executor:
         except Exception as exc:  # no router answering: the caller may retry elsewhere
             log.warning("route request for call %s failed: %r", request.call_id, exc)
             event = e.RouteFailed(repr(exc))
+        self.registry.routing.pop(runner, None)
         self.feed(runner, event)
 
     def _create_leg(self, runner: Runner, action: a.CreateLeg) -> None:

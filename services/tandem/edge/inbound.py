@@ -23,6 +23,7 @@ from tandem.b2bua.relay import respond
 from tandem.edge.admission import Admission, RejectLimiter
 from tandem.edge.executor import Executor
 from tandem.edge.metrics import EdgeMetrics
+from tandem.edge.overload import Overload
 from tandem.edge.registry import Registry
 from tandem.edge.stateless import ANSWER_HEADERS, answer_unparsable
 from tandem.edge.transactions import ServerTransaction, Transactions
@@ -59,7 +60,7 @@ class Inbound:
         self.admission = Admission(())
         self.rejects = RejectLimiter()
         self.draining = False  # new calls get 503: the edge is stopping
-        self.overloaded = False  # new calls get 503: the event loop runs late
+        self.overload = Overload()
 
     def receive(self, data: bytes, peer: Peer) -> None:
         """Every datagram and framed stream message."""
@@ -153,6 +154,10 @@ class Inbound:
             self._answer(txn, 200, [("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED)])
         else:
             self._answer(txn, 481, [])
+
+    @property
+    def overloaded(self) -> bool:
+        return self.overload.refuses(self.registry.routing_wait(time.monotonic()))
 
     def _new_call(self, invite: Request, txn: ServerTransaction, peer: Peer, trunk: Trunk) -> None:
         refusal = None

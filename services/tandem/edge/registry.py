@@ -65,6 +65,9 @@ class Registry:
         self.invites: dict[TransactionKey, Runner] = {}  # calls by INVITE, for CANCEL
         self.active_in: Counter[str] = Counter()  # calls by ingress trunk
         self.in_setup = 0
+        self.routing: dict[
+            Runner, float
+        ] = {}  # calls waiting for a route, since when (oldest first)
         self.idle = asyncio.Event()  # set when no call is left, nor a leg but winding down
 
     def add_call(self, runner: Runner, invite: ServerTransaction) -> None:
@@ -100,9 +103,16 @@ class Registry:
             if isinstance(runner.invite, ServerTransaction):
                 self.invites.pop(runner.invite.key, None)
 
+    def routing_wait(self, now: float) -> float:
+        """How long the oldest call waiting for its route decision has waited."""
+        for since in self.routing.values():
+            return now - since
+        return 0.0
+
     def remove(self, runner: Runner) -> None:
         machine = runner.machine
         self.setup_over(runner)
+        self.routing.pop(runner, None)
         if self.dialogs.get(runner.dialog) is runner:
             del self.dialogs[runner.dialog]
         if isinstance(machine, Call):

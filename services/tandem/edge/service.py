@@ -42,7 +42,6 @@ log = logging.getLogger("tandem.edge")
 HEARTBEAT_S = 2.0
 EDGE_LOST_AFTER = 3  # heartbeats missed: the edge is gone, and its half of our calls with it
 LAG_CHECK_S = 0.1
-OVERLOAD_LAG_S = 0.3
 
 
 class Service:
@@ -351,7 +350,7 @@ class Service:
         while True:
             expected = loop.time() + LAG_CHECK_S
             await asyncio.sleep(LAG_CHECK_S)
-            self.inbound.overloaded = loop.time() - expected > OVERLOAD_LAG_S
+            self.inbound.overload.sample(loop.time() - expected)
 
     # ---- API -------------------------------------------------------------------------------------
 
