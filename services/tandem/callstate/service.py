@@ -67,7 +67,7 @@ class Service:
         self.ctx = ctx
         self.edge_lost_s = ctx.config.callstate.edge_lost_s
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
-        self.store = Store(ctx.nc, ctx.js)
+        self.store = Store(ctx.nc, ctx.js, ctx.config.replicas)
         self.lease: lease.Lease | None = None
         self.calls: dict[str, pb.ActiveCall] = {}
         self.live = Ledger()  # calls in progress

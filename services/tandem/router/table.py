@@ -69,9 +69,14 @@ class CompiledTrunk:
 @dataclass(frozen=True, eq=False)
 class CompiledRoute:
     config: Route
-    pattern: Pattern
     rank: tuple[int, str]  # (priority, id): lower first; ids break ties the same on every replica
     prefixes: tuple[str, ...] | None  # what the index files it under (None: every number)
+
+    @functools.cached_property
+    def pattern(self) -> Pattern:
+        # compiled when first needed: a cold router indexes 100,000 routes without compiling
+        # one (their prefixes are read from the text); the router warms them up afterwards
+        return compile_pattern(self.config.number_pattern)
 
     @functools.cached_property
     def label(self) -> str:
@@ -79,11 +84,7 @@ class CompiledRoute:
 
     @classmethod
     def build(cls, route: Route) -> CompiledRoute:
-        pattern = compile_pattern(route.number_pattern)
-        rank = (route.priority, route.id)
-        if pattern.digits is not None:  # '^literal\d{n}$': the literal is the whole prefix
-            return cls(route, pattern, rank, (pattern.digits[0],))
-        return cls(route, pattern, rank, literal_prefixes(route.number_pattern))
+        return cls(route, (route.priority, route.id), literal_prefixes(route.number_pattern))
 
 
 @dataclass
