@@ -22,7 +22,7 @@ async def test_a_written_policy_reads_back_whole(js: JetStreamContext) -> None:
     assert not await store.import_policy(js, redmond(), if_empty=True)
     smaller = redmond().model_copy(update={"routes": redmond().routes[:1]})
     async with store.write_lock(kv):
-        await store.write_policy(kv, smaller)
+        await store.write_policy(js, smaller)
     assert await store.read_policy(kv) == smaller
     assert "route.Universal" not in await store.read_entries(kv)  # deleted, not left behind
 
@@ -68,7 +68,7 @@ async def test_the_snapshot_is_the_policy_as_of_its_commit(js: JetStreamContext)
     assert store.policy_from_entries(store.decode_snapshot(blob)) == redmond()
     smaller = redmond().model_copy(update={"routes": redmond().routes[:1]})
     async with store.write_lock(kv) as lock:
-        await store.write_policy(kv, smaller, lock=lock)
+        await store.write_policy(js, smaller, lock=lock)
     _, blob = await store.read_snapshot(kv) or (0, b"")
     assert store.policy_from_entries(store.decode_snapshot(blob)) == smaller
 
@@ -112,7 +112,7 @@ async def test_a_writer_whose_lock_was_taken_over_commits_nothing(
                 store.LOCK_KEY, json.dumps({"owner": "other", "time": time.time()}).encode()
             )
             await asyncio.sleep(0.2)
-            await store.write_policy(kv, smaller, lock=lock)
+            await store.write_policy(js, smaller, lock=lock)
     assert (await kv.get(store.COMMIT_KEY)).revision == commit
     assert json.loads((await kv.get(store.LOCK_KEY)).value or b"")["owner"] == "other"
 

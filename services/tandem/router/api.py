@@ -11,6 +11,7 @@ call would get, without placing one (Lync's Test-CsInterTrunkRouting).
 # their collection's dependencies in their annotations, which FastAPI must get as objects
 # (it looks annotation strings up among this module's globals, where those are not).
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,12 +151,15 @@ def get_policy(
 )
 async def put_policy(request: Request, replica: ReplicaDep) -> dict[str, int]:
     """Import a whole policy (JSON or YAML), replacing the stored one all at once."""
-    data = parse_body(await request.body(), request.headers.get("content-type", ""))
+    # reading and validating 100,000 routes takes seconds: off the loop, which keeps deciding
+    body, content_type = await request.body(), request.headers.get("content-type", "")
+    data = await asyncio.to_thread(parse_body, body, content_type)
     if not isinstance(data, dict):
         raise HTTPException(422, "a policy is a mapping of pstn_usages, trunks and routes")
     # a whole config file is welcome: its deployment part (nats, edges...) is not policy
     deployment = Config.model_fields.keys() - Policy.model_fields.keys()
-    policy = checked(422, **{k: v for k, v in data.items() if k not in deployment})
+    parts = {k: v for k, v in data.items() if k not in deployment}
+    policy = await asyncio.to_thread(lambda: checked(422, **parts))
     await change(replica, lambda _: policy)
     return {"trunks": len(policy.trunks), "routes": len(policy.routes)}
 

@@ -210,7 +210,8 @@ class Service:
         force. The follower awaits this, so nothing changes its state meanwhile."""
 
         def build() -> RoutingTable:
-            return RoutingTable(self.follower.state.policy(), self.table)
+            with store.gc_paused():  # collected below, once
+                return RoutingTable(self.follower.state.policy(), self.table)
 
         try:
             table = await asyncio.to_thread(build)
@@ -224,7 +225,9 @@ class Service:
         # collection over 100,000 routes would stall decisions for tens of milliseconds). What
         # is frozen is never collected, so collect first: only objects made since the last
         # freeze are scanned. Tables hold no reference cycles: a replaced one is freed anyway.
-        gc.collect()
+        # A cold start has no old table to drop: it skips the collection (0.4 s at 100,000).
+        if self.in_force:
+            gc.collect()
         gc.freeze()
         self.policy_error = None
         self.in_force = revision
@@ -349,7 +352,7 @@ class Service:
             async with store.write_lock(self.kv, self.name) as lock:
                 await self.follower.sync()
                 policy = mutate(self.policy)
-                revision = await store.write_policy(self.kv, policy, self.follower.state, lock)
+                revision = await store.write_policy(self.ctx.js, policy, self.follower.state, lock)
         except TimeoutError as exc:
             raise store.PolicyBusyError(str(exc)) from None
         await self.everywhere(revision)
