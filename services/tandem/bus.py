@@ -289,6 +289,7 @@ class Outbox:
         self._inbox = ""
         self._acks: Subscription | None = None
         self._resender: asyncio.Task[None] | None = None
+        self._said_late = 0.0
         self._tokens = 0
         self.pending_events = 0
         self._stored = asyncio.Event()  # set while no call event waits for JetStream
@@ -380,7 +381,9 @@ class Outbox:
             now = time.monotonic()
             late = [e for e in self._sent.values() if e.resend_at <= now]
             if late:
-                log.info("%d call events not acknowledged yet: sent again", len(late))
+                if now - self._said_late > EVENT_ACK_WAIT_S:  # once in a while, not each time
+                    self._said_late = now
+                    log.info("%d call events not acknowledged yet: sent again", len(late))
                 self._queue.extend(late)
                 for event in late:
                     event.resend_at = now + EVENT_ACK_WAIT_S

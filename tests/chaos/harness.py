@@ -8,8 +8,10 @@ The run kills (SIGKILL) in turn one NATS server (the one leading the call-event 
 one router and the callstate leader, and restarts each after a while. For every fault it
 prints: the new calls attempted and failed during the fault window (from the kill until
 the system is whole again), the calls in progress at the kill that were lost, the
-gateway's call legs left hanging, CDRs missing and duplicated, and the seconds until the
-system was whole again.
+gateway's call legs left hanging, CDRs missing and duplicated, the seconds until the rest
+had taken over (streams led again, the standby callstate leading and caught up, the other
+router deciding) and until the system was whole again (restarted, caught up, every copy
+current).
 
 Each call's moments come from SIPp's own log (uac_chaos.xml, uas_chaos.xml), with the
 wall clock; CDRs and call events are read from their streams at the end.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -135,8 +138,9 @@ class Fault:
     name: str
     killed: str
     kill_at: float  # wall clock, as SIPp logs it
+    served_at: float = 0.0  # the rest took over: what the killed process did is done again
     restart_at: float = 0.0
-    whole_at: float = 0.0
+    whole_at: float = 0.0  # restarted, caught up, every copy current
 
 
 @dataclass
@@ -165,6 +169,10 @@ class Report:
         return self.fault.whole_at - self.fault.kill_at
 
     @property
+    def served_s(self) -> float:
+        return self.fault.served_at - self.fault.kill_at
+
+    @property
     def failed_share(self) -> float:
         return self.failed / self.attempted if self.attempted else 0.0
 
@@ -178,7 +186,7 @@ class Outcome:
     cdrs_missing: int
     cdrs_duplicated: int
     failed_outside: int  # calls failed with no fault about: the machine's own noise
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the calls lost, failed or without a CDR
 
 
 class System:
@@ -199,6 +207,7 @@ class System:
             self._proc(e["id"], ["edge", "--id", e["id"]], e["api"]) for e in self.config["edges"]
         ]
         self.procs = [*self.routers, *self.callstates, *self.edges]
+        self.live_url = ""  # while a server is down: the others (a connection would try it)
 
     def _config(self) -> dict[str, Any]:
         quiet = {"options_interval_s": 0}  # a probe would be an unexpected call to SIPp
@@ -281,7 +290,7 @@ class System:
 
     def ask(self, question: Callable[[JetStreamContext], Awaitable[T]]) -> T:
         async def asked() -> T:
-            nc = await bus.connect(self.cluster.url, "chaos")
+            nc = await bus.connect(self.live_url or self.cluster.url, "chaos")
             try:
                 return await question(nc.jetstream())
             finally:
@@ -308,19 +317,40 @@ class System:
 
         name = self.ask(leader)
         node = next(n for n in self.cluster.nodes if n.name == name)
-        fault = Fault("NATS server (call-event stream leader)", name, time.time())
-        self.cluster.kill(node)
-        time.sleep(self.profile.down_s)
-        fault.restart_at = time.time()
-        self.cluster.start(node)
-        self.ask_until(streams_whole)
-        self.wait_ready(self.procs, WHOLE_TIMEOUT_S)
-        fault.whole_at = time.time()
-        return fault
+
+        def served(js: JetStreamContext) -> Awaitable[bool]:
+            return streams_led_and_applied(js, name, self.profile.rate)
+
+        def whole() -> None:
+            self.ask_until(streams_whole)
+            self.wait_ready(self.procs, WHOLE_TIMEOUT_S)
+
+        def kill() -> None:
+            self.live_url = ",".join(n.url for n in self.cluster.nodes if n is not node)
+            self.cluster.kill(node)
+
+        def restart() -> None:
+            self.cluster.start(node)
+            self.live_url = ""
+
+        return self._fault(
+            "NATS server (call-event stream leader)", name, kill, restart, served, whole
+        )
 
     def kill_router(self) -> Fault:
-        router = self.routers[0]
-        return self._kill_and_restart("router", router, lambda: self.wait_ready(self.routers))
+        router, other = self.routers
+
+        async def served(js: JetStreamContext) -> bool:
+            return other.ready()
+
+        return self._fault(
+            "router",
+            router.name,
+            router.kill,
+            router.start,
+            served,
+            lambda: self.wait_ready([router]),
+        )
 
     def kill_callstate_leader(self) -> Fault:
         async def holder(js: JetStreamContext) -> str:
@@ -328,23 +358,61 @@ class System:
             return str(json.loads((await kv.get(LEASE_KEY)).value or b"{}").get("holder", ""))
 
         held = self.ask(holder)  # "<host>-<pid>-<id>"
-        leader = next(p for p in self.callstates if f"-{p.pid}-" in held)
+        leader = next(p for p in self.callstates if p.pid == leader_pid(held))
+
+        async def served(js: JetStreamContext) -> bool:  # the standby leads and keeps up
+            return leader_pid(await holder(js)) != leader.pid and await callstate_caught_up(
+                js, self.profile.rate
+            )
 
         def whole() -> None:
             self.wait_ready(self.callstates)
             self.ask_until(lambda js: callstate_caught_up(js, self.profile.rate))
 
-        return self._kill_and_restart("callstate leader", leader, whole)
+        return self._fault(
+            "callstate leader", leader.name, leader.kill, leader.start, served, whole
+        )
 
-    def _kill_and_restart(self, what: str, proc: Proc, whole: Callable[[], None]) -> Fault:
-        fault = Fault(what, proc.name, time.time())
-        proc.kill()
-        time.sleep(self.profile.down_s)
+    def _fault(
+        self,
+        what: str,
+        killed: str,
+        kill: Callable[[], None],
+        restart: Callable[[], None],
+        served: Callable[[JetStreamContext], Awaitable[bool]],
+        whole: Callable[[], None],
+    ) -> Fault:
+        """Kill; note when the rest has taken over; restart after down_s; wait until whole."""
+        fault = Fault(what, killed, time.time())
+        kill()
+        restart_at = time.monotonic() + self.profile.down_s
+        while not fault.served_at and time.monotonic() < restart_at:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                if self.ask(served):
+                    fault.served_at = time.time()
+            time.sleep(0.1)
+        time.sleep(max(0.0, restart_at - time.monotonic()))
         fault.restart_at = time.time()
-        proc.start()
+        restart()
         whole()
         fault.whole_at = time.time()
+        fault.served_at = fault.served_at or fault.whole_at  # only whole again did it serve
         return fault
+
+
+def leader_pid(holder: str) -> int:
+    """The process id in a callstate lease holder's name, `<host>-<pid>-<id>`."""
+    parts = holder.rsplit("-", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
+
+
+async def streams_led_and_applied(js: JetStreamContext, dead: str, rate: float) -> bool:
+    """Every stream and bucket is led again (by a server alive), and callstate keeps up."""
+    for name in STREAMS:
+        info = await js.stream_info(name)
+        if info.cluster is None or info.cluster.leader in (None, "", dead):
+            return False
+    return await callstate_caught_up(js, rate)
 
 
 async def streams_whole(js: JetStreamContext) -> bool:
@@ -532,6 +600,16 @@ def judge(
         and c.start  # (a call SIPp was still placing when stopped has no start)
     ]
     missing, duplicated = cdr_faults(list(calls.values()))
+    notes = [
+        f"{c.call_id}: started {c.start:.3f}, answered {c.answered or '-'}, not ended cleanly"
+        for c in calls.values()
+        if c.start and not c.ok
+    ]
+    notes += [
+        f"{c.call_id}: {per_call[c.call_id]} CDRs"
+        for c in calls.values()
+        if (c.answered or c.call_id in started) and per_call[c.call_id] != 1
+    ]
     return Outcome(
         reports,
         placed=len(calls),
@@ -540,20 +618,23 @@ def judge(
         cdrs_missing=missing,
         cdrs_duplicated=duplicated,
         failed_outside=len(outside),
+        notes=notes,
     )
 
 
 def table(outcome: Outcome) -> str:
     header = (
         f"{'fault':<40} {'killed':<12} {'new calls':>9} {'failed':>7} {'in progress':>11} "
-        f"{'lost':>5} {'hanging':>7} {'CDRs missing':>12} {'CDRs dup':>8} {'whole again s':>13}"
+        f"{'lost':>5} {'hanging':>7} {'CDRs missing':>12} {'CDRs dup':>8} {'taken over s':>12} "
+        f"{'whole again s':>13}"
     )
     lines = [header, "-" * len(header)]
     for r in outcome.reports:
         lines.append(
             f"{r.fault.name:<40} {r.fault.killed:<12} {r.attempted:>9} "
             f"{f'{r.failed} ({r.failed_share:.1%})':>7} {r.in_progress:>11} {r.lost:>5} "
-            f"{r.hanging:>7} {r.cdrs_missing:>12} {r.cdrs_duplicated:>8} {r.whole_s:>13.1f}"
+            f"{r.hanging:>7} {r.cdrs_missing:>12} {r.cdrs_duplicated:>8} {r.served_s:>12.1f} "
+            f"{r.whole_s:>13.1f}"
         )
     lines.append(
         f"calls placed {outcome.placed}, completed {outcome.completed}, failed outside any "
@@ -561,6 +642,7 @@ def table(outcome: Outcome) -> str:
         f"duplicated {outcome.cdrs_duplicated}; load average {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} CPUs"
     )
+    lines += [f"  {note}" for note in outcome.notes]
     return "\n".join(lines)
 
 
@@ -575,22 +657,32 @@ def running(workdir: Path, profile: Profile) -> Iterator[System]:
         Sipp.stop_all()
 
 
-def run(workdir: Path, profile: Profile, say: Callable[[str], None] = print) -> Outcome:
+FAULTS = ("nats", "router", "callstate")
+
+
+def run(
+    workdir: Path,
+    profile: Profile,
+    say: Callable[[str], None] = print,
+    kinds: tuple[str, ...] = FAULTS,
+) -> Outcome:
     """One chaos run: the system up, traffic, each fault in turn, then the judgement."""
     with running(workdir, profile) as system:
         traffic = Traffic(system, workdir)
         traffic.start()
         time.sleep(profile.warmup_s)
+        injections = {
+            "nats": system.kill_nats_server,
+            "router": system.kill_router,
+            "callstate": system.kill_callstate_leader,
+        }
         faults = []
         for _ in range(profile.rounds):
-            for inject in (
-                system.kill_nats_server,
-                system.kill_router,
-                system.kill_callstate_leader,
-            ):
-                fault = inject()
+            for kind in kinds:
+                fault = injections[kind]()
                 say(
-                    f"  {fault.name} ({fault.killed}) killed, restarted after "
+                    f"  {fault.name} ({fault.killed}) killed, taken over after "
+                    f"{fault.served_at - fault.kill_at:.1f} s, restarted after "
                     f"{fault.restart_at - fault.kill_at:.1f} s, whole again after "
                     f"{fault.whole_at - fault.kill_at:.1f} s"
                 )
@@ -610,8 +702,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--short", action="store_true", help="the short run of `make test`")
     parser.add_argument("--workdir", help="keep the run's logs here (default: a temp folder)")
+    parser.add_argument("--faults", default=",".join(FAULTS), help="which, in this order")
+    parser.add_argument("--rounds", type=int, help="of the faults (default: the profile's)")
     args = parser.parse_args()
     profile = SHORT if args.short else LONG
+    if args.rounds:
+        profile = dataclasses.replace(profile, rounds=args.rounds)
+    kinds = tuple(args.faults.split(","))
     print(
         f"chaos run: {profile.rate:g} calls/s held {profile.hold_s:g} s, each fault down "
         f"{profile.down_s:g} s, {profile.rounds} round(s)",
@@ -622,7 +719,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        outcome = run(workdir, profile, lambda line: print(line, flush=True))
+        outcome = run(workdir, profile, lambda line: print(line, flush=True), kinds)
     print(table(outcome))
     return 0
 

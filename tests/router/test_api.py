@@ -106,7 +106,8 @@ async def test_a_write_a_replica_is_slow_to_apply_answers_504_and_is_stored(
 
     async def stuck() -> None:  # a live replica that never applies anything
         while True:
-            await routers.put("stuck", json.dumps({"in_force": 1, "time": 0}).encode())
+            said = {"in_force": 1, "time": time.time()}
+            await routers.put("stuck", json.dumps(said).encode())
             await asyncio.sleep(0.2)
 
     beating = asyncio.create_task(stuck())

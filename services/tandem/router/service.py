@@ -291,8 +291,11 @@ class Service:
             return
         if value is None:
             self.peers.pop(key, None)
-        else:
-            self.peers[key] = (int(json.loads(value)["in_force"]), time.monotonic())
+            return
+        said = json.loads(value)
+        # as old as it says it is: the entries first read may be a dead replica's last ones
+        age = max(0.0, time.time() - float(said["time"]))
+        self.peers[key] = (int(said["in_force"]), time.monotonic() - age)
 
     def lagging(self, revision: int) -> list[str]:
         """The live replicas (this one included) that do not have `revision` in force yet."""

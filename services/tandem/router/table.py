@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +85,17 @@ class CompiledRoute:
 
     @classmethod
     def build(cls, route: Route) -> CompiledRoute:
-        return cls(route, (route.priority, route.id), literal_prefixes(route.number_pattern))
+        return cls(route, (route.priority, route.id), index_prefixes(route.number_pattern))
+
+
+# '^\+1425\d{7}$': most routes; their prefix needs no scan (a third of a cold router's index)
+_PLAIN_E164 = re.compile(r"\^\\\+([0-9]+)\\d\{[0-9]+(?:,[0-9]*)?\}\$")
+
+
+def index_prefixes(pattern: str) -> tuple[str, ...] | None:
+    """The literal prefixes a route is indexed under (None: it may match any number)."""
+    plain = _PLAIN_E164.fullmatch(pattern)
+    return ("+" + plain.group(1),) if plain else literal_prefixes(pattern)
 
 
 @dataclass
