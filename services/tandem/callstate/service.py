@@ -283,16 +283,19 @@ class Service:
 
         An ended call's record is written first (state "ended") like any other: that write
         is compare-and-set, so a leader that was replaced fails there, before any CDR; and a
-        leader whose lease ran out while it wrote stops before the CDRs. A crash after it is
-        repaired at recovery, whether the CDR got written or not.
+        leader whose lease ran out while it wrote renews it or stops, before the CDRs. A crash
+        after it is repaired at recovery, whether the CDR got written or not.
         """
         records_out = [*changed, *(call for call, _ in ended)]
         await asyncio.gather(*(self.store.put_call(call) for call in records_out))
         if not ended:
             return
-        # a leader that stalled past its lease (its writes above were slow) leaves these
-        # CDRs to the one that took over: the stream's duplicate window is only 2 minutes
-        self._check_lease()
+        # a leader that stalled past its lease (its writes above were slow) renews it before
+        # writing CDRs, or leaves them to the one that took it over: the stream's duplicate
+        # window is only 2 minutes, and a lease renewed is one nobody else holds
+        assert self.lease is not None
+        if not self.lease.held and not await self.lease.renew():
+            raise LeaseLostError("the leader lease was taken over while writing a batch")
         cdrs = [cdr for _, cdr in ended]
         seqs = await asyncio.gather(*(self.store.publish_cdr(cdr) for cdr in cdrs))
         await asyncio.gather(*(self.store.delete_call(cdr.call_id) for cdr in cdrs))
