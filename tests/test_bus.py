@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -46,3 +48,26 @@ async def test_requests_carry_the_trace_context(nc: Client) -> None:
         trace_id = format(span.get_span_context().trace_id, "032x")
     assert reply.ok
     assert seen["traceparent"].split("-")[1] == trace_id
+
+
+async def test_call_events_are_sent_again_until_the_stream_takes_them(nc: Client) -> None:
+    """As while a stream elects its leader: nothing stores them for a while, then it does."""
+    outbox = bus.Outbox(nc)
+    for seq in (1, 2, 3):
+        event = pb.CallEvent(call_id="c1", kind=pb.CallEvent.STARTED, seq=seq)
+        outbox.publish(
+            bus.call_event("c1", event.kind), event.SerializeToString(), bus.headers(f"c1.{seq}")
+        )
+    outbox.publish("tandem.other", b"not an event", {})  # not held back by them
+    await asyncio.sleep(1.0)
+    assert outbox.pending_events == 3
+    js = nc.jetstream()
+    await bus.ensure_stores(js)  # the stream is there now
+    await asyncio.wait_for(outbox.flush(), 10)
+    assert outbox.pending_events == 0
+    info = await js.stream_info(bus.CALLS_STREAM)
+    stored = [
+        pb.CallEvent.FromString((await js.get_msg(bus.CALLS_STREAM, n)).data or b"").seq
+        for n in range(info.state.first_seq, info.state.last_seq + 1)
+    ]
+    assert stored == [1, 2, 3]  # each once, in order

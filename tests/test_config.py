@@ -106,12 +106,31 @@ routes:
         (lambda c: c["routes"][0].update(spread="weighted"), "needs a positive weight"),
         (lambda c: c["edges"][0].update(sip="127.0.0.1:sip"), "edges.0.sip: bad port 'sip'"),
         (lambda c: c["edges"][0].update(api="127.0.0.1"), "edges.0.api: missing port"),
+        (lambda c: c.update(nats="http://x:4222"), "nats.url: 'http://x:4222' is not a nats://"),
+        (lambda c: c.update(nats={"replicas": 0}), "nats.replicas: Input should be greater"),
+        (lambda c: c.update(nats={"replicas": 7}), "nats.replicas: Input should be less"),
+        (lambda c: c.update(nats={"copies": 3}), "nats.copies: Extra inputs"),
+        (lambda c: c.update(nats_cluster=2), "nats_cluster: Input should be 1, 3 or 5"),
+        (
+            lambda c: c.update(nats={"replicas": 5}, nats_cluster=3),
+            "nats_cluster: 3 servers cannot keep nats.replicas: 5 copies",
+        ),
     ],
 )
 def test_mistakes_are_refused_with_path_and_reason(change: Any, expected: str) -> None:
     data = example()
     change(data)
     assert expected in errors_of(data)
+
+
+def test_nats_is_a_url_or_a_url_with_replicas() -> None:
+    assert parse_config({"nats": "nats://10.0.0.1:4222"}).nats.url == "nats://10.0.0.1:4222"
+    assert parse_config({}).replicas == 1  # locally, one copy by default
+    both = parse_config({"nats": {"url": "nats://a:4222, nats://b:4222", "replicas": 3}})
+    assert (both.nats.urls, both.replicas) == (["nats://a:4222", "nats://b:4222"], 3)
+    assert parse_config({"nats_cluster": 3}).replicas == 3  # a local cluster: one per server
+    assert parse_config({"nats_cluster": 5}).replicas == 3
+    assert parse_config({"nats": {"replicas": 1}, "nats_cluster": 3}).replicas == 1
 
 
 def test_every_field_error_is_reported_at_once() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, free_port
+from tandem import bus
+from tests.conftest import REPO, free_port, free_port_block
 from tests.support import TandemUp, system_config
 
 
@@ -42,6 +44,39 @@ def test_up_starts_everything_and_stops_cleanly(tmp_path: Path, sig: int) -> Non
     time.sleep(0.2)
     assert up.descendants() == [], up.output()
     assert "everything stopped" in up.output()
+
+
+def test_up_starts_a_local_cluster_of_three_servers(tmp_path: Path) -> None:
+    first = free_port_block(6)  # three client ports, then their three route ports
+    config = system_config(f"nats://127.0.0.1:{first}") | {"nats_cluster": 3}
+    up = TandemUp(config, tmp_path)
+    up.start()
+    try:
+        out = up.output()
+        assert "a cluster of 3 started here, streams and buckets with 3 replicas" in out
+        for n in range(3):
+            assert (
+                f"nats-{n + 1}     nats://127.0.0.1:{first + n} (routes on {first + 3 + n}" in out
+            )
+            assert (tmp_path / "data" / f"nats-{n + 1}" / "jetstream").is_dir()  # its own
+        assert len(up.descendants()) == 7  # three servers, router, callstate, two edges
+        urls = ",".join(f"nats://127.0.0.1:{first + n}" for n in range(3))
+        assert asyncio.run(stream_replicas(urls)) == {3}
+    finally:
+        code = up.stop()
+    assert code == 0, up.output()
+    time.sleep(0.2)
+    assert up.descendants() == [], up.output()
+
+
+async def stream_replicas(url: str) -> set[int]:
+    nc = await bus.connect(url, "test")
+    try:
+        js = nc.jetstream()
+        names = [bus.CALLS_STREAM, bus.CDR_STREAM, *(f"KV_{b.bucket}" for b in bus.BUCKETS)]
+        return {(await js.stream_info(name)).config.num_replicas or 1 for name in names}
+    finally:
+        await nc.close()
 
 
 def test_up_stops_everything_when_a_child_dies(tmp_path: Path) -> None:

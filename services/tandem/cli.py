@@ -12,7 +12,7 @@ from pathlib import Path
 import uvloop
 
 from tandem import __version__, bus, consolecli, telemetry
-from tandem.config import Config, ConfigError, check_files, load_config
+from tandem.config import Config, ConfigError, check_files, load_config, parse_config
 from tandem.http import InsecureApiError
 
 DEFAULT_CONFIG = "examples/tandem.yaml"
@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run the whole system locally (NATS, router, callstate, edges)")
     _common(p)
     p.add_argument("--data-dir", default=".tandem", help="where the local NATS keeps its data")
+    p.add_argument(
+        "--nats-cluster",
+        type=int,
+        choices=[1, 3, 5],
+        help="start this many local nats-server processes as one cluster (config: nats_cluster)",
+    )
 
     _service(sub.add_parser("router", help="run one router replica"))
     _service(sub.add_parser("callstate", help="run the call-state service"))
@@ -106,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def summary(config: Config) -> str:
     lines = [
-        f"nats       {config.nats}",
+        f"nats       {config.nats.url} (replicas {config.replicas})",
         f"router     {config.router.api}",
         f"callstate  {config.callstate.api}",
         *(
@@ -137,7 +143,7 @@ async def _import(config: Config, nats_url: str, if_empty: bool) -> bool:
     nc = await bus.connect(nats_url, "tandem-config")
     try:
         js = nc.jetstream()
-        await bus.ensure_stores(js)
+        await bus.ensure_stores(js, config.replicas)
         return await import_policy(js, config.policy, if_empty)
     finally:
         await nc.close()
@@ -166,7 +172,7 @@ def _trace(config: Config, key: str) -> int:
 def _run_service(args: argparse.Namespace, config: Config) -> int:
     from tandem import process
 
-    nats_url = args.nats or config.nats
+    nats_url = args.nats or config.nats.url
     creds = os.environ.get("TANDEM_NATS_CREDS")
     if args.command == "edge":
         from tandem.edge.service import Service as EdgeService
@@ -267,9 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             from tandem.up import up
 
+            if args.nats_cluster:  # validated as if the file said it
+                data = config.model_dump(mode="json") | {"nats_cluster": args.nats_cluster}
+                config = parse_config(data, "--nats-cluster")
             return up(config, args.config, args.nats, args.data_dir, args.log_format)
         if args.command == "config":
-            written = asyncio.run(_import(config, args.nats or config.nats, args.if_empty))
+            written = asyncio.run(_import(config, args.nats or config.nats.url, args.if_empty))
             print("policy stored" if written else "a policy is already stored: left as it is")
             return 0
         return _run_service(args, config)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tandem.policy.model import Id, Policy, SecretError, Strict, host_port, unique
 from tandem.sip.uri import DEFAULT_PORT, split_host_port
@@ -97,6 +98,29 @@ class Dns(Strict):
         return [split_host_port(text, DNS_PORT) for text in self.nameservers]
 
 
+class Nats(Strict):
+    """Where the bus is, and how many copies JetStream keeps of each stream and bucket."""
+
+    url: str = "nats://127.0.0.1:4222"  # or several, comma-separated: a cluster's servers
+    # copies of every stream and bucket (JetStream allows 1 to 5; each needs its own server);
+    # unset: as many as the local cluster `tandem up` starts has, else 1
+    replicas: int | None = Field(default=None, ge=1, le=5)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        for server in value.split(","):
+            parsed = urlparse(server.strip())
+            if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
+                raise ValueError(f"{server.strip()!r} is not a nats:// or tls:// URL")
+            parsed.port  # noqa: B018  (raises ValueError on a bad port)
+        return value
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.strip() for server in self.url.split(",")]
+
+
 class Telemetry(Strict):
     mask_numbers: bool = False  # numbers in spans and logs: full, or all but the last 4 masked
     # where `tandem up` receives the spans of its children when no OTEL endpoint is set
@@ -150,7 +174,9 @@ class Console(Strict):
 class Config(Policy):
     """A whole deployment: where NATS and the APIs are, the edges, and the routing policy."""
 
-    nats: str = "nats://127.0.0.1:4222"
+    nats: Nats = Nats()
+    # `tandem up` starts this many local nats-server processes as one JetStream cluster
+    nats_cluster: Literal[1, 3, 5] = 1
     api_token: str | None = Field(default=None, repr=False)
     api_read_token: str | None = Field(default=None, repr=False)  # read-only API and console
     router: ApiService = ApiService(api="127.0.0.1:8081")
@@ -160,6 +186,27 @@ class Config(Policy):
     dns: Dns = Dns()
     capture: Capture = Capture()
     console: Console = Console()
+
+    @field_validator("nats", mode="before")
+    @classmethod
+    def _nats_url(cls, value: Any) -> Any:
+        return {"url": value} if isinstance(value, str) else value  # `nats: nats://...`
+
+    @field_validator("nats_cluster")
+    @classmethod
+    def _room_for_replicas(cls, value: int, info: ValidationInfo) -> int:
+        nats = info.data.get("nats")
+        wanted = nats.replicas if isinstance(nats, Nats) else None
+        if value > 1 and wanted is not None and wanted > value:
+            raise ValueError(f"{value} servers cannot keep nats.replicas: {wanted} copies")
+        return value
+
+    @property
+    def replicas(self) -> int:
+        """How many copies of every stream and bucket the bus keeps."""
+        if self.nats.replicas is not None:
+            return self.nats.replicas
+        return min(self.nats_cluster, 3)
 
     @model_validator(mode="after")
     def _edges(self) -> Config:

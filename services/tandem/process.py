@@ -64,7 +64,7 @@ async def run(
 
     nc = await bus.connect(nats_url, f"tandem-{name}", creds)
     js = nc.jetstream()
-    await bus.ensure_stores(js)
+    await bus.ensure_stores(js, config.replicas)
     component = build(Context(name, config, nc, js, token))
     await component.start()
     api = ApiServer(component.app, listen)

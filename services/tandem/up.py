@@ -1,10 +1,11 @@
 """`tandem up`: the whole system on one machine, from one config file.
 
-Starts a local nats-server with JetStream when none answers, stores the config's routing
-policy, then runs the router, callstate and every edge as child processes and prints where
-each listens. SIGINT or SIGTERM stops the children (edges drain first) and the server. If a
-child dies, tandem up says which and how, stops the others and exits non-zero: a half
-system that looks alive is worse than none.
+Starts a local nats-server with JetStream when none answers (or, with `nats_cluster: 3`, a
+cluster of three, each with its own JetStream folder and routes to the others on loopback
+ports), stores the config's routing policy, then runs the router, callstate and every edge
+as child processes and prints where each listens. SIGINT or SIGTERM stops the children
+(edges drain first) and the servers. If a child dies, tandem up says which and how, stops
+the others and exits non-zero: a half system that looks alive is worse than none.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,11 +28,13 @@ from tandem import bus, telemetry
 from tandem.config import Config
 from tandem.http import ApiServer, is_loopback
 from tandem.policy.store import import_policy
+from tandem.sip.uri import format_host_port
 from tandem.traces import TraceStore, receiver_app
 
 log = logging.getLogger("tandem.up")
 
 NATS_START_TIMEOUT_S = 10.0
+CLUSTER_NAME = "tandem"
 CHILD_READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 15.0
 _PR_SET_PDEATHSIG = 1
@@ -49,8 +53,53 @@ def nats_server_binary() -> str:
     return found
 
 
-def nats_server_command(host: str, port: int, store_dir: Path) -> list[str]:
-    return [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
+def nats_server_command(
+    host: str,
+    port: int,
+    store_dir: Path,
+    name: str | None = None,
+    cluster_port: int | None = None,
+    routes: Sequence[str] = (),
+) -> list[str]:
+    """One nats-server with JetStream; with cluster_port, a member of the cluster `tandem`
+    (JetStream's clustering needs each server named, and routes to the others)."""
+    command = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
+    if name is not None:
+        command += ["-n", name]
+    if cluster_port is not None:
+        command += ["--cluster_name", CLUSTER_NAME, "--cluster", f"nats://{host}:{cluster_port}"]
+        command += ["--routes", ",".join(routes)]
+    return command
+
+
+@dataclass(frozen=True)
+class NatsNode:
+    """One server of a local cluster: clients on `port`, the other servers on `cluster_port`."""
+
+    name: str
+    host: str
+    port: int
+    cluster_port: int
+
+    @property
+    def url(self) -> str:
+        return f"nats://{format_host_port(self.host, self.port)}"
+
+    @property
+    def route(self) -> str:
+        return f"nats://{format_host_port(self.host, self.cluster_port)}"
+
+
+def cluster_nodes(host: str, port: int, size: int) -> list[NatsNode]:
+    """A local cluster's servers: clients on port, port+1..., their routes on the next ports."""
+    return [NatsNode(f"nats-{n + 1}", host, port + n, port + size + n) for n in range(size)]
+
+
+def node_command(node: NatsNode, nodes: Sequence[NatsNode], store_dir: Path) -> list[str]:
+    routes = [other.route for other in nodes if other is not node]
+    return nats_server_command(
+        node.host, node.port, store_dir, node.name, node.cluster_port, routes
+    )
 
 
 async def port_answers(host: str, port: int) -> bool:
@@ -115,7 +164,8 @@ class Up:
         self.nats_url = nats_url
         self.data_dir = data_dir
         self.log_format = log_format
-        self.nats: Child | None = None
+        self.nats: list[Child] = []  # the local servers started here
+        self.nodes: list[NatsNode] = []  # a local cluster's servers
         self.collector: ApiServer | None = None
         self.children: list[Child] = []
 
@@ -134,32 +184,52 @@ class Up:
         ]
 
     async def start_nats(self) -> None:
-        url = urlparse(self.nats_url)
+        url = urlparse(self.nats_url.split(",")[0])
         host, port = url.hostname or "127.0.0.1", url.port or 4222
         if await port_answers(host, port):
             log.info("using the NATS server that answers at %s", self.nats_url)
             return
         if not is_loopback(host):
             raise RuntimeError(f"no NATS server answers at {self.nats_url}")
-        store = self.data_dir / "nats"
-        store.mkdir(parents=True, exist_ok=True)
-        self.nats = Child(
-            "nats-server",
-            nats_server_command(host, port, store),
-            log_file=self.data_dir / "nats-server.log",
-        )
-        await self.nats.start()
+        size = self.config.nats_cluster
+        if size == 1 and self.config.replicas > 1:
+            raise RuntimeError(
+                f"nats.replicas {self.config.replicas} needs a cluster: set nats_cluster "
+                "(or --nats-cluster) to 3"
+            )
+        if size == 1:
+            command = nats_server_command(host, port, self._store("nats"))
+            self.nats = [self._nats_child("nats-server", command)]
+        else:
+            self.nodes = cluster_nodes(host, port, size)
+            self.nats = [
+                self._nats_child(n.name, node_command(n, self.nodes, self._store(n.name)))
+                for n in self.nodes
+            ]
+            self.nats_url = ",".join(n.url for n in self.nodes)
+        for child in self.nats:
+            await child.start()
+        ports = [n.port for n in self.nodes] if self.nodes else [port]
         deadline = asyncio.get_running_loop().time() + NATS_START_TIMEOUT_S
-        while not await port_answers(host, port):
-            if not self.nats.running or asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"nats-server did not start on {host}:{port}")
-            await asyncio.sleep(0.05)
+        for child, child_port in zip(self.nats, ports, strict=True):
+            while not await port_answers(host, child_port):
+                if not child.running or asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"{child.name} did not start on {host}:{child_port}")
+                await asyncio.sleep(0.05)
+
+    def _store(self, name: str) -> Path:
+        store = self.data_dir / name
+        store.mkdir(parents=True, exist_ok=True)
+        return store
+
+    def _nats_child(self, name: str, argv: list[str]) -> Child:
+        return Child(name, argv, log_file=self.data_dir / f"{name}.log")
 
     async def store_policy(self) -> None:
         nc = await bus.connect(self.nats_url, "tandem-up")
         try:
             js = nc.jetstream()
-            await bus.ensure_stores(js)
+            await bus.ensure_stores(js, self.config.replicas)
             await import_policy(js, self.config.policy)
         finally:
             await nc.close()
@@ -198,9 +268,21 @@ class Up:
 
     def endpoints(self) -> str:
         c = self.config
-        lines = [
-            f"  nats       {self.nats_url}"
-            + (f" (started here, log in {self.data_dir}/nats-server.log)" if self.nats else ""),
+        replicas = f"streams and buckets with {c.replicas} replica{'s' * (c.replicas > 1)}"
+        if self.nodes:
+            lines = [f"  nats       a cluster of {len(self.nodes)} started here, {replicas}"]
+            lines += [
+                f"  {n.name:<10} {n.url} (routes on {n.cluster_port}, "
+                f"log in {self.data_dir}/{n.name}.log)"
+                for n in self.nodes
+            ]
+        else:
+            lines = [
+                f"  nats       {self.nats_url}"
+                + (f" (started here, log in {self.data_dir}/nats-server.log)" if self.nats else "")
+                + f", {replicas}"
+            ]
+        lines += [
             f"  router     http://{c.router.api}  (API docs: /docs)",
             f"  callstate  http://{c.callstate.api}  (API docs: /docs)",
         ]
@@ -261,8 +343,7 @@ class Up:
         edges = [c for c in self.children if c.name.startswith("edge")]
         await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in edges))  # edges drain first
         await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in self.children if c not in edges))
-        if self.nats is not None:
-            await self.nats.stop(STOP_GRACE_S)
+        await asyncio.gather(*(node.stop(STOP_GRACE_S) for node in self.nats))
         if self.collector is not None:
             await self.collector.stop()
         log.info("tandem up: everything stopped")
@@ -271,6 +352,6 @@ class Up:
 def up(
     config: Config, config_path: str, nats_url: str | None, data_dir: str, log_format: str
 ) -> int:
-    runner = Up(config, config_path, nats_url or config.nats, Path(data_dir), log_format)
+    runner = Up(config, config_path, nats_url or config.nats.url, Path(data_dir), log_format)
     os.environ.pop("TANDEM_NATS_URL", None)  # the children get --nats explicitly
     return asyncio.run(runner.run())

@@ -7,12 +7,16 @@ import datetime
 import io
 
 import httpx
+import pytest
 from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
+from tandem.callstate import api as callstate_api
 from tandem.callstate.service import Service
+from tandem.http import ApiServer
 from tests.callstate.conftest import Callstates, cdrs, eventually, settled
 from tests.callstate.edge import T0, FakeEdge
+from tests.conftest import free_port
 
 
 def iso(ms: int) -> str:
@@ -151,6 +155,44 @@ async def test_cdrs_filtered_paginated_and_as_csv(
     assert (b["duration_s"], b["egress_trunk"], b["failover_count"]) == ("30.000", "gw2", "1")
     assert b["invite_time"] == "2023-11-14T22:14:20.000+00:00"
     assert (b["calling_received"], b["called_sent"]) == ("201", "+15551234")
+
+
+async def test_cdr_pages_cut_short_by_the_scan_limit_say_where_to_go_on(
+    api: httpx.AsyncClient, callstate: Service, edge: FakeEdge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await known_traffic(edge, callstate)
+    monkeypatch.setattr(callstate_api, "SCAN_MAX", 2)  # as 200,000 among millions of CDRs
+    found, after, pages = [], 0, 0
+    while after is not None:
+        page = (await api.get("/v1/cdrs", params={"status": 503, "after": after})).json()
+        found += [c["call_id"] for c in page["cdrs"]]
+        after, pages = page["next"], pages + 1
+        assert pages < 10
+    assert found == ["d-all-fail"]  # the only match, found past the first page's scan
+    first = (await api.get("/v1/cdrs", params={"status": 503})).json()
+    assert first == {"cdrs": [], "next": 2}  # nothing yet, but more to read: not the end
+
+
+async def test_the_csv_export_streams(
+    callstate: Service, edge: FakeEdge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await known_traffic(edge, callstate)
+    monkeypatch.setattr(callstate_api, "CSV_CHUNK", 1)  # a chunk per row
+    server = ApiServer(callstate.app, f"127.0.0.1:{free_port()}")  # real HTTP: real chunks
+    await server.start()
+    chunks = []
+    try:
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http,
+            http.stream("GET", "/v1/cdrs.csv") as response,
+        ):
+            assert response.headers["transfer-encoding"] == "chunked"  # not built whole first
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk.decode())
+    finally:
+        await server.stop()
+    rows = list(csv.DictReader(io.StringIO("".join(chunks))))
+    assert [r["call_id"] for r in rows] == ["a-answered", "b-failover", "c-busy", "d-all-fail"]
 
 
 async def test_every_v1_route_needs_the_token(callstates: Callstates) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from nats.js import JetStreamContext
 
 from tandem import bus
@@ -196,3 +197,42 @@ async def test_a_nats_restart_loses_no_call_and_doubles_no_cdr(
     await settled(service)
     assert sorted(c.call_id for c in await cdrs(js)) == sorted([*ids, "across"])
     assert service.trunk_stats("pbx")["attempts"] == 61
+
+
+async def test_a_leader_that_loses_its_lease_mid_batch_writes_no_cdr_twice(
+    callstates: Callstates, edge: FakeEdge, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # only the fences may protect here: the stream's duplicate window would hide a second CDR
+    info = await js.stream_info(bus.CDR_STREAM)
+    await js.update_stream(info.config.evolve(duplicate_window=0.2))
+    first = await callstates.start()
+    standby = await callstates.start(wait=False)
+    stalled, resume = asyncio.Event(), asyncio.Event()
+    put_call, renew = first.store.put_call, first.lease.renew  # type: ignore[union-attr]
+
+    async def slow_network_put(call: pb.ActiveCall) -> None:  # written, the answer held up
+        await put_call(call)
+        if call.state == records.State.ENDED:
+            stalled.set()
+            await resume.wait()
+
+    async def cut_off_renew() -> bool:  # nor do its lease renewals get through meanwhile
+        await resume.wait()
+        return await renew()
+
+    monkeypatch.setattr(first.store, "put_call", slow_network_put)
+    monkeypatch.setattr(first.lease, "renew", cut_off_renew)
+    await edge.call("c1")  # the whole call: its end is in the batch that stalls
+    await eventually(lambda: stalled.is_set())
+    await eventually(lambda: standby.leading, 10)
+
+    async def written_by_standby() -> bool:
+        return [c.call_id for c in await cdrs(js)] == ["c1"]
+
+    await eventually(written_by_standby, 10)
+    await asyncio.sleep(0.5)  # past the duplicate window
+    resume.set()  # the first leader goes on with its batch, its lease long gone
+    await eventually(lambda: not first.leading, 5)
+    await edge.call("c2")  # a marker: the standby keeps leading and writing
+    await eventually(lambda: asyncio.sleep(0, standby.cdrs_written >= 2), 10)
+    assert sorted(c.call_id for c in await cdrs(js)) == ["c1", "c2"]  # each once

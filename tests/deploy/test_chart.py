@@ -133,6 +133,7 @@ def test_schema_describes_every_value() -> None:
         ({"edges": {"instances": [{"id": "e1", "sipPort": 70000, "apiPort": 8091}]}}, "port"),
         ({"nats": {"config": {"jetstream": {"enabled": False}}}}, "tandem needs JetStream"),
         ({"bus": {"url": "http://nats:4222"}}, "not a NATS URL"),
+        ({"bus": {"replicas": 0}}, "no copy of the streams at all"),
         ({"policy": {"trunks": [{"id": "t1"}]}}, "a trunk without edge and peer"),
     ],
 )
@@ -232,9 +233,24 @@ def test_router_without_autoscaling_sets_replicas(full: list[Manifest]) -> None:
     assert find(full, "HorizontalPodAutoscaler") == []
 
 
-def test_callstate_runs_one_replica_by_default(default: list[Manifest]) -> None:
-    assert one(default, "Deployment", "tandem-callstate")["spec"]["replicas"] == 1
-    assert DEFAULTS["callstate"]["replicas"] == 1
+def test_callstate_runs_a_leader_and_a_standby_by_default(default: list[Manifest]) -> None:
+    assert one(default, "Deployment", "tandem-callstate")["spec"]["replicas"] == 2
+    assert DEFAULTS["callstate"]["replicas"] == 2
+
+
+def test_streams_are_kept_three_times_on_the_three_nats_servers(default: list[Manifest]) -> None:
+    config = yaml.safe_load(one(default, "ConfigMap", "tandem-config")["data"]["tandem.yaml"])
+    assert config["nats"] == {"url": "nats://tandem-nats:4222", "replicas": 3}
+    assert parse_config(config).replicas == DEFAULTS["nats"]["config"]["cluster"]["replicas"]
+    single = render_chart(values=deep_merge(EXTERNAL_NATS, {"bus": {"replicas": 1}}))
+    config = yaml.safe_load(one(single, "ConfigMap", "tandem-config")["data"]["tandem.yaml"])
+    assert config["nats"]["replicas"] == 1  # an existing single server
+
+
+def test_more_replicas_than_nats_servers_is_refused() -> None:
+    result = helm_template(values={"bus": {"replicas": 5}})
+    assert result.returncode != 0
+    assert "bus.replicas: 5 copies need as many NATS servers" in result.stderr
 
 
 def test_the_router_imports_the_policy_once(loadbalancer: list[Manifest]) -> None:
@@ -495,7 +511,7 @@ def _nats_urls(manifests: list[Manifest]) -> set[str]:
         for c in containers(workload):
             urls.add(env_of(c)["TANDEM_NATS_URL"])
     (config_map,) = find(manifests, "ConfigMap")
-    urls.add(yaml.safe_load(config_map["data"]["tandem.yaml"])["nats"])
+    urls.add(yaml.safe_load(config_map["data"]["tandem.yaml"])["nats"]["url"])
     return urls
 
 

@@ -89,6 +89,7 @@ def test_dev_is_small_and_has_its_api_token() -> None:
     conf = nats_conf(manifests)
     assert not re.search(r"^cluster\s*{", conf, re.MULTILINE)
     assert one(manifests, "Deployment", "tandem-router")["spec"]["replicas"] == 1
+    assert one(manifests, "Deployment", "tandem-callstate")["spec"]["replicas"] == 1
     assert find(manifests, "HorizontalPodAutoscaler") == []
     assert find(manifests, "PodDisruptionBudget") == []
     edge = one(manifests, "DaemonSet", "tandem-edge-1")
@@ -117,10 +118,27 @@ def test_prod_runs_a_nats_cluster_and_keeps_secrets_out_of_git() -> None:
     assert all(route in conf for route in routes)
 
 
-@pytest.mark.parametrize("path", ["base/tandem.yaml", "overlays/prod/tandem.yaml"])
+@pytest.mark.parametrize(
+    "path", ["base/tandem.yaml", "overlays/prod/tandem.yaml", "overlays/dev/tandem.yaml"]
+)
 def test_config_files_are_ones_tandem_accepts(path: str) -> None:
     config = parse_config(yaml.safe_load((DEPLOY / path).read_text()), path)
     assert [e.id for e in config.edges] == ["edge-1"]
+
+
+def test_dev_keeps_one_copy_of_each_stream_on_its_one_server() -> None:
+    base = yaml.safe_load((DEPLOY / "base" / "tandem.yaml").read_text())
+    dev = yaml.safe_load((DEPLOY / "overlays" / "dev" / "tandem.yaml").read_text())
+    assert (base["nats"]["replicas"], dev["nats"]["replicas"]) == (3, 1)
+    assert dev["nats"]["url"] == base["nats"]["url"]
+    for key in ("router", "callstate", "edges", "telemetry"):
+        assert dev[key] == base[key], key
+    (config_map,) = [
+        m
+        for m in kustomize(DEPLOY / "overlays" / "dev")
+        if m["kind"] == "ConfigMap" and m["metadata"]["name"].startswith("tandem-config")
+    ]
+    assert yaml.safe_load(config_map["data"]["tandem.yaml"])["nats"]["replicas"] == 1
 
 
 def test_prod_policy_keeps_the_process_layout_of_base() -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 
 from tandem import bus
 from tandem.pb import tandem_pb2 as pb
+from tandem.policy import Policy
+from tandem.policy.store import import_policy
 from tests.edge.conftest import MakeSystem
 
 
@@ -103,3 +105,39 @@ async def test_the_kv_record_follows_every_probe_and_the_subject_only_changes(
     await asyncio.sleep(0.1)
     # announced: the first result (up) and the one change (down); never the steady probes
     assert [(h.up, h.failed_probes) for h in announced] == [(True, 1), (False, 3)]
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_an_edited_trunk_keeps_its_health(make_system: MakeSystem) -> None:
+    system = await make_system(gw2={"options_interval_s": 0.2})
+    gw2, edge = system.gw2, system.edge_b
+    for _ in range(3):
+        probe, addr = await gw2.request("OPTIONS")
+        gw2.answer(probe, 503, addr)
+    await until(lambda: asyncio.sleep(0, not edge.probes["gw2"].up), 2)
+
+    # an administrator changes the trunk's call limit: nothing about its peer
+    data = system.config.policy.model_dump()
+    next(t for t in data["trunks"] if t["id"] == "gw2")["max_concurrent_calls"] = 5
+    await import_policy(system.js, Policy.model_validate(data))
+    await until(lambda: asyncio.sleep(0, edge.trunks["gw2"].max_concurrent_calls == 5), 3)
+    probe = edge.probes["gw2"]
+    assert (probe.up, probe.failed, probe.reason) == (False, 3, "503 Service Unavailable")
+
+    # and its next record still says down: one more failure, not a fresh start
+    await gw2.request("OPTIONS", within=2)  # left unanswered
+    kv = await system.js.key_value(bus.TRUNK_HEALTH_BUCKET)
+
+    async def fourth_failure() -> bool:
+        health = pb.TrunkHealth.FromString((await kv.get("gw2")).value or b"")
+        assert not health.up, health
+        return health.failed_probes >= 4
+
+    await until(fourth_failure, 3)

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from tandem import bus
 from tandem.edge import service as edge_service
 from tandem.pb import tandem_pb2 as pb
-from tandem.policy.store import config_bucket, write_policy
+from tandem.policy.store import write_policy
 from tests.conftest import NatsServer, free_port
 from tests.edge.conftest import LOCAL, MakeSystem
 from tests.edge.phones import SDP, Phone
@@ -32,7 +32,7 @@ async def test_a_policy_change_applies_without_restart(make_system: MakeSystem) 
             ]
         }
     )
-    await write_policy(await config_bucket(system.js), disabled)
+    await write_policy(system.js, disabled)
     async with asyncio.timeout(5):
         while system.edge_a.trunks["pbx"].enabled:  # noqa: ASYNC110 (the watcher applies it)
             await asyncio.sleep(0.05)

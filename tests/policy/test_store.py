@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -9,7 +10,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from tandem import bus
-from tandem.policy import store
+from tandem.policy import Policy, store
 from tests.router.policies import redmond
 
 
@@ -21,7 +22,7 @@ async def test_a_written_policy_reads_back_whole(js: JetStreamContext) -> None:
     assert not await store.import_policy(js, redmond(), if_empty=True)
     smaller = redmond().model_copy(update={"routes": redmond().routes[:1]})
     async with store.write_lock(kv):
-        await store.write_policy(kv, smaller)
+        await store.write_policy(js, smaller)
     assert await store.read_policy(kv) == smaller
     assert "route.Universal" not in await store.read_entries(kv)  # deleted, not left behind
 
@@ -53,5 +54,112 @@ async def test_a_key_must_hold_the_object_it_names() -> None:
     for key, value in store.policy_entries(redmond()).items():
         state.put(key, value)
     state.put("route.other", state.raw["route.Universal"])
+    state.commit()
     with pytest.raises(ValueError, match=r"route\.other holds the object with id 'Universal'"):
         state.policy()
+
+
+async def test_the_snapshot_is_the_policy_as_of_its_commit(js: JetStreamContext) -> None:
+    kv = await js.key_value(bus.CONFIG_BUCKET)
+    assert await store.read_snapshot(kv) is None
+    assert await store.import_policy(js, redmond())
+    revision, blob = await store.read_snapshot(kv) or (0, b"")
+    assert revision == (await kv.get(store.COMMIT_KEY)).revision
+    assert store.policy_from_entries(store.decode_snapshot(blob)) == redmond()
+    smaller = redmond().model_copy(update={"routes": redmond().routes[:1]})
+    async with store.write_lock(kv) as lock:
+        await store.write_policy(js, smaller, lock=lock)
+    _, blob = await store.read_snapshot(kv) or (0, b"")
+    assert store.policy_from_entries(store.decode_snapshot(blob)) == smaller
+
+
+async def test_a_snapshot_torn_by_a_writer_is_not_used(js: JetStreamContext) -> None:
+    kv = await js.key_value(bus.CONFIG_BUCKET)
+    assert await store.import_policy(js, redmond())
+    ref = json.loads((await kv.get(store.SNAPSHOT_KEY)).value or b"")
+    await kv.put(f"snapshot.{ref['slot']}.0", b"half of another snapshot")
+    assert await store.read_snapshot(kv) is None  # the digest says so: read the stream instead
+
+
+async def test_a_long_write_keeps_its_lock(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kv = await js.key_value(bus.CONFIG_BUCKET)
+    monkeypatch.setattr(store, "LOCK_STALE_S", 0.6)
+    monkeypatch.setattr(store, "LOCK_RENEW_S", 0.1)
+    monkeypatch.setattr(store, "LOCK_WAIT_S", 1.5)
+    async with store.write_lock(kv, "long") as lock:
+        with pytest.raises(store.PolicyBusyError):  # waited 1.5 s, 2.5 times the stale age
+            async with store.write_lock(kv, "impatient"):
+                pass
+        lock.check()  # still ours
+    async with store.write_lock(kv, "next"):  # freed at the end
+        pass
+
+
+async def test_a_writer_whose_lock_was_taken_over_commits_nothing(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kv = await js.key_value(bus.CONFIG_BUCKET)
+    assert await store.import_policy(js, redmond())
+    commit = (await kv.get(store.COMMIT_KEY)).revision
+    monkeypatch.setattr(store, "LOCK_RENEW_S", 0.05)
+    smaller = redmond().model_copy(update={"routes": redmond().routes[:1]})
+    with pytest.raises(store.PolicyBusyError, match="took the policy lock"):
+        async with store.write_lock(kv, "paused") as lock:
+            # it stalled past the stale age, and another writer took the lock over
+            await kv.put(
+                store.LOCK_KEY, json.dumps({"owner": "other", "time": time.time()}).encode()
+            )
+            await asyncio.sleep(0.2)
+            await store.write_policy(js, smaller, lock=lock)
+    assert (await kv.get(store.COMMIT_KEY)).revision == commit
+    assert json.loads((await kv.get(store.LOCK_KEY)).value or b"")["owner"] == "other"
+
+
+async def follow(
+    js: JetStreamContext, keys: tuple[str, ...] = store.POLICY_KEYS
+) -> tuple[store.Follower, list[Policy], asyncio.Task[None]]:
+    seen: list[Policy] = []
+
+    async def on_commit(revision: int) -> None:
+        seen.append(follower.state.policy())
+
+    follower = store.Follower(js, on_commit, keys)
+    task = asyncio.create_task(follower.run())
+    await asyncio.wait_for(follower.caught_up.wait(), 10)
+    return follower, seen, task
+
+
+@pytest.mark.parametrize("snapshot", [True, False], ids=["from the snapshot", "from the stream"])
+async def test_a_follower_never_applies_half_a_write(js: JetStreamContext, snapshot: bool) -> None:
+    kv = await js.key_value(bus.CONFIG_BUCKET)
+    assert await store.import_policy(js, redmond())
+    if not snapshot:  # a store written before snapshots existed
+        await kv.purge(store.SNAPSHOT_KEY)
+    smaller = redmond().model_copy(update={"routes": redmond().routes[:1]})
+    await kv.delete("route.Universal")  # a write under way: one key changed, no commit yet
+    follower, seen, task = await follow(js)
+    try:
+        assert follower.from_snapshot is snapshot
+        assert seen == [redmond()]  # the last whole policy
+        revision = await kv.put(store.COMMIT_KEY, b"{}")
+        await follower.applied(revision)
+        assert seen == [redmond(), smaller]
+    finally:
+        task.cancel()
+
+
+async def test_an_edge_follows_the_trunks_only(js: JetStreamContext) -> None:
+    assert await store.import_policy(js, redmond())
+    follower, seen, task = await follow(js, store.TRUNK_KEYS)
+    try:
+        assert [p.trunks for p in seen] == [redmond().trunks]
+        assert all(key.startswith("trunk.") for key in follower.state.raw)
+        kv = await js.key_value(bus.CONFIG_BUCKET)
+        await kv.put("route.more", store.policy_entries(redmond())["route.Universal"])
+        revision = await kv.put(store.COMMIT_KEY, b"{}")
+        await follower.applied(revision)
+        assert "route.more" not in follower.state.raw  # never even delivered
+    finally:
+        task.cancel()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
+import pytest
 import yaml
 from nats.js import JetStreamContext
 
+from tandem import bus
 from tandem.policy.store import import_policy
+from tandem.router import service
 
 from .conftest import Replica, StartReplica
 from .policies import redmond, route, trunk
@@ -62,6 +66,67 @@ async def test_import_export_and_every_replica_sees_it(
     # the export imports back unchanged, as JSON
     again = await http.put(f"{two.url}/v1/policy", json=as_json)
     assert again.status_code == 200
+
+
+async def test_a_write_answers_once_every_replica_has_it_in_force(
+    start_replica: StartReplica, http: httpx.AsyncClient
+) -> None:
+    one, two, three = [await start_replica(f"r{n}") for n in range(3)]
+
+    async def all_known() -> bool:  # each replica has heard the others say what it has
+        return all(len(r.service.peers) == 3 for r in (one, two, three))
+
+    await eventually(all_known, 5.0)
+    applying = two.service.follower.on_commit
+
+    async def slowly(revision: int) -> None:  # a replica busy elsewhere: it applies late
+        await asyncio.sleep(1.0)
+        await applying(revision)
+
+    two.service.follower.on_commit = slowly
+    put = await http.put(
+        f"{one.url}/v1/policy", content=POLICY_YAML, headers={"content-type": "application/yaml"}
+    )
+    assert put.status_code == 200, put.text
+    # no waiting here: the answer came after every replica had it
+    for replica in (two, three):
+        decision = replica.service.route_test("pbx", "0100", "")
+        assert decision.route == "local", replica.service.name
+
+
+async def test_a_write_a_replica_is_slow_to_apply_answers_504_and_is_stored(
+    js: JetStreamContext,
+    start_replica: StartReplica,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service, "IN_FORCE_TIMEOUT_S", 1.0)
+    replica = await start_replica()
+    routers = await js.key_value(bus.ROUTERS_BUCKET)
+
+    async def stuck() -> None:  # a live replica that never applies anything
+        while True:
+            said = {"in_force": 1, "time": time.time()}
+            await routers.put("stuck", json.dumps(said).encode())
+            await asyncio.sleep(0.2)
+
+    beating = asyncio.create_task(stuck())
+    try:
+        await eventually(lambda: asyncio.sleep(0, "stuck" in replica.service.peers), 3.0)
+        put = await http.put(
+            f"{replica.url}/v1/policy",
+            content=POLICY_YAML,
+            headers={"content-type": "application/yaml"},
+        )
+    finally:
+        beating.cancel()
+    assert put.status_code == 504, put.text
+    detail = put.json()["detail"]
+    assert detail["not_in_force_on"] == ["stuck (at revision 1)"]
+    assert "not yet in force after 1s on stuck" in detail["message"]
+    # stored, and in force here: a 504 is no failure
+    assert detail["stored_revision"] == replica.service.in_force
+    assert (await http.get(f"{replica.url}/v1/routes/local")).status_code == 200
 
 
 async def test_a_bad_import_changes_nothing(

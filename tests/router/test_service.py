@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tandem import bus, telemetry
 from tandem.pb import tandem_pb2 as pb
-from tandem.policy import Policy
+from tandem.policy import Policy, store
 from tandem.policy.store import import_policy, policy_entries
 
 from .conftest import StartReplica
@@ -77,7 +77,7 @@ async def test_a_refused_stored_policy_leaves_the_last_one_in_force(
         b'{"id": "broken", "number_pattern": "^1", "pstn_usages": ["Nope"], "trunks": ["gw-global"]}',
     )
     revision = await kv.put("commit", b"{}")
-    await replica.service.applied(revision)
+    await replica.service.follower.applied(revision)
     assert replica.service.policy_error is not None and "Nope" in replica.service.policy_error
     assert (await decide(nc, "pbx", "+14255551212")).route == "Redmond-Local"
 
@@ -164,7 +164,7 @@ async def test_keys_without_a_commit_are_not_a_policy_yet(
         await kv.put(key, value)
     replica = await start_replica()
     assert (await decide(nc, "pbx", "+14255551212")).status == 403
-    await replica.service.applied(await kv.put("commit", b"{}"))
+    await replica.service.follower.applied(await kv.put("commit", b"{}"))
     assert (await decide(nc, "pbx", "+14255551212")).route == "Redmond-Local"
 
 
@@ -179,3 +179,51 @@ async def test_an_unreadable_health_entry_does_not_stop_the_watch(
     while replica.service.down != {"gw-b"}:
         assert time.monotonic() < deadline, f"down is {replica.service.down}"
         await asyncio.sleep(0.01)
+
+
+async def test_a_router_started_mid_write_serves_the_previous_whole_policy(
+    js: JetStreamContext, nc: Client, start_replica: StartReplica
+) -> None:
+    await import_policy(js, redmond())
+    kv = await js.key_value(bus.CONFIG_BUCKET)
+    # a writer is half-way through the next policy: some of its keys stored, no commit yet
+    await kv.put("route.Redmond-Local", policy_entries(moved(redmond()))["route.Redmond-Local"])
+    await kv.delete("route.Universal")
+    replica = await start_replica()
+    assert replica.service.follower.from_snapshot
+    assert (await decide(nc, "pbx", "+14255551212")).targets[0].trunk == "gw-redmond"
+    assert (await decide(nc, "pbx", "+33123456789")).route == "Universal"  # still there
+    await replica.service.follower.applied(await kv.put("commit", b"{}"))  # the write ends
+    assert (await decide(nc, "pbx", "+14255551212")).targets[0].trunk == "gw-global"
+    assert (await decide(nc, "pbx", "+33123456789")).status == 403
+
+
+async def test_a_cold_router_reads_the_snapshot_and_verifies_it(
+    js: JetStreamContext, nc: Client, start_replica: StartReplica
+) -> None:
+    await import_policy(js, redmond())
+    replica = await start_replica()
+    assert replica.service.follower.from_snapshot
+    assert replica.service.policy == redmond()
+    verify = next(t for t in replica.service.tasks if t.get_name() == "verify-snapshot")
+    await asyncio.wait_for(verify, 10)
+    assert replica.service.policy_error is None
+    assert all("pattern" in vars(c) for c in replica.service.table.routes.values())  # warmed
+
+
+async def test_a_snapshot_route_that_fails_validation_is_taken_out_and_reported(
+    js: JetStreamContext, nc: Client, start_replica: StartReplica
+) -> None:
+    await import_policy(js, redmond())
+    kv = await js.key_value(bus.CONFIG_BUCKET)
+    revision = (await kv.get("commit")).revision
+    entries = policy_entries(redmond())
+    # a snapshot no writer of ours would write: a route whose pattern no engine runs
+    entries["route.Universal"] = entries["route.Universal"].replace(b'"^', b'"(^')
+    await store.write_snapshot(kv, revision or 0, entries)
+    replica = await start_replica()
+    verify = next(t for t in replica.service.tasks if t.get_name() == "verify-snapshot")
+    await asyncio.wait_for(verify, 10)
+    assert "Universal" in (replica.service.policy_error or "")
+    assert [r.id for r in replica.service.policy.routes] == ["Redmond-Local"]
+    assert (await decide(nc, "pbx", "+33123456789")).status == 403  # no longer routed by it

@@ -6,12 +6,20 @@ import random
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tandem.pb import tandem_pb2 as pb
 from tandem.policy import Policy
-from tandem.router.table import Conditions, RoutingTable, Spreader, decision_dict
+from tandem.policy.patterns import literal_prefixes
+from tandem.router.table import (
+    Conditions,
+    RoutingTable,
+    Spreader,
+    decision_dict,
+    index_prefixes,
+)
 
 from .policies import redmond, route, trunk
 
@@ -384,3 +392,20 @@ def test_a_table_evolved_from_the_last_one_equals_a_fresh_build() -> None:
 
 def trunk_model(trunk_id: str) -> Any:
     return Policy.model_validate({"trunks": [trunk(trunk_id)]}).trunks[0]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"^\+14255550\d{3}$",
+        r"^\+44\d{7,9}$",
+        r"^\+33\d{9,}$",
+        r"^\+1(425|206)\d{7}$",
+        r"^\+1(?!(425|206))(\d{10})$",
+        r"^\+4420(\d{8})(;ext=\d+)?$",
+        r"\+1\d{10}",
+        r"^\+?(\d*)$",
+    ],
+)
+def test_the_index_files_a_route_under_its_literal_prefixes(pattern: str) -> None:
+    assert index_prefixes(pattern) == literal_prefixes(pattern)

@@ -82,7 +82,11 @@ every pod, edges on the host network included, resolves it in its own namespace)
 {{- $edges = append $edges (dict "id" .id "sip" (printf "0.0.0.0:%d" (int .sipPort)) "api" (printf "0.0.0.0:%d" (int .apiPort))) -}}
 {{- end -}}
 {{- $callstate := dict "api" "0.0.0.0:8080" "edge_lost_s" .Values.callstate.edgeLostSeconds -}}
-{{- $config := dict "nats" (include "tandem.natsUrl" .) "router" (dict "api" "0.0.0.0:8080") "callstate" $callstate "edges" $edges -}}
+{{- if and .Values.nats.enabled (gt (int .Values.bus.replicas) (int .Values.nats.config.cluster.replicas)) -}}
+{{- fail (printf "bus.replicas: %d copies need as many NATS servers, and nats.config.cluster.replicas is %d" (int .Values.bus.replicas) (int .Values.nats.config.cluster.replicas)) -}}
+{{- end -}}
+{{- $nats := dict "url" (include "tandem.natsUrl" .) "replicas" (int .Values.bus.replicas) -}}
+{{- $config := dict "nats" $nats "router" (dict "api" "0.0.0.0:8080") "callstate" $callstate "edges" $edges -}}
 {{- $_ := set $config "telemetry" (dict "mask_numbers" .Values.telemetry.maskNumbers) -}}
 {{- $_ = set $config "pstn_usages" .Values.policy.pstnUsages -}}
 {{- $_ = set $config "trunks" .Values.policy.trunks -}}

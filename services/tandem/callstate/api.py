@@ -1,4 +1,5 @@
-"""callstate's HTTP API: active calls (list, inspect, hang up), CDRs (JSON and CSV), statistics."""
+"""callstate's HTTP API: active calls (list, inspect, hang up), CDRs (JSON pages by cursor, and
+a streamed CSV of any size), statistics."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections.abc import AsyncGenerator
 from typing import Annotated, Any, Protocol
 
 import nats.errors
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 
 from tandem import bus
 from tandem.http import AUTH
@@ -18,8 +20,8 @@ from tandem.pb import tandem_pb2 as pb
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
-CSV_MAX_ROWS = 100_000
-SCAN_MAX = 200_000  # CDRs read for one request at most; the cursor continues from there
+SCAN_MAX = 200_000  # CDRs read for one page at most; its cursor continues from there
+CSV_CHUNK = 64 * 1024  # characters of CSV sent at a time
 LONGEST_CALL = datetime.timedelta(days=1)  # a CDR is written this long after `until`, at most
 
 Since = Annotated[datetime.datetime | None, Query(description="invite time from (ISO 8601)")]
@@ -238,22 +240,38 @@ def mount(app: FastAPI, replica: Replica) -> None:
     app.include_router(router)
 
 
-async def scan(
-    replica: Replica, query: CdrQuery, after: int, limit: int
+async def matching(
+    replica: Replica, query: CdrQuery, after: int = 0
 ) -> AsyncGenerator[tuple[int, pb.Cdr]]:
-    """Matching CDRs in order after the cursor, up to `limit`; stops at SCAN_MAX read."""
-    found = scanned = 0
+    """Every CDR the query matches after the cursor, in order, up to the last that can."""
     reader = replica.read_cdrs(after_seq=after, since=None if after else query.since)
     async with contextlib.aclosing(reader) as cdrs:
         async for seq, cdr in cdrs:
-            scanned += 1
-            if query.past_the_end(cdr) or scanned > SCAN_MAX:
+            if query.past_the_end(cdr):
                 return
             if query.matches(cdr):
                 yield seq, cdr
-                found += 1
-                if found >= limit:
-                    return
+
+
+async def page_of(
+    replica: Replica, query: CdrQuery, after: int, limit: int
+) -> tuple[list[tuple[int, pb.Cdr]], int | None]:
+    """Up to `limit` matching CDRs after the cursor, reading SCAN_MAX at most, and the cursor
+    of the next page: None only once nothing further can match (the stream's end, or past
+    `until`). A page cut short by SCAN_MAX may hold fewer CDRs, even none, and a cursor."""
+    page: list[tuple[int, pb.Cdr]] = []
+    scanned = 0
+    reader = replica.read_cdrs(after_seq=after, since=None if after else query.since)
+    async with contextlib.aclosing(reader) as cdrs:
+        async for seq, cdr in cdrs:
+            if query.past_the_end(cdr):
+                return page, None
+            if query.matches(cdr):
+                page.append((seq, cdr))
+            scanned += 1
+            if len(page) >= limit or scanned >= SCAN_MAX:
+                return page, seq
+    return page, None
 
 
 @router.get("/calls", tags=["calls"])
@@ -302,13 +320,11 @@ async def list_cdrs(
     after: Annotated[int, Query(ge=0, description="cursor: `next` of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
 ) -> dict[str, Any]:
-    """Finished calls, oldest end first, a page at a time."""
+    """Finished calls, oldest end first, a page at a time: follow `next` until it is null (a
+    page may be short, even empty, when few CDRs match: `next` says whether more may)."""
     query = CdrQuery(since, until, trunk, status)
-    page = [pair async for pair in scan(replica, query, after, limit)]
-    return {
-        "cdrs": [cdr_json(cdr) for _, cdr in page],
-        "next": page[-1][0] if len(page) == limit else None,
-    }
+    page, cursor = await page_of(replica, query, after, limit)
+    return {"cdrs": [cdr_json(cdr) for _, cdr in page], "next": cursor}
 
 
 @router.get("/cdrs.csv", tags=["cdrs"])
@@ -318,15 +334,29 @@ async def cdrs_csv(
     until: Until = None,
     trunk: Trunk = None,
     status: Status = None,
-) -> Response:
-    """The same CDRs as CSV, one row per call (attempts as `trunk:status` pairs)."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS)
+) -> StreamingResponse:
+    """Every matching CDR as CSV, one row per call (attempts as `trunk:status` pairs), streamed
+    as it is read: any number of rows, in constant memory."""
     query = CdrQuery(since, until, trunk, status)
-    async for _, cdr in scan(replica, query, 0, CSV_MAX_ROWS):
-        writer.writerow(cdr_row(cdr))
-    return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
+
+    async def rows() -> AsyncGenerator[str]:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        async with contextlib.aclosing(matching(replica, query)) as cdrs:
+            async for _, cdr in cdrs:
+                writer.writerow(cdr_row(cdr))
+                if out.tell() >= CSV_CHUNK:
+                    yield out.getvalue()
+                    out.seek(0)
+                    out.truncate()
+        yield out.getvalue()
+
+    return StreamingResponse(
+        rows(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": 'attachment; filename="cdrs.csv"'},
+    )
 
 
 @router.get("/stats", tags=["stats"])

@@ -20,6 +20,7 @@ from nats.aio.subscription import Subscription
 PULL_BATCH = 512
 PULL_EXPIRES_S = 5.0
 STATUS = "Status"  # 404 no messages, 408 request expired, 409 consumer gone or changed
+DESCRIPTION = "Description"  # what the status says: "Consumer Deleted", "Leadership Change"
 
 
 class Feed:
@@ -45,7 +46,11 @@ class Feed:
     async def _on_msg(self, msg: Msg) -> None:
         if msg.headers and STATUS in msg.headers:
             self.outstanding = 0
-            self.gone = self.gone or msg.headers[STATUS] == "409"
+            # a 409 also ends a pull when the consumer moves to a new leader (a NATS server
+            # died) or its server shuts down: pull again; only a deleted consumer is gone
+            description = msg.headers.get(DESCRIPTION, "")
+            deleted = "Deleted" in description or not description
+            self.gone = self.gone or (msg.headers[STATUS] == "409" and deleted)
         else:
             self.buffer.append(msg)
             self.outstanding -= 1

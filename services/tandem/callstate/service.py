@@ -67,7 +67,7 @@ class Service:
         self.ctx = ctx
         self.edge_lost_s = ctx.config.callstate.edge_lost_s
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
-        self.store = Store(ctx.nc, ctx.js)
+        self.store = Store(ctx.nc, ctx.js, ctx.config.replicas)
         self.lease: lease.Lease | None = None
         self.calls: dict[str, pb.ActiveCall] = {}
         self.live = Ledger()  # calls in progress
@@ -283,13 +283,20 @@ class Service:
         """Write the records, then the CDRs, then delete the ended calls' records.
 
         An ended call's record is written first (state "ended") like any other: that write
-        is compare-and-set, so a leader that was replaced fails there, before any CDR. A
-        crash after it is repaired at recovery, whether the CDR got written or not.
+        is compare-and-set, so a leader that was replaced fails there, before any CDR; and a
+        leader whose lease ran out while it wrote renews it or stops, before the CDRs. A crash
+        after it is repaired at recovery, whether the CDR got written or not.
         """
         records_out = [*changed, *(call for call, _ in ended)]
         await asyncio.gather(*(self.store.put_call(call) for call in records_out))
         if not ended:
             return
+        # a leader that stalled past its lease (its writes above were slow) renews it before
+        # writing CDRs, or leaves them to the one that took it over: the stream's duplicate
+        # window is only 2 minutes, and a lease renewed is one nobody else holds
+        assert self.lease is not None
+        if not self.lease.held and not await self.lease.renew():
+            raise LeaseLostError("the leader lease was taken over while writing a batch")
         cdrs = [cdr for _, cdr in ended]
         seqs = await asyncio.gather(*(self.store.publish_cdr(cdr) for cdr in cdrs))
         await asyncio.gather(*(self.store.delete_call(cdr.call_id) for cdr in cdrs))

@@ -74,8 +74,9 @@ class Checkpoint:
 
 
 class Store:
-    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, replicas: int = 1) -> None:
         self.nc, self.js = nc, js
+        self.replicas = replicas  # of the private bucket, as of every other store
         self.revisions: dict[str, int] = {}  # of the active-call records we wrote or loaded
         self.calls: KeyValue
         self.counters: KeyValue
@@ -84,9 +85,9 @@ class Store:
     async def open(self) -> None:
         self.calls = await self.js.key_value(bus.ACTIVE_CALLS_BUCKET)
         self.counters = await self.js.key_value(bus.TRUNK_COUNTERS_BUCKET)
-        self.state = await self.js.create_key_value(
-            config=KeyValueConfig(bucket=STATE_BUCKET, storage=StorageType.FILE)
-        )
+        config = KeyValueConfig(bucket=STATE_BUCKET, storage=StorageType.FILE)
+        await bus.ensure_bucket(self.js, config.evolve(replicas=self.replicas))
+        self.state = await self.js.key_value(STATE_BUCKET)
 
     # ---- active calls ----------------------------------------------------------------------
     async def load_calls(self, to_write: bool = False) -> dict[str, pb.ActiveCall]:

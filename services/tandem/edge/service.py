@@ -14,8 +14,6 @@ from typing import Any
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
 from tandem import bus, telemetry
 from tandem.b2bua import Call, Leg
@@ -33,7 +31,7 @@ from tandem.edge.transport import Peer, Transports
 from tandem.http import AUTH, create_app
 from tandem.pb import tandem_pb2 as pb
 from tandem.policy import Policy, Trunk
-from tandem.policy.store import COMMIT_KEY, read_policy
+from tandem.policy.store import TRUNK_KEYS, Follower
 from tandem.process import Context
 from tandem.sip.uri import DEFAULT_PORT, split_host_port
 
@@ -92,6 +90,8 @@ class Service:
         )
         self.trunks: dict[str, Trunk] = {}
         self.probes: dict[str, Probe] = {}
+        # the trunks only, never the routes: an edge has no use for them
+        self.policy = Follower(ctx.js, self._policy_committed, TRUNK_KEYS)
         self.started = False
         self.heartbeat_s = HEARTBEAT_S
         self.heard: dict[str, float] = {}  # edge id -> when its last heartbeat came (loop time)
@@ -103,12 +103,10 @@ class Service:
     # ---- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        kv = await self.ctx.js.key_value(bus.CONFIG_BUCKET)
-        try:
-            seen = (await kv.get(COMMIT_KEY)).revision or 0
-        except KeyNotFoundError:
-            seen = 0
-        self.apply_policy(await read_policy(kv) or self.ctx.config.policy)
+        following = asyncio.create_task(self._watch_policy())
+        await self.policy.caught_up.wait()
+        if not self.policy.commit:  # no policy stored yet: the config file's
+            self.apply_policy(self.ctx.config.policy)
         self.transactions.start()
         await self.capture.start()
         await self.transports.start()
@@ -125,8 +123,8 @@ class Service:
         self._loops += [
             asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self._watch_edges()),
-            asyncio.create_task(self._watch_policy(kv, seen)),
             asyncio.create_task(self._watch_lag()),
+            following,
         ]
         self.started = True
         log.info("edge %s listening on %s", self.edge_id, ", ".join(self.transports.listeners))
@@ -175,35 +173,50 @@ class Service:
     # ---- the policy -----------------------------------------------------------------------
 
     def apply_policy(self, policy: Policy) -> None:
-        """The trunks this edge serves, from the stored policy (live on every commit)."""
+        """The trunks this edge serves, from the stored policy (live on every commit). An
+        edited trunk keeps the health its probes found, unless its peer changed."""
         served = {t.id: t for t in policy.trunks if t.edge == self.edge_id}
         self.trunks = served
         self.inbound.admission = Admission(served.values())
+        found: dict[str, Probe] = {}
         for trunk_id in list(self.probes):
             probe = self.probes[trunk_id]
             trunk = served.get(trunk_id)
             if trunk is None or trunk != probe.trunk:
                 probe.stop()
                 del self.probes[trunk_id]
+                if trunk is not None and trunk.peer_address == probe.trunk.peer_address:
+                    found[trunk_id] = probe
         for trunk in served.values():
             if trunk.id not in self.probes:
                 probe = self.probes[trunk.id] = Probe(self.prober, trunk)
+                old = found.get(trunk.id)
+                if old is not None and old.trunk.transport == trunk.transport:
+                    probe.up, probe.failed, probe.reason = old.up, old.failed, old.reason
+                    probe.reported, probe.last_probe_ms = old.reported, old.last_probe_ms
                 if self.started:
                     probe.start()
 
-    async def _watch_policy(self, kv: KeyValue, seen: int) -> None:
-        watcher = await kv.watch(COMMIT_KEY)
-        async for entry in watcher:
-            if entry is None or (entry.revision or 0) <= seen:
-                continue  # the commit in force at start (or the end-of-history marker)
-            seen = entry.revision or 0
+    async def _watch_policy(self) -> None:
+        """Follow the trunks in the policy store for as long as the edge runs."""
+        while True:
             try:
-                policy = await read_policy(kv)
-                if policy is not None:
-                    self.apply_policy(policy)
-                    log.info("policy reloaded: %d trunks served", len(self.trunks))
-            except Exception:
-                log.exception("policy reload failed; keeping the previous one")
+                await self.policy.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # NATS away mid-start: follow again, from the snapshot
+                log.exception("following the policy store failed; again in 1s")
+                await asyncio.sleep(1.0)
+
+    async def _policy_committed(self, revision: int) -> None:
+        # parsed and checked off the SIP loop: the loop only swaps the trunks in
+        try:
+            policy = await asyncio.to_thread(self.policy.state.policy)
+        except ValueError:
+            log.exception("stored trunks refused; keeping the previous ones")
+            return
+        self.apply_policy(policy)
+        log.info("policy reloaded: %d trunks served", len(self.trunks))
 
     def _trunk_of(self, host: str, port: int) -> str | None:
         trunk = self.inbound.admission.trunk(host, port)

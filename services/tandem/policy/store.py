@@ -1,40 +1,95 @@
-"""The routing policy in the TANDEM_CONFIG bucket: one key per object, and a commit marker.
+"""The routing policy in the TANDEM_CONFIG bucket: one key per object, a commit marker, and
+a snapshot of the whole policy as of its latest commit.
 
-Keys are `usages`, `trunk.<id>` and `route.<id>` (JSON). A writer takes the `lock` key,
-puts every changed object, deletes what is gone, then puts `commit` and frees the lock;
-readers rebuild their policy when `commit` moves, so an import of the whole policy is seen
-all at once, and two writers (API calls on two replicas, `tandem config import`) never
-interleave their keys.
+Keys are `usages`, `trunk.<id>` and `route.<id>` (JSON): the truth, which edits change one
+at a time. A writer takes the `lock` key (renewing it while it writes), puts every changed
+object, deletes what is gone, puts `commit`, then writes the snapshot: the policy as of
+that commit, compressed, in `snapshot.<slot>.<n>` chunks, which the `snapshot` key names
+with the commit's revision and a digest. Readers (`Follower`) load the snapshot, then take
+every change of the keys they need from the stream just after it, and apply a policy only
+when `commit` passes: a reader never sees half a write, and a cold router reads a few
+chunks instead of 100,000 keys. Two writers (API calls on two replicas, `tandem config
+import`) never interleave their keys.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import hashlib
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import (
+    BadRequestError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 from pydantic import BaseModel
 
 from tandem import bus
 from tandem.policy.model import Policy, Route, Trunk
 
+log = logging.getLogger("tandem.policy")
+
 COMMIT_KEY = "commit"
 USAGES_KEY = "usages"
 LOCK_KEY = "lock"
+SNAPSHOT_KEY = "snapshot"
+POLICY_KEYS = (USAGES_KEY, "trunk.>", "route.>")  # what a router follows
+TRUNK_KEYS = ("trunk.>",)  # what an edge follows
 LOCK_WAIT_S = 10.0
-LOCK_STALE_S = 30.0  # a writer that died holding the lock loses it after this long
+LOCK_STALE_S = 30.0  # a writer that died holding the lock loses it this long after its last renewal
+LOCK_RENEW_S = 5.0
 LOCK_RETRY_S = 0.05
 SNAPSHOT_TIMEOUT_S = 10.0
-WRITE_BATCH = 512
+SNAPSHOT_CHUNK = 512 * 1024  # NATS refuses messages over 1 MB by default
+SNAPSHOT_SLOTS = ("a", "b")  # a new snapshot goes in the slot the current one is not in
+SNAPSHOT_READS = 3  # a snapshot replaced while read is read again, this many times at most
+CATCH_UP_TIMEOUT_S = 5.0
+WRITE_TIMEOUT_S = 60.0  # for the last acknowledgement of a whole policy's keys
+
+Parsed = BaseModel | list[str]
+Change = tuple[str, bytes, dict[str, str] | None]  # a key, its value, and headers (a delete's)
 
 
 class PolicyBusyError(Exception):
-    """Another writer held the policy lock for longer than we could wait."""
+    """Another writer held the policy lock for longer than we could wait, or took it from us."""
+
+
+class PolicyNotInForceError(Exception):
+    """The policy is stored, but not every reader applied it in time: nothing failed."""
+
+    def __init__(self, revision: int, lagging: list[str], waited_s: float) -> None:
+        self.revision, self.lagging = revision, lagging
+        super().__init__(
+            f"stored as revision {revision}, not yet in force after {waited_s:.0f}s on "
+            + ", ".join(lagging)
+        )
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """While 100,000 objects are built at once: the cyclic GC would scan them all again and
+    again (a third of a cold router's start). They hold no cycles; the caller collects."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def policy_entries(policy: Policy) -> dict[str, bytes]:
@@ -49,32 +104,57 @@ def is_policy_key(key: str) -> bool:
 
 
 class PolicyState:
-    """The policy's keys as last seen, each parsed once: a commit re-reads only what changed."""
+    """The policy's keys as stored now, and as of the last commit; each parsed once, so a
+    commit re-reads only what changed and unchanged objects stay the very same ones."""
 
     def __init__(self) -> None:
-        self.raw: dict[str, bytes] = {}
-        self._parsed: dict[str, BaseModel | list[str]] = {}
+        self.raw: dict[str, bytes] = {}  # every policy key as stored now
+        self.committed: dict[str, bytes] = {}  # as of the last commit
+        self._parsed: dict[str, tuple[bytes, Parsed]] = {}  # the bytes parsed, and the object
 
     def put(self, key: str, value: bytes) -> None:
-        if is_policy_key(key) and self.raw.get(key) != value:
+        if is_policy_key(key):
             self.raw[key] = value
-            self._parsed.pop(key, None)
 
     def delete(self, key: str) -> None:
         self.raw.pop(key, None)
-        self._parsed.pop(key, None)
+
+    def commit(self) -> None:
+        """A commit was stored: the keys as they are now form the policy."""
+        self.committed = dict(self.raw)
+        for key in self._parsed.keys() - self.committed.keys():
+            del self._parsed[key]
+
+    def load(self, entries: dict[str, bytes], trusted: bool) -> None:
+        """A snapshot: every key, committed. `trusted` constructs its routes without
+        validating them (a writer validated them; `verify` checks them later)."""
+        self.raw = dict(entries)
+        self.commit()
+        if trusted:
+            for key, value in entries.items():
+                if key.startswith("route."):
+                    self._parsed[key] = (value, Route.model_construct(**json.loads(value)))
 
     def policy(self) -> Policy:
-        """The policy these keys describe; ValueError (pydantic's included) if it is invalid."""
-        for key, value in self.raw.items():
-            if key not in self._parsed:
-                self._parsed[key] = _parse(key, value)
-        usages = self._parsed.get(USAGES_KEY, [])
-        trunks = [v for k, v in self._parsed.items() if k.startswith("trunk.")]
-        routes = [v for k, v in self._parsed.items() if k.startswith("route.")]
+        """The committed policy; ValueError (pydantic's included) if it is invalid."""
+        objects: dict[str, Parsed] = {}
+        for key, value in self.committed.items():
+            cached = self._parsed.get(key)
+            if cached is None or cached[0] != value:
+                cached = self._parsed[key] = (value, _parse(key, value))
+            objects[key] = cached[1]
+        usages = objects.get(USAGES_KEY, [])
+        trunks = [v for k, v in objects.items() if k.startswith("trunk.")]
+        routes = [v for k, v in objects.items() if k.startswith("route.")]
         # each object was validated when its key was read: only the cross-checks run again
         policy = Policy.model_construct(pstn_usages=usages, trunks=trunks, routes=routes)
         return policy.checked()
+
+    def verify(self, key: str) -> None:
+        """Validate one key's object as read (ValueError if it is not what it claims)."""
+        cached = self._parsed.get(key)
+        if cached is not None and _parse(key, cached[0]) != cached[1]:
+            raise ValueError(f"{key} differs from its own validation")
 
     def entries(self, policy: Policy) -> dict[str, bytes]:
         """The policy's keys and values; objects parsed from these keys keep their bytes."""
@@ -82,12 +162,13 @@ class PolicyState:
         for prefix, objects in (("trunk.", policy.trunks), ("route.", policy.routes)):
             for item in objects:
                 key = prefix + item.id
-                same = self._parsed.get(key) is item
-                entries[key] = self.raw[key] if same else item.model_dump_json().encode()
+                cached = self._parsed.get(key)
+                same = cached is not None and cached[1] is item
+                entries[key] = cached[0] if cached and same else item.model_dump_json().encode()
         return entries
 
 
-def _parse(key: str, value: bytes) -> BaseModel | list[str]:
+def _parse(key: str, value: bytes) -> Parsed:
     if key.startswith(("trunk.", "route.")):
         model: Trunk | Route = (Trunk if key[0] == "t" else Route).model_validate_json(value)
         if key.partition(".")[2] != model.id:
@@ -103,6 +184,7 @@ def policy_from_entries(entries: dict[str, bytes]) -> Policy:
     state = PolicyState()
     for key, value in entries.items():
         state.put(key, value)
+    state.commit()
     return state.policy()
 
 
@@ -130,80 +212,331 @@ async def read_policy(kv: KeyValue) -> Policy | None:
     return policy_from_entries({k: v for k, v in entries.items() if is_policy_key(k)})
 
 
+# ---- the writers' lock ------------------------------------------------------------------
+
+
+class Lock:
+    """The policy's write lock while held: renewed in the background, so a write that takes
+    longer than LOCK_STALE_S keeps it; `check` says whether another writer took it over."""
+
+    def __init__(self, kv: KeyValue, owner: str, revision: int) -> None:
+        self.kv, self.owner, self.revision = kv, owner, revision
+        self.lost = False
+
+    def value(self) -> bytes:
+        return json.dumps({"owner": self.owner, "time": time.time()}).encode()
+
+    async def keep(self) -> None:
+        while not self.lost:
+            await asyncio.sleep(LOCK_RENEW_S)
+            try:
+                self.revision = await self.kv.update(LOCK_KEY, self.value(), last=self.revision)
+            except KeyWrongLastSequenceError:
+                self.lost = True
+                log.error("the policy write lock of %s was taken over", self.owner)
+            except Exception as exc:  # NATS slow or away: the next renewal may get through
+                log.warning("policy write lock not renewed: %r", exc)
+
+    def check(self) -> None:
+        if self.lost:
+            raise PolicyBusyError("another writer took the policy lock: nothing was committed")
+
+
 @asynccontextmanager
-async def write_lock(kv: KeyValue, owner: str = "") -> AsyncIterator[None]:
+async def write_lock(kv: KeyValue, owner: str = "") -> AsyncIterator[Lock]:
     """Hold the policy's write lock; PolicyBusyError if it stays taken for LOCK_WAIT_S."""
     deadline = time.monotonic() + LOCK_WAIT_S
-    mine = json.dumps({"owner": owner, "time": time.time()}).encode()
+    lock = Lock(kv, owner, 0)
     while True:
         try:
-            await kv.create(LOCK_KEY, mine)
+            lock.revision = await kv.create(LOCK_KEY, lock.value())
             break
         except KeyWrongLastSequenceError:
-            if await _take_stale_lock(kv, mine):
+            taken = await _take_stale_lock(kv, lock.value())
+            if taken:
+                lock.revision = taken
                 break
         if time.monotonic() > deadline:
             raise PolicyBusyError("the policy is being changed by another writer: try again")
         await asyncio.sleep(LOCK_RETRY_S)
+    keeper = asyncio.create_task(lock.keep())
     try:
-        yield
+        yield lock
     finally:
-        await kv.delete(LOCK_KEY)
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        if not lock.lost:
+            with contextlib.suppress(BadRequestError):  # taken over at the very end
+                await kv.delete(LOCK_KEY, last=lock.revision)
 
 
-async def _take_stale_lock(kv: KeyValue, mine: bytes) -> bool:
+async def _take_stale_lock(kv: KeyValue, mine: bytes) -> int:
+    """The lock's new revision if it was stale and is ours now, else 0."""
     try:
         entry = await kv.get(LOCK_KEY)
     except (KeyNotFoundError, KeyDeletedError):  # freed since: the next create may win
-        return False
+        return 0
     try:
         taken = float(json.loads(entry.value or b"{}").get("time", 0))
     except (ValueError, AttributeError):
         taken = 0.0
     if time.time() - taken < LOCK_STALE_S:
-        return False
+        return 0
     try:
-        await kv.update(LOCK_KEY, mine, last=entry.revision)
+        return await kv.update(LOCK_KEY, mine, last=entry.revision)
     except KeyWrongLastSequenceError:
-        return False
-    return True
+        return 0
 
 
-async def write_policy(kv: KeyValue, policy: Policy, known: PolicyState | None = None) -> int:
+# ---- writing ------------------------------------------------------------------------------
+
+
+async def write_policy(
+    js: JetStreamContext, policy: Policy, known: PolicyState | None = None, lock: Lock | None = None
+) -> int:
     """Replace the stored policy with this one (call under write_lock); the commit revision.
 
-    `known` is what the caller knows to be stored (a watcher's state): saves reading it back,
-    and serializing again the objects it parsed.
+    `known` is what the caller knows to be stored (a follower's state): saves reading it
+    back, and serializing again the objects it parsed. With the lock, nothing is committed
+    if another writer took it over meanwhile (PolicyBusyError).
     """
+    kv = await config_bucket(js)
     if known is None:
         known = PolicyState()
         for key, value in (await read_entries(kv)).items():
             known.put(key, value)
     old = dict(known.raw)
-    new = known.entries(policy)
-    puts = [(k, v) for k, v in new.items() if old.get(k) != v]
-    gone = sorted(old.keys() - new.keys())
-    for start in range(0, len(puts), WRITE_BATCH):  # pipelined: 100,000 routes in seconds
-        await asyncio.gather(*(kv.put(k, v) for k, v in puts[start : start + WRITE_BATCH]))
-    for start in range(0, len(gone), WRITE_BATCH):
-        await asyncio.gather(*(kv.delete(k) for k in gone[start : start + WRITE_BATCH]))
+    new = await asyncio.to_thread(known.entries, policy)  # 100,000 routes: off the loop
+    changes: list[Change] = [(k, v, None) for k, v in new.items() if old.get(k) != v]
+    changes += [(k, b"", {KV_OP: KV_DEL}) for k in sorted(old.keys() - new.keys())]
+    await _publish_all(js, changes)
+    if lock is not None:
+        lock.check()
     marker = {"time": time.time(), "trunks": len(policy.trunks), "routes": len(policy.routes)}
-    return await kv.put(COMMIT_KEY, json.dumps(marker).encode())
+    revision = await kv.put(COMMIT_KEY, json.dumps(marker).encode())
+    await write_snapshot(kv, revision, new)
+    return revision
+
+
+async def _publish_all(js: JetStreamContext, changes: list[Change]) -> None:
+    """Puts and deletes of keys, all in flight at once (nats.py bounds how many), then every
+    acknowledgement awaited: 100,000 keys in seconds, where one request each takes half a
+    minute. Their order does not matter: the commit comes after them all."""
+    prefix = f"$KV.{bus.CONFIG_BUCKET}."
+    acks = [await js.publish_async(prefix + k, v, headers=h) for k, v, h in changes]
+    await asyncio.wait_for(asyncio.gather(*acks), WRITE_TIMEOUT_S)
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """What the `snapshot` key says: which commit, where its chunks are, their digest."""
+
+    revision: int
+    slot: str
+    chunks: int
+    sha256: str
+
+    @classmethod
+    def parse(cls, value: bytes) -> SnapshotRef:
+        data = json.loads(value)
+        return cls(int(data["revision"]), str(data["slot"]), int(data["chunks"]), data["sha256"])
+
+    def chunk(self, n: int) -> str:
+        return f"{SNAPSHOT_KEY}.{self.slot}.{n}"
+
+
+def encode_snapshot(entries: dict[str, bytes]) -> bytes:
+    """Each key as `key<TAB>length<LF>` then its value's bytes (in the policy's order), the
+    lot compressed."""
+    parts = []
+    for key, value in entries.items():
+        parts += [f"{key}\t{len(value)}\n".encode(), value]
+    return zlib.compress(b"".join(parts), 1)
+
+
+def decode_snapshot(blob: bytes) -> dict[str, bytes]:
+    data = zlib.decompress(blob)
+    entries, at = {}, 0
+    while at < len(data):
+        end = data.index(b"\n", at)
+        key, _, length = data[at:end].partition(b"\t")
+        at = end + 1 + int(length)
+        entries[key.decode()] = data[end + 1 : at]
+    return entries
+
+
+async def write_snapshot(kv: KeyValue, revision: int, entries: dict[str, bytes]) -> None:
+    """The policy as of the commit at `revision`, in the slot the current snapshot is not in."""
+    current = await _snapshot_ref(kv)
+    slot = SNAPSHOT_SLOTS[current is not None and current.slot == SNAPSHOT_SLOTS[0]]
+    blob = await asyncio.to_thread(encode_snapshot, entries)
+    chunks = [blob[at : at + SNAPSHOT_CHUNK] for at in range(0, len(blob), SNAPSHOT_CHUNK)]
+    ref = SnapshotRef(revision, slot, len(chunks), hashlib.sha256(blob).hexdigest())
+    # purge first: a chunk key then holds its latest value only, not a history of snapshots
+    await asyncio.gather(*(kv.purge(ref.chunk(n)) for n in range(len(chunks))))
+    await asyncio.gather(*(kv.put(ref.chunk(n), chunk) for n, chunk in enumerate(chunks)))
+    value = {"revision": revision, "slot": slot, "chunks": len(chunks), "sha256": ref.sha256}
+    await kv.put(SNAPSHOT_KEY, json.dumps(value).encode())
+
+
+async def _snapshot_ref(kv: KeyValue) -> SnapshotRef | None:
+    try:
+        entry = await kv.get(SNAPSHOT_KEY)
+    except (KeyNotFoundError, KeyDeletedError):
+        return None
+    try:
+        return SnapshotRef.parse(entry.value or b"")
+    except (ValueError, KeyError, TypeError):
+        log.warning("unreadable policy snapshot key: ignored")
+        return None
+
+
+async def read_snapshot(kv: KeyValue) -> tuple[int, bytes] | None:
+    """The latest snapshot (its commit revision and compressed bytes), or None when there is
+    none or it cannot be read whole (then the stream itself is read)."""
+    for _ in range(SNAPSHOT_READS):
+        ref = await _snapshot_ref(kv)
+        if ref is None:
+            return None
+        try:
+            chunks = await asyncio.gather(*(kv.get(ref.chunk(n)) for n in range(ref.chunks)))
+        except (KeyNotFoundError, KeyDeletedError):
+            continue  # replaced while we read it
+        blob = b"".join(chunk.value or b"" for chunk in chunks)
+        if hashlib.sha256(blob).hexdigest() == ref.sha256:
+            return ref.revision, blob
+    log.warning("the policy snapshot changed under every read: reading the stream instead")
+    return None
 
 
 async def import_policy(js: JetStreamContext, policy: Policy, if_empty: bool = False) -> bool:
     """Store the policy; with if_empty, only when the bucket holds none. True if written."""
     kv = await config_bucket(js)
-    async with write_lock(kv, "import"):
+    async with write_lock(kv, "import") as lock:
         if if_empty:
             try:
                 await kv.get(COMMIT_KEY)
                 return False
             except KeyNotFoundError:
                 pass
-        await write_policy(kv, policy)
+        await write_policy(js, policy, lock=lock)
     return True
 
 
 def is_delete(operation: str | None) -> bool:
     return operation in (KV_DEL, KV_PURGE)
+
+
+# ---- following ----------------------------------------------------------------------------
+
+
+class Follower:
+    """The policy as TANDEM_CONFIG holds it, followed live: the latest snapshot first, then
+    every change of the keys followed, in stream order, applied at each commit.
+
+    `on_commit(revision)` is awaited with `state` at that commit: once caught up with the
+    stream (for the last commit stored, never for keys written after it), then for each
+    commit that follows. Nothing else changes `state` while it runs.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        on_commit: Callable[[int], Awaitable[None]],
+        keys: Iterable[str] = POLICY_KEYS,
+        trusted: bool = False,
+    ) -> None:
+        self.js = js
+        self.on_commit = on_commit
+        self.keys = (*keys, COMMIT_KEY)
+        self.trusted = trusted  # routes from the snapshot are constructed, not validated
+        self.state = PolicyState()
+        self.revision = 0  # the last revision taken and, for a commit, applied
+        self.commit = 0  # the revision of the commit `state.committed` is
+        self.from_snapshot = False
+        self.caught_up = asyncio.Event()
+        self._prefix = f"$KV.{bus.CONFIG_BUCKET}."
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._sub: JetStreamContext.PushSubscription | None = None
+
+    async def run(self) -> None:
+        """Follow until cancelled."""
+        kv = await self.js.key_value(bus.CONFIG_BUCKET)
+        snapshot = await read_snapshot(kv)
+        if snapshot is not None:
+            self.commit, blob = snapshot
+            await asyncio.to_thread(self._load, blob)
+            self.revision, self.from_snapshot = self.commit, True
+        sub = await self.js.subscribe(
+            self._prefix + self.keys[0],
+            stream=f"KV_{bus.CONFIG_BUCKET}",
+            cb=self._queue.put,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                filter_subjects=[self._prefix + key for key in self.keys],
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self.revision + 1,
+            ),
+        )
+        self._sub = sub
+        try:
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and self._queue.empty():
+                await self._caught_up()
+            while True:
+                await self._take(await self._queue.get())
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _load(self, blob: bytes) -> None:
+        with gc_paused():
+            entries = decode_snapshot(blob)
+            wanted = tuple(key.removesuffix(">") for key in self.keys)
+            chosen = {k: v for k, v in entries.items() if k.startswith(wanted)}
+            self.state.load(chosen, self.trusted)
+
+    async def _take(self, msg: Msg) -> None:
+        key = msg.subject[len(self._prefix) :]
+        revision = msg.metadata.sequence.stream
+        if msg.headers and is_delete(msg.headers.get(KV_OP)):
+            self.state.delete(key)
+        else:
+            self.state.put(key, msg.data)
+        if key == COMMIT_KEY:
+            self.state.commit()
+            self.commit = revision
+            if self.caught_up.is_set():
+                await self.on_commit(revision)
+        self.revision = max(self.revision, revision)
+        if not self.caught_up.is_set() and msg.metadata.num_pending == 0:
+            await self._caught_up()
+
+    async def _caught_up(self) -> None:
+        if self.commit:  # keys without any commit are a first import still under way
+            await self.on_commit(self.commit)
+        self.caught_up.set()
+
+    async def sync(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> None:
+        """Return once everything stored now in the keys followed has been taken;
+        TimeoutError if that takes longer than timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._sub is None:
+                raise TimeoutError("not following the policy store yet")
+            info = await self._sub.consumer_info()
+            delivered = info.delivered.stream_seq if info.delivered else 0
+            if info.num_pending == 0 and self.revision >= (delivered or 0):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the policy store was not caught up in {timeout_s}s")
+            await asyncio.sleep(0.005)
+
+    async def applied(self, revision: int, timeout_s: float = CATCH_UP_TIMEOUT_S) -> None:
+        """Return once the commit at `revision` (or a later one) has been applied here."""
+        deadline = time.monotonic() + timeout_s
+        while self.revision < revision:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"policy revision {revision} not seen in {timeout_s}s")
+            await asyncio.sleep(0.005)

@@ -2,7 +2,8 @@
 
 Every write takes the policy's write lock, checks the whole resulting policy (a route
 naming an unknown trunk or usage: 422; deleting a trunk a route uses: 409) and stores it
-with a commit, so each replica applies it at once. `POST /v1/route-test` answers what a
+with a commit; it answers once every replica has it in force, or 504 (stored, not yet in
+force everywhere) when one takes too long. `POST /v1/route-test` answers what a
 call would get, without placing one (Lync's Test-CsInterTrunkRouting).
 """
 
@@ -10,6 +11,7 @@ call would get, without placing one (Lync's Test-CsInterTrunkRouting).
 # their collection's dependencies in their annotations, which FastAPI must get as objects
 # (it looks annotation strings up among this module's globals, where those are not).
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +34,6 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 class Replica(Protocol):
     """What the API asks of the router replica it serves."""
 
-    revision: int  # the last TANDEM_CONFIG revision applied
     answered: int  # decisions answered on the bus
     policy_error: str | None  # why the last stored policy was refused
     down: set[str]  # trunks down by their edge's health probes
@@ -43,8 +44,15 @@ class Replica(Protocol):
         """The policy in force."""
         ...
 
+    @property
+    def revision(self) -> int:
+        """The last TANDEM_CONFIG revision applied."""
+        ...
+
     async def change(self, mutate: Callable[[Policy], Policy]) -> Policy:
-        """Store mutate(the latest policy); PolicyBusyError if it cannot be written now."""
+        """Store mutate(the latest policy) and return once every replica has it in force;
+        PolicyBusyError if it cannot be written now, PolicyNotInForceError if it is stored
+        but not yet in force everywhere."""
         ...
 
     def route_test(self, trunk: str, called: str, calling: str) -> pb.RouteDecision: ...
@@ -94,11 +102,15 @@ def assembled(errors_status: int, policy: Policy, **parts: Any) -> Policy:
 
 
 async def change(replica: Replica, mutate: Callable[[Policy], Policy]) -> Policy:
-    """replica.change, answering 503 when the policy cannot be written now."""
+    """replica.change: 503 when the policy cannot be written now; 504 when it is stored but
+    some replica has not applied it in time (it will: nothing needs doing again)."""
     try:
         return await replica.change(mutate)
     except store.PolicyBusyError as exc:
         raise HTTPException(503, str(exc)) from None
+    except store.PolicyNotInForceError as exc:
+        detail = {"stored_revision": exc.revision, "not_in_force_on": exc.lagging}
+        raise HTTPException(504, {"message": str(exc), **detail}) from None
 
 
 def parse_body(body: bytes, content_type: str) -> Any:
@@ -139,12 +151,15 @@ def get_policy(
 )
 async def put_policy(request: Request, replica: ReplicaDep) -> dict[str, int]:
     """Import a whole policy (JSON or YAML), replacing the stored one all at once."""
-    data = parse_body(await request.body(), request.headers.get("content-type", ""))
+    # reading and validating 100,000 routes takes seconds: off the loop, which keeps deciding
+    body, content_type = await request.body(), request.headers.get("content-type", "")
+    data = await asyncio.to_thread(parse_body, body, content_type)
     if not isinstance(data, dict):
         raise HTTPException(422, "a policy is a mapping of pstn_usages, trunks and routes")
     # a whole config file is welcome: its deployment part (nats, edges...) is not policy
     deployment = Config.model_fields.keys() - Policy.model_fields.keys()
-    policy = checked(422, **{k: v for k, v in data.items() if k not in deployment})
+    parts = {k: v for k, v in data.items() if k not in deployment}
+    policy = await asyncio.to_thread(lambda: checked(422, **parts))
     await change(replica, lambda _: policy)
     return {"trunks": len(policy.trunks), "routes": len(policy.routes)}
 

@@ -1,9 +1,11 @@
 """The router process: answers route decisions on the bus and keeps its policy live.
 
-Each replica answers `tandem.route.decide` in the queue group `router`, and watches three
-buckets: TANDEM_CONFIG (the policy: rebuilt when `commit` moves, so every replica applies a
-change within a second, no restart), TANDEM_TRUNK_HEALTH (which trunks are down) and
-TANDEM_TRUNK_COUNTERS (active calls per trunk, for call limits).
+Each replica answers `tandem.route.decide` in the queue group `router`, and follows three
+buckets: TANDEM_CONFIG (the policy, from its snapshot on: rebuilt when `commit` moves, so
+every replica applies a change within a second, no restart), TANDEM_TRUNK_HEALTH (which
+trunks are down) and TANDEM_TRUNK_COUNTERS (active calls per trunk, for call limits). It
+says in TANDEM_ROUTERS which policy revision it has in force, so that a write through the
+API answers only once every replica has it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
+import os
+import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -42,7 +48,11 @@ DECISION_SECONDS = Histogram(
 )
 POLICY_ROUTES = Gauge("tandem_router_policy_routes", "Voice routes in the policy in force")
 POLICY_ERRORS = Counter("tandem_router_policy_errors", "Stored policies refused (kept the last)")
-CATCH_UP_TIMEOUT_S = 5.0
+IN_FORCE_TIMEOUT_S = 30.0  # a write waits this long for every replica to have it in force
+ROUTER_BEAT_S = 2.0  # each replica says what it has in force this often
+ROUTER_LIVE_S = 3 * ROUTER_BEAT_S  # a replica not heard from for this long is gone
+VERIFY_SLICE = 200  # routes checked per turn of the loop after a start from the snapshot
+FOLLOW_RETRY_S = 1.0
 
 
 class Service:
@@ -50,18 +60,21 @@ class Service:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        replica = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        self.name = re.sub(r"[^A-Za-z0-9_-]", "_", replica)  # a KV key
         self.table = RoutingTable(Policy())
-        self.state = store.PolicyState()
-        self.revision = 0  # the last TANDEM_CONFIG revision applied
-        self.committed = False  # a commit was seen: the stored keys form a whole policy
+        self.follower = store.Follower(ctx.js, self._apply, trusted=True)
+        self.in_force = 0  # the revision of the commit whose policy decides here
         self.policy_error: str | None = None
         self.spreader = Spreader()
         self.answered = 0  # decisions this replica answered on the bus
         self.down: set[str] = set()  # trunks down by their edge's health probes
         self.active_calls: dict[str, int] = {}  # per trunk, in and out, from callstate
         self.conditions = Conditions(self.down, self.active_calls)
+        self.peers: dict[str, tuple[int, float]] = {}  # replica -> (in force, heard at)
         self.loaded = asyncio.Event()
         self.kv: KeyValue | None = None
+        self.routers: KeyValue | None = None
         self.sub: Subscription | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.app = create_app(
@@ -69,19 +82,31 @@ class Service:
         )
         api.mount(self.app, self)
 
+    @property
+    def revision(self) -> int:
+        """The last TANDEM_CONFIG revision taken (a commit's: applied)."""
+        return self.follower.revision
+
     # ---- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         js = self.ctx.js
         self.kv = await js.key_value(bus.CONFIG_BUCKET)
+        self.routers = await js.key_value(bus.ROUTERS_BUCKET)
         health = await js.key_value(bus.TRUNK_HEALTH_BUCKET)
         counters = await js.key_value(bus.TRUNK_COUNTERS_BUCKET)
+        follow = asyncio.create_task(self._follow(), name="follow-config")
         self.tasks = [
-            asyncio.create_task(self._watch(self.kv, self._on_config), name="watch-config"),
+            follow,
             asyncio.create_task(self._watch(health, self._on_health), name="watch-health"),
             asyncio.create_task(self._watch(counters, self._on_counters), name="watch-counters"),
+            asyncio.create_task(self._watch(self.routers, self._on_peer), name="watch-routers"),
         ]
-        await self.loaded.wait()
+        await self.follower.caught_up.wait()
+        self.loaded.set()
+        self.tasks.append(asyncio.create_task(self._beat(), name="router-beat"))
+        if self.follower.from_snapshot:
+            self.tasks.append(asyncio.create_task(self._verify(), name="verify-snapshot"))
         self.sub = await self.ctx.nc.subscribe(
             bus.ROUTE_DECIDE, queue=bus.ROUTER_QUEUE, cb=self._on_decide
         )
@@ -97,6 +122,9 @@ class Service:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.routers is not None:  # gone at once, not when our entry ages out
+            with contextlib.suppress(Exception):
+                await self.routers.delete(self.name)
 
     # ---- deciding -----------------------------------------------------------------------
 
@@ -166,29 +194,26 @@ class Service:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def _on_config(self, key: str, value: bytes | None, revision: int) -> None:
-        if not key:  # the first snapshot is complete
-            if self.committed:  # keys without a commit are a first import still under way
-                await self._rebuild()
-            self.loaded.set()
-            return
-        if value is None:
-            self.state.delete(key)
-        else:
-            self.state.put(key, value)
-        if key == store.COMMIT_KEY:
-            self.committed = True
-            if self.loaded.is_set():
-                await self._rebuild()
-        self.revision = max(self.revision, revision)
+    async def _follow(self) -> None:
+        """The policy store, followed for as long as the router runs."""
+        while True:
+            try:
+                await self.follower.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # NATS away mid-start: follow again, from the snapshot
+                log.exception("following the policy store failed; again in %ss", FOLLOW_RETRY_S)
+                await asyncio.sleep(FOLLOW_RETRY_S)
 
-    async def _rebuild(self) -> None:
-        """Compile the stored policy off the event loop; a refused one leaves the last in force."""
+    async def _apply(self, revision: int) -> None:
+        """Compile the committed policy off the event loop; a refused one leaves the last in
+        force. The follower awaits this, so nothing changes its state meanwhile."""
 
         def build() -> RoutingTable:
-            return RoutingTable(self.state.policy(), self.table)
+            with store.gc_paused():  # collected below, once
+                return RoutingTable(self.follower.state.policy(), self.table)
 
-        try:  # the watch awaits this, so nothing changes the state meanwhile
+        try:
             table = await asyncio.to_thread(build)
         except (ValidationError, ValueError) as exc:
             POLICY_ERRORS.inc()
@@ -200,14 +225,98 @@ class Service:
         # collection over 100,000 routes would stall decisions for tens of milliseconds). What
         # is frozen is never collected, so collect first: only objects made since the last
         # freeze are scanned. Tables hold no reference cycles: a replaced one is freed anyway.
-        gc.collect()
+        # A cold start has no old table to drop: it skips the collection (0.4 s at 100,000).
+        if self.in_force:
+            gc.collect()
         gc.freeze()
         self.policy_error = None
+        self.in_force = revision
         policy = table.policy
         POLICY_ROUTES.set(len(policy.routes))
         log.info(
-            "policy in force", extra={"trunks": len(policy.trunks), "routes": len(policy.routes)}
+            "policy in force",
+            extra={
+                "revision": revision,
+                "trunks": len(policy.trunks),
+                "routes": len(policy.routes),
+            },
         )
+        if self.loaded.is_set():
+            await self._say_in_force()
+
+    async def _verify(self) -> None:
+        """After a start from the snapshot: validate each route as a write would have (its
+        writer did), a slice per turn of the loop, compiling its pattern on the way. A route
+        that fails is taken out of the table, and said so in the status."""
+        state = self.follower.state
+        routes = [key for key in state.committed if key.startswith("route.")]
+        bad: dict[str, str] = {}
+        for n, key in enumerate(routes):
+            try:
+                state.verify(key)
+                compiled = self.table.routes.get(key.removeprefix("route."))
+                if compiled is not None:
+                    compiled.pattern  # noqa: B018  (compiled now, not by the first call to match)
+            except ValueError as exc:
+                bad[key.removeprefix("route.")] = str(exc).splitlines()[-1].strip()
+            if n % VERIFY_SLICE == 0:
+                await asyncio.sleep(0)
+        if not bad:
+            log.info("policy snapshot verified: %d routes", len(routes))
+            return
+        POLICY_ERRORS.inc()
+        policy = self.table.policy
+        kept = policy.model_copy(update={"routes": [r for r in policy.routes if r.id not in bad]})
+        self.table = RoutingTable(kept, self.table)
+        self.policy_error = f"routes of the snapshot refused and not in force: {bad}"
+        log.error("%s", self.policy_error)
+
+    # ---- what every replica has in force ------------------------------------------------
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await self._say_in_force()
+            except Exception as exc:
+                log.warning("in-force revision not published: %r", exc)
+            await asyncio.sleep(ROUTER_BEAT_S)
+
+    async def _say_in_force(self) -> None:
+        assert self.routers is not None
+        value = {"in_force": self.in_force, "time": time.time()}
+        await self.routers.put(self.name, json.dumps(value).encode())
+
+    async def _on_peer(self, key: str, value: bytes | None, _revision: int) -> None:
+        if not key:
+            return
+        if value is None:
+            self.peers.pop(key, None)
+            return
+        said = json.loads(value)
+        # as old as it says it is: the entries first read may be a dead replica's last ones
+        age = max(0.0, time.time() - float(said["time"]))
+        self.peers[key] = (int(said["in_force"]), time.monotonic() - age)
+
+    def lagging(self, revision: int) -> list[str]:
+        """The live replicas (this one included) that do not have `revision` in force yet."""
+        now = time.monotonic()
+        behind = [
+            f"{name} (at revision {in_force})"
+            for name, (in_force, heard) in sorted(self.peers.items())
+            if name != self.name and now - heard < ROUTER_LIVE_S and in_force < revision
+        ]
+        if self.in_force < revision:
+            behind.insert(0, f"{self.name} (this one, at revision {self.in_force})")
+        return behind
+
+    async def everywhere(self, revision: int) -> None:
+        """Return once every live replica has the commit at `revision` in force."""
+        timeout_s = IN_FORCE_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
+        while lagging := self.lagging(revision):
+            if time.monotonic() > deadline:
+                raise store.PolicyNotInForceError(revision, lagging, timeout_s)
+            await asyncio.sleep(0.01)
 
     async def _on_health(self, key: str, value: bytes | None, _revision: int) -> None:
         if not key:
@@ -234,32 +343,20 @@ class Service:
         return self.table.policy
 
     async def change(self, mutate: Callable[[Policy], Policy]) -> Policy:
-        """Store mutate(the latest stored policy) under the write lock; in force here on return.
+        """Store mutate(the latest stored policy) under the write lock; return once every
+        replica has it in force.
 
         PolicyBusyError when it cannot be written now (another writer holds the lock, or this
-        replica cannot catch up with the store): the caller may try again.
+        replica cannot catch up with the store): the caller may try again. PolicyNotInForceError
+        when it is stored but some replica has not applied it in time: nothing to try again.
         """
         assert self.kv is not None
         try:
-            async with store.write_lock(self.kv, self.ctx.name):
-                await self.caught_up()
+            async with store.write_lock(self.kv, self.name) as lock:
+                await self.follower.sync()
                 policy = mutate(self.policy)
-                revision = await store.write_policy(self.kv, policy, self.state)
+                revision = await store.write_policy(self.ctx.js, policy, self.follower.state, lock)
         except TimeoutError as exc:
             raise store.PolicyBusyError(str(exc)) from None
-        # read your writes; a timeout here is no reason to try again: the write is stored
-        await self.applied(revision)
+        await self.everywhere(revision)
         return policy
-
-    async def caught_up(self) -> None:
-        """Wait until this replica has applied everything TANDEM_CONFIG holds right now."""
-        assert self.kv is not None
-        info = await self.ctx.js.stream_info(f"KV_{bus.CONFIG_BUCKET}")
-        await self.applied(info.state.last_seq)
-
-    async def applied(self, revision: int) -> None:
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-        while self.revision < revision:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"policy revision {revision} not seen in {CATCH_UP_TIMEOUT_S}s")
-            await asyncio.sleep(0.005)

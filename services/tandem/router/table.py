@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,9 +73,14 @@ class CompiledTrunk:
 @dataclass(frozen=True, eq=False)
 class CompiledRoute:
     config: Route
-    pattern: Pattern
     rank: tuple[int, str]  # (priority, id): lower first; ids break ties the same on every replica
     prefixes: tuple[str, ...] | None  # what the index files it under (None: every number)
+
+    @functools.cached_property
+    def pattern(self) -> Pattern:
+        # compiled when first needed: a cold router indexes 100,000 routes without compiling
+        # one (their prefixes are read from the text); the router warms them up afterwards
+        return compile_pattern(self.config.number_pattern)
 
     @functools.cached_property
     def label(self) -> str:
@@ -82,11 +88,17 @@ class CompiledRoute:
 
     @classmethod
     def build(cls, route: Route) -> CompiledRoute:
-        pattern = compile_pattern(route.number_pattern)
-        rank = (route.priority, route.id)
-        if pattern.digits is not None:  # '^literal\d{n}$': the literal is the whole prefix
-            return cls(route, pattern, rank, (pattern.digits[0],))
-        return cls(route, pattern, rank, literal_prefixes(route.number_pattern))
+        return cls(route, (route.priority, route.id), index_prefixes(route.number_pattern))
+
+
+# '^\+1425\d{7}$': most routes; their prefix needs no scan (a third of a cold router's index)
+_PLAIN_E164 = re.compile(r"\^\\\+([0-9]+)\\d\{[0-9]+(?:,[0-9]*)?\}\$")
+
+
+def index_prefixes(pattern: str) -> tuple[str, ...] | None:
+    """The literal prefixes a route is indexed under (None: it may match any number)."""
+    plain = _PLAIN_E164.fullmatch(pattern)
+    return ("+" + plain.group(1),) if plain else literal_prefixes(pattern)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from tandem.callstate.api import (
     call_json,
     cdr_json,
     cdr_row,
-    scan,
+    matching,
 )
 from tandem.callstate.console.auth import COOKIE, COOKIE_MAX_AGE_S, LoginRequired, Role, Tokens
 from tandem.callstate.console.auth import need as need_role
@@ -356,12 +356,13 @@ class CdrSearch:
         self, replica: Replica, after: int, limit: int
     ) -> AsyncIterator[tuple[int, pb.Cdr]]:
         found = 0
-        async for seq, cdr in scan(replica, self.query, after, 10**9):
-            if self.matches(cdr):
-                yield seq, cdr
-                found += 1
-                if found >= limit:
-                    return
+        async with contextlib.aclosing(matching(replica, self.query, after)) as cdrs:
+            async for seq, cdr in cdrs:
+                if self.matches(cdr):
+                    yield seq, cdr
+                    found += 1
+                    if found >= limit:
+                        return
 
 
 def _time(value: str) -> datetime.datetime | None:
