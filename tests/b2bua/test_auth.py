@@ -19,7 +19,9 @@ GOOD = Credentials("tandem", "s3cret-pw")
 
 def carrier(credentials: Credentials | None = GOOD) -> World:
     """A call to gw1, whose profile has `credentials`, then gw2."""
-    profile = Profile(trunk="gw1", session_expires_s=0, credentials=credentials)
+    profile = Profile(
+        trunk="gw1", session_expires_s=0, auth=credentials is not None, credentials=credentials
+    )
     w = World(target("gw1"), target("gw2"), gw1=profile)
     w.start()
     return w

@@ -118,11 +118,12 @@ class Phone(asyncio.DatagramProtocol):
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = SDP,
         scheme: str = "sip",
+        request_uri: str | None = None,
     ) -> Request:
         self.cseq = self.invite_cseq = 1
         request = Request(
             "INVITE",
-            f"{scheme}:{called}@{edge[0]}:{edge[1]}",
+            request_uri or f"{scheme}:{called}@{edge[0]}:{edge[1]}",
             [
                 ("Via", f"SIP/2.0/{self.VIA} {self.address};branch={branch()}"),
                 ("Max-Forwards", "70"),
@@ -138,6 +139,32 @@ class Phone(asyncio.DatagramProtocol):
         )
         self.send(request, edge)
         return request
+
+    def again(self, invite: Request, edge: tuple[str, int], *headers: tuple[str, str]) -> Request:
+        """The INVITE sent again after a final response (a challenge): CSeq + 1, a new
+        branch, `headers` added (its credentials)."""
+        dropped = ("via", "cseq", "authorization", "proxy-authorization")
+        fields = [(n, v) for n, v in invite.headers if n.lower() not in dropped]
+        self.cseq = self.invite_cseq = invite.cseq.number + 1
+        fields = [
+            ("Via", f"SIP/2.0/{self.VIA} {self.address};branch={branch()}"),
+            ("CSeq", f"{self.cseq} INVITE"),
+            *fields,
+            *headers,
+        ]
+        request = Request("INVITE", invite.uri, fields, invite.body)
+        self.send(request, edge)
+        return request
+
+    def ack_final(self, invite: Request, response: Response, edge: tuple[str, int]) -> None:
+        """The ACK of a non-2xx final response (RFC 3261 17.1.1.3): the INVITE's branch."""
+        fields = [(n, v) for n, v in invite.headers if n.lower() in ("via", "from", "call-id")]
+        fields += [
+            ("To", response.headers.get("to") or ""),
+            ("CSeq", f"{invite.cseq.number} ACK"),
+            ("Max-Forwards", "70"),
+        ]
+        self.send(Request("ACK", invite.uri, fields), edge)
 
     def cancel(self, invite: Request, edge: tuple[str, int]) -> None:
         fields = [

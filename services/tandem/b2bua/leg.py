@@ -320,7 +320,7 @@ class Leg(Machine):
                 local_tag=self.local_tag,
                 remote_tag=response.to.tag or "",
             )
-        elif status in CHALLENGES and self.side.auth.client is not None:
+        elif status in CHALLENGES and self.profile.auth:
             self._authenticate(response)
         elif status in self.failover_codes and self._next_target(f"{status} {response.reason}"):
             return

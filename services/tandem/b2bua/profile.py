@@ -22,7 +22,8 @@ class Profile:
     max_call_s: float = 14400.0  # 0: no limit
     refer: str = "handle"  # handle, relay or reject a REFER from this trunk
     response_map: tuple[tuple[int, int], ...] = ()  # its final codes, translated
-    credentials: Credentials | None = None  # digest: what answers this trunk's challenges
+    auth: bool = False  # the trunk has digest credentials configured, readable or not
+    credentials: Credentials | None = None  # what answers its challenges (None: unreadable)
 
     def mapped(self, status: int) -> int:
         """A final response code as this trunk's response map translates it."""

@@ -415,6 +415,7 @@ def profile_of(trunk: Trunk, peers: Peers) -> Profile:
         max_call_s=trunk.max_call_s,
         refer=trunk.refer,
         response_map=tuple(sorted(trunk.response_map.items())),
+        auth=trunk.auth is not None,
         credentials=peers.credentials(trunk),
     )
 

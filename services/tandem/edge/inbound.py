@@ -6,8 +6,9 @@ Over TLS a trunk that names certificate names (`tls_names`, as Teams Direct Rout
 SBCs do) is admitted only when its certificate gives one of them (RFC 5922 7.1). A trunk
 with `auth.challenge` authenticates its INVITEs by digest (RFC 3261 22, RFC 7616) before
 they become calls: 401 with a nonce of our own, `stale=true` when it ran out, 403 for wrong
-credentials. An INVITE whose Request-URI names the AOR a trunk registers is that trunk's
-(when its source is one of the trunk's).
+credentials. An INVITE whose Request-URI names the AOR a trunk registers (our Contact
+there) is that trunk's, when its source is one of the trunk's; the number called is then
+its To's.
 """
 
 from __future__ import annotations
@@ -181,8 +182,11 @@ class Inbound:
             else:
                 self.executor.feed(runner, e.InDialogRequest(request, txn))
         elif method == "INVITE":
-            trunk = self._registered(request, peer) or trunk
+            registered = self._registered(request, peer)
+            trunk = registered or trunk
             if self._authenticated(request, txn, trunk):
+                if registered is not None:  # the Request-URI names our binding, To the number
+                    request.uri = str(request.to.uri)
                 self._new_call(request, txn, peer, trunk)
         elif method == "OPTIONS":
             self._answer(txn, 200, [("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED)])
