@@ -117,7 +117,7 @@ class Executor:
         leg = Leg(
             self.edge,
             command,
-            trunk.peer_address if targets else (host, port),
+            (host, targets[0].port) if targets else (host, port),
             local,
             profile,
             targets=targets or (),
@@ -383,7 +383,12 @@ class Executor:
         if isinstance(runner.machine, Call):
             self.metrics.call_ended(action.status)
         elif action.failure in TRUNK_FAILURES:
-            where = runner.peer if action.failure != "dns" else runner.peer.host
+            peer = runner.peer
+            where = (
+                peer.host
+                if action.failure == "dns"
+                else f"{peer.transport}:{peer.host}:{peer.port}"
+            )
             log.warning(
                 "leg %s to trunk %s failed (%s): %s (%s)",
                 runner.machine.id,

@@ -230,6 +230,13 @@ class Service:
                     registering.stop()
         for trunk in served.values():
             if trunk.id not in self.probes:
+                if trunk.registrar:
+                    log.warning(
+                        "trunk %s: registrar: true is not supported by this version; its "
+                        "calls go to its peer %s, and REGISTER is not taken",
+                        trunk.id,
+                        trunk.peer,
+                    )
                 probe = self.probes[trunk.id] = Probe(self.prober, trunk)
                 if trunk.registration is not None:
                     local = self.executor.locals[trunk.transport]
