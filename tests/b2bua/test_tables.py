@@ -121,7 +121,20 @@ STEPS = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(steps=STEPS)
 def test_no_sequence_leaves_a_call_stuck(steps: list[tuple[str, typing.Any, bool]]) -> None:
+    run_to_the_end(World(target("gw1", timer_s=1), target("gw2", timer_s=1)), steps)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=STEPS)
+def test_no_sequence_leaves_a_call_stuck_while_its_leg_walks_targets(
+    steps: list[tuple[str, typing.Any, bool]],
+) -> None:
     w = World(target("gw1", timer_s=1), target("gw2", timer_s=1))
+    w.hops["gw1"] = [("udp", "10.2.0.11", 5060), ("udp", "10.2.0.12", 5060)]  # RFC 3263
+    run_to_the_end(w, steps)
+
+
+def run_to_the_end(w: World, steps: list[tuple[str, typing.Any, bool]]) -> None:
     w.start()
     for step, arg, other_fork in steps:
         try:
