@@ -27,6 +27,7 @@ from tandem.b2bua.profile import Profile
 from tandem.b2bua.relay import respond
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.peers import Peers, domain, is_address
+from tandem.edge.registrar import Registrar
 from tandem.edge.registry import Registry, Runner
 from tandem.edge.resolver import DEFAULT_PORTS, ResolveError
 from tandem.edge.tracing import CallTrace, LegTrace
@@ -92,6 +93,7 @@ class Executor:
         self.trunks: dict[str, Trunk] = {}  # the trunks this edge serves, by id: set later
         # why the last connection to a peer failed (the transports'), for a leg's reason
         self.transport_failure: Callable[[Peer], str | None] = lambda peer: None
+        self.registrar: Registrar | None = None  # the bindings of registrar trunks: set later
 
     # ---- new machines ------------------------------------------------------------------
 
@@ -113,11 +115,16 @@ class Executor:
         host, port = domain(trunk)
         targets = self.peers.fixed(trunk)
         local = self.locals[trunk.transport]
+        binding = self.registrar.binding(trunk.id) if self.registrar and trunk.registrar else None
+        if binding is not None:  # a PBX registered to us: where its REGISTER came from
+            uri = binding.contact.uri
+            host, port, targets = uri.host, uri.port or 0, [binding.peer]
+            local = self.locals[binding.peer.transport]
         profile = profile_of(trunk, self.peers)
         leg = Leg(
             self.edge,
             command,
-            (host, targets[0].port) if targets else (host, port),
+            (host, port or targets[0].port) if targets else (host, port),
             local,
             profile,
             targets=targets or (),

@@ -8,6 +8,8 @@ the certificate's reason), or it refuses tandem's digest credentials (`auth: ...
 probe resolves the peer as a call does (RFC 3263) and tries its targets in order until one
 answers; a challenge is answered once, with the trunk's credentials. A trunk that registers
 (`register`) is not probed: its health is its registration's state (`tandem.edge.register`).
+A trunk that registers to tandem (`registrar`) is down until it does, and when its binding
+lapses; while bound, its probes go where it registered from (keeping a NAT binding open).
 
 Every result is put in KV TANDEM_TRUNK_HEALTH (its time, failed count and reason move with
 each probe, so the record is never stale); the first result and each up/down change are
@@ -59,6 +61,7 @@ class Prober:
     spawn: Callable[[Coroutine[Any, Any, Any]], None]
     peers: Peers
     transport_failure: Callable[[Peer], str | None]  # why a connection to a peer failed
+    bound: Callable[[str], Peer | None]  # where a registrar trunk's PBX registered from
 
 
 class Probe:
@@ -79,8 +82,11 @@ class Probe:
     def start(self) -> None:
         if self.trunk.registration is not None:
             self.reason = "not registered yet"
-        elif self.trunk.options_interval_s > 0:
-            self.task = asyncio.create_task(self._run())
+        else:
+            if self.trunk.registrar:  # down until the PBX registers
+                self.registration(False, "not registered")
+            if self.trunk.options_interval_s > 0:
+                self.task = asyncio.create_task(self._run())
 
     def stop(self) -> None:
         if self.task is not None:
@@ -98,10 +104,16 @@ class Probe:
     async def probe(self, wait_s: float) -> tuple[Response | None, str | None]:
         """One probe: the answer of the first target that gives one (None: none did), or
         why the trunk cannot be reached at all (the reason that puts it down at once)."""
-        try:
-            targets = await self.prober.peers.resolve(self.trunk)
-        except ResolveError as exc:
-            return None, str(exc)
+        if self.trunk.registrar:  # its binding, which the probes also keep open through NAT
+            bound = self.prober.bound(self.trunk.id)
+            if bound is None:
+                return None, "not registered"
+            targets = [bound]
+        else:
+            try:
+                targets = await self.prober.peers.resolve(self.trunk)
+            except ResolveError as exc:
+                return None, str(exc)
         why = None
         for peer in targets:
             response, why = await self._probe(peer, wait_s)

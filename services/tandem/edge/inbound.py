@@ -8,7 +8,8 @@ with `auth.challenge` authenticates its INVITEs by digest (RFC 3261 22, RFC 7616
 they become calls: 401 with a nonce of our own, `stale=true` when it ran out, 403 for wrong
 credentials. An INVITE whose Request-URI names the AOR a trunk registers (our Contact
 there) is that trunk's, when its source is one of the trunk's; the number called is then
-its To's.
+its To's. A trunk with `registrar: true` may REGISTER (authenticated first, as its INVITEs
+are), to `tandem.edge.registrar`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tandem.b2bua.relay import respond
 from tandem.edge.admission import Admission, RejectLimiter
 from tandem.edge.executor import Executor
 from tandem.edge.metrics import EdgeMetrics
+from tandem.edge.registrar import Registrar
 from tandem.edge.registry import Registry
 from tandem.edge.stateless import ANSWER_HEADERS, answer_unparsable
 from tandem.edge.transactions import ServerTransaction, Transactions
@@ -47,6 +49,7 @@ log = logging.getLogger("tandem.edge.inbound")
 # Overload: more calls in setup than this, or an event loop running this late, and new
 # INVITEs get 503 + Retry-After at once rather than time out in a queue.
 MAX_CALLS_IN_SETUP = 3000
+REGISTRAR_METHODS = (*METHODS, "REGISTER")  # what a trunk with `registrar: true` may send
 
 
 class Inbound:
@@ -70,6 +73,7 @@ class Inbound:
         self.admission = Admission(())
         self.challengers: dict[str, DigestServer] = {}  # by trunk: those that must authenticate
         self.registered: dict[str, Trunk] = {}  # by the user part of the AOR they register
+        self.registrar: Registrar | None = None  # for trunks with `registrar: true`
         self.rejects = RejectLimiter()
         self.draining = False  # new calls get 503: the edge is stopping
         self.overloaded = False  # new calls get 503: the event loop runs late
@@ -169,7 +173,8 @@ class Inbound:
                 self.executor.feed(runner, e.AckReceived(request))
             return
         txn = self.transactions.server(event, peer)
-        error = validate_request(request, methods=METHODS, supported=EXTENSIONS, accept=BODY_TYPES)
+        methods = REGISTRAR_METHODS if trunk.registrar else METHODS
+        error = validate_request(request, methods=methods, supported=EXTENSIONS, accept=BODY_TYPES)
         if error is not None:
             assert error.status is not None
             self._answer(txn, error.status, list(error.headers))
@@ -190,6 +195,11 @@ class Inbound:
                 self._new_call(request, txn, peer, trunk)
         elif method == "OPTIONS":
             self._answer(txn, 200, [("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED)])
+        elif method == "REGISTER" and self.registrar is not None:
+            if self._authenticated(request, txn, trunk):
+                response = self.registrar.register(request, peer, trunk)
+                self.transactions.respond(txn, response)
+                self.metrics.response("out", response.status)
         else:
             self._answer(txn, 481, [])
 

@@ -32,6 +32,7 @@ from tandem.edge.inbound import Inbound
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.peers import Peers
 from tandem.edge.register import Registering, aor_user
+from tandem.edge.registrar import Registrar
 from tandem.edge.registry import Registry, Runner
 from tandem.edge.resolver import Resolver
 from tandem.edge.transactions import Transactions
@@ -105,6 +106,9 @@ class Service:
         self.inbound = Inbound(
             edge.id, self.transports, self.transactions, self.registry, self.executor, self.metrics
         )
+        self.registrar = self.inbound.registrar = self.executor.registrar = Registrar(
+            self._registrar_health
+        )
         self.executor.trunk_of = self._trunk_of
         self.prober = Prober(
             edge.id,
@@ -116,6 +120,7 @@ class Service:
             self.spawn,
             self.peers,
             self.transports.last_failure,
+            self._bound,
         )
         self.trunks: dict[str, Trunk] = {}
         self.probes: dict[str, Probe] = {}
@@ -185,6 +190,7 @@ class Service:
             probe.stop()
         for registering in self.registrations.values():
             registering.stop()  # the bindings are removed (Expires: 0) before the sockets go
+        self.registrar.stop()
         for sub in self._subs:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await sub.unsubscribe()
@@ -219,6 +225,9 @@ class Service:
         self.inbound.registered = {
             user: t for t in served.values() if (user := aor_user(t)) is not None
         }
+        for trunk_id in list(self.registrar.bindings):
+            if trunk_id not in served or not served[trunk_id].registrar:
+                self.registrar.forget(trunk_id)
         for trunk_id in list(self.probes):
             probe = self.probes[trunk_id]
             trunk = served.get(trunk_id)
@@ -230,13 +239,6 @@ class Service:
                     registering.stop()
         for trunk in served.values():
             if trunk.id not in self.probes:
-                if trunk.registrar:
-                    log.warning(
-                        "trunk %s: registrar: true is not supported by this version; its "
-                        "calls go to its peer %s, and REGISTER is not taken",
-                        trunk.id,
-                        trunk.peer,
-                    )
                 probe = self.probes[trunk.id] = Probe(self.prober, trunk)
                 if trunk.registration is not None:
                     local = self.executor.locals[trunk.transport]
@@ -259,6 +261,15 @@ class Service:
                     log.info("policy reloaded: %d trunks served", len(self.trunks))
             except Exception:
                 log.exception("policy reload failed; keeping the previous one")
+
+    def _bound(self, trunk_id: str) -> Peer | None:
+        binding = self.registrar.binding(trunk_id)
+        return binding.peer if binding is not None else None
+
+    def _registrar_health(self, trunk_id: str, up: bool, reason: str) -> None:
+        probe = self.probes.get(trunk_id)
+        if probe is not None:
+            probe.registration(up, reason)
 
     def _trunk_of(self, host: str, port: int) -> str | None:
         trunk = self.inbound.admission.trunk(host, port)
@@ -315,6 +326,8 @@ class Service:
         trunk = self.trunks.get(command.create.target.trunk)
         if trunk is None:
             error = f"trunk {command.create.target.trunk} not served here"
+        elif trunk.registrar and self.registrar.binding(trunk.id) is None:
+            error = f"trunk {trunk.id} is not registered"
         elif self.inbound.draining:
             error = "edge draining"
         else:
