@@ -179,6 +179,9 @@ class Config(Policy):
     nats_cluster: Literal[1, 3, 5] = 1
     api_token: str | None = Field(default=None, repr=False)
     api_read_token: str | None = Field(default=None, repr=False)  # read-only API and console
+    # what the edges derive their digest nonce key from, so any edge verifies any edge's
+    # nonces (better: TANDEM_DIGEST_SECRET); without one, the API token
+    digest_secret: str | None = Field(default=None, repr=False)
     router: ApiService = ApiService(api="127.0.0.1:8081")
     callstate: Callstate = Callstate(api="127.0.0.1:8082")
     edges: list[Edge] = Field(default_factory=list)

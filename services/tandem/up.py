@@ -287,7 +287,8 @@ class Up:
             f"  callstate  http://{c.callstate.api}  (API docs: /docs)",
         ]
         for e in c.edges:
-            lines.append(f"  {e.id:<10} sip:{e.sip} (udp, tcp)  http://{e.api}")
+            tls = f", sips:{e.sip_tls} (tls)" if e.sip_tls else ""
+            lines.append(f"  {e.id:<10} sip:{e.sip} (udp, tcp){tls}  http://{e.api}")
         if self.collector is not None:
             lines.append(
                 f"  traces     http://{c.telemetry.collector}  (tandem trace CALL-ID prints one)"

@@ -35,12 +35,14 @@ SAMPLES: dict[type, e.Event] = {
     e.LegAnswered: e.LegAnswered("leg", 200, "OK", pb.SipBody()),
     e.LegFailed: e.LegFailed("leg", 503, "Unavailable", "response"),
     e.LegEnded: e.LegEnded("leg", "bye"),
+    e.LegRetrying: e.LegRetrying("leg", 4.0),
     e.LegRequested: e.LegRequested("leg", pb.LegRequest(method="INFO")),
     e.LegResponded: e.LegResponded("leg", pb.LegResponse(request_id="r1", status=200)),
     e.LegTransferRequested: e.LegTransferRequested("leg", "<sip:+14255550199@x>", "2"),
     e.DialogFound: e.DialogFound(None),
     e.Start: e.Start(),
     e.InviteResponse: e.InviteResponse(None, "timeout"),
+    e.Resolved: e.Resolved((("udp", "10.2.0.2", 5060),)),
     e.CancelRequested: e.CancelRequested("test"),
     e.AckRequested: e.AckRequested(pb.SipBody()),
     e.ByeRequested: e.ByeRequested("test"),
@@ -119,7 +121,20 @@ STEPS = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(steps=STEPS)
 def test_no_sequence_leaves_a_call_stuck(steps: list[tuple[str, typing.Any, bool]]) -> None:
+    run_to_the_end(World(target("gw1", timer_s=1), target("gw2", timer_s=1)), steps)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=STEPS)
+def test_no_sequence_leaves_a_call_stuck_while_its_leg_walks_targets(
+    steps: list[tuple[str, typing.Any, bool]],
+) -> None:
     w = World(target("gw1", timer_s=1), target("gw2", timer_s=1))
+    w.hops["gw1"] = [("udp", "10.2.0.11", 5060), ("udp", "10.2.0.12", 5060)]  # RFC 3263
+    run_to_the_end(w, steps)
+
+
+def run_to_the_end(w: World, steps: list[tuple[str, typing.Any, bool]]) -> None:
     w.start()
     for step, arg, other_fork in steps:
         try:

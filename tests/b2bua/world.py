@@ -94,6 +94,10 @@ class World:
         self.refuse_create: set[str] = set()  # trunks whose edge refuses the leg
         self.call_ids: tuple[str, ...] = ()  # the records the call carries, as the edge knows
         self.dialogs: dict[tuple[str, str, str], e.DialogFound] = {}  # what FindDialog finds
+        self.hops: dict[str, list[e.Hop]] = {}  # trunk -> the targets its legs are given
+        self.named: dict[str, str] = {}  # trunk -> its peer's name, which its legs resolve
+        self.resolves: list[tuple[Leg, a.Resolve]] = []  # what the legs asked for
+        self.invite_to: dict[int, list[e.Hop | None]] = {}  # by leg: where each INVITE went
 
     # ---- driving ------------------------------------------------------------------------
 
@@ -244,6 +248,12 @@ class World:
 
     def _send(self, machine: Machine, action: a.SendInvite | a.SendRequest | a.SendAck) -> None:
         self.sent.setdefault(id(machine), []).append(action.request)
+        if isinstance(action, a.SendInvite):
+            self.invite_to.setdefault(id(machine), []).append(action.to)
+
+    def _resolve(self, machine: Machine, action: a.Resolve) -> None:
+        assert isinstance(machine, Leg)
+        self.resolves.append((machine, action))
 
     def _cancel_invite(self, machine: Machine, action: a.CancelInvite) -> None:
         assert isinstance(machine, Leg)
@@ -262,7 +272,10 @@ class World:
                 return
             profile = self.profiles.get(trunk, Profile(trunk=trunk, session_expires_s=0))
             local = Local("10.0.0.2", 5060, "udp")
-            leg = Leg(action.edge, command, ("10.2.0.2", 5060), local, profile)
+            name = self.named.get(trunk)
+            peer = (name, 0) if name else ("10.2.0.2", 5060)
+            hops = self.hops.get(trunk, ())
+            leg = Leg(action.edge, command, peer, local, profile, targets=hops, resolve=bool(name))
             self.legs.append(leg)
             self.leg_created[leg.id] = True
             self.feed(leg, e.Start())
@@ -341,6 +354,7 @@ class _Deferred(Machine):
 HANDLERS: dict[type, Callable[[World, Machine, Any], None]] = {
     a.Respond: World._respond,
     a.SendInvite: World._send,
+    a.Resolve: World._resolve,
     a.SendRequest: World._send,
     a.SendAck: World._send,
     a.CancelInvite: World._cancel_invite,

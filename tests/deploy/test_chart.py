@@ -336,9 +336,9 @@ def test_loadbalancer_mode_runs_one_pod_per_edge_behind_udp_and_tcp(
     loadbalancer: list[Manifest],
 ) -> None:
     assert find(loadbalancer, "DaemonSet") == []
-    for edge_id, port, address in [
-        ("edge-pbx", 5060, "203.0.113.10"),
-        ("edge-pstn", 5080, "203.0.113.11"),
+    for edge_id, port, tls_port, address in [
+        ("edge-pbx", 5060, None, "203.0.113.10"),
+        ("edge-pstn", 5080, 5081, "203.0.113.11"),
     ]:
         sts = one(loadbalancer, "StatefulSet", f"tandem-{edge_id}")
         assert sts["spec"]["replicas"] == 1
@@ -354,6 +354,7 @@ def test_loadbalancer_mode_runs_one_pod_per_edge_behind_udp_and_tcp(
         assert {(p["protocol"], p["port"]) for p in svc["spec"]["ports"]} == {
             ("UDP", port),
             ("TCP", port),
+            *([("TCP", tls_port)] if tls_port else []),
         }
         assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
         assert svc["spec"]["loadBalancerSourceRanges"] == ["10.1.0.0/24", "10.2.0.0/24"]
@@ -388,6 +389,16 @@ def test_loadbalancer_mode_runs_one_pod_per_edge_behind_udp_and_tcp(
             'edge id "e1" appears twice',
         ),
         ({"nats": {"enabled": False}}, "bus.url is required when nats.enabled=false"),
+        (
+            {
+                "edges": {
+                    "instances": [
+                        {"id": "e1", "sipPort": 5060, "sipTlsPort": 5061, "apiPort": 8091}
+                    ]
+                }
+            },
+            "edges.instances[e1]: sipTlsPort needs tls.existingSecret",
+        ),
     ],
 )
 def test_the_chart_refuses_unusable_values(values: dict[str, Any], message: str) -> None:
@@ -570,3 +581,80 @@ def test_service_monitor_scrapes_every_process(
         and "api" in {p["name"] for p in s["spec"]["ports"]}
     }
     assert scraped == {"router", "callstate", "edge"}
+
+
+# --- TLS, trunk credentials, DNS (issue 13) ---
+
+
+def _edge_config(manifests: list[Manifest]) -> dict[str, Any]:
+    (config_map,) = find(manifests, "ConfigMap")
+    return dict(yaml.safe_load(config_map["data"]["tandem.yaml"]))
+
+
+def test_the_tls_secret_is_mounted_in_the_edges_and_named_in_their_config(
+    full: list[Manifest],
+) -> None:
+    config = _edge_config(full)
+    files = {"cert": "/etc/tandem/tls/tls.crt", "key": "/etc/tandem/tls/tls.key"}
+    pbx, pstn = config["edges"]
+    assert pbx["sip_tls"] == "0.0.0.0:5061" and pbx["tls"] == files | {
+        "ca": "/etc/tandem/tls/ca.crt"
+    }
+    assert "sip_tls" not in pstn and pstn["tls"] == pbx["tls"]  # mutual TLS outbound only
+    for edge_id, tls_port in [("edge-pbx", 5061), ("edge-pstn", None)]:
+        spec = pod_spec(one(full, "DaemonSet", f"tandem-{edge_id}"))
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["tls"]["secret"]["secretName"] == "tandem-edge-tls"
+        (container,) = spec["containers"]
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["tls"]["mountPath"] == "/etc/tandem/tls" and mounts["tls"]["readOnly"]
+        assert "subPath" not in mounts["tls"], "a subPath mount never sees the Secret rotate"
+        ports = {p["name"]: p for p in container["ports"]}
+        if tls_port:
+            assert ports["sip-tls"] == {
+                "name": "sip-tls", "containerPort": 5061, "hostPort": 5061, "protocol": "TCP"
+            }  # fmt: skip
+        else:
+            assert "sip-tls" not in ports
+    for name in ("tandem-router", "tandem-callstate"):
+        volumes = {v["name"] for v in pod_spec(one(full, "Deployment", name))["volumes"]}
+        assert not volumes & {"tls", "credentials"}, "only the edges hold the SIP secrets"
+
+
+def test_trunk_passwords_are_a_secret_mounted_in_the_edges_never_in_the_config(
+    full: list[Manifest],
+) -> None:
+    secret = one(full, "Secret", "tandem-credentials")
+    assert secret["data"] == {"carrier": "Y2Fycmllci1zM2NyZXQ="}  # carrier-s3cret
+    (config_map,) = find(full, "ConfigMap")
+    assert "carrier-s3cret" not in config_map["data"]["tandem.yaml"]
+    config = parse_config(yaml.safe_load(config_map["data"]["tandem.yaml"]), "chart")
+    carrier = next(t for t in config.trunks if t.id == "carrier")
+    assert carrier.auth is not None
+    assert carrier.auth.password_file == "/etc/tandem/credentials/carrier"
+    for edge_id in ("edge-pbx", "edge-pstn"):
+        spec = pod_spec(one(full, "DaemonSet", f"tandem-{edge_id}"))
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["credentials"]["secret"]["secretName"] == "tandem-credentials"
+        mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert mounts["credentials"] == "/etc/tandem/credentials"
+    managed = render_chart(values={"credentials": {"existingSecret": "voice-trunks"}})
+    assert find(managed, "Secret", "tandem-credentials") == []
+    volumes = {
+        v["name"]: v for v in pod_spec(one(managed, "DaemonSet", "tandem-edge-1"))["volumes"]
+    }
+    assert volumes["credentials"]["secret"]["secretName"] == "voice-trunks"
+
+
+def test_without_tls_or_credentials_the_edges_mount_neither(default: list[Manifest]) -> None:
+    spec = pod_spec(one(default, "DaemonSet", "tandem-edge-1"))
+    assert not {v["name"] for v in spec["volumes"]} & {"tls", "credentials"}
+    (edge,) = _edge_config(default)["edges"]
+    assert "tls" not in edge and "sip_tls" not in edge
+    assert "dns" not in _edge_config(default)
+
+
+def test_the_dns_servers_reach_the_config(full: list[Manifest]) -> None:
+    config = parse_config(_edge_config(full), "chart")
+    assert config.dns.addresses == [("10.96.0.10", 53), ("10.96.0.11", 53)]
+    assert config.dns.timeout_s == 1.5

@@ -95,12 +95,17 @@ def running_world(
     folder: Path,
     sims: dict[str, dict[str, Any]] | None = None,
     trunks: dict[str, dict[str, Any]] | None = None,
+    edges: dict[str, dict[str, Any]] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[World]:
-    """tandem and the four sims; `sims` and `trunks` change their settings by name."""
+    """tandem and the four sims; `sims`, `trunks` and `edges` change their settings by name,
+    `settings` tandem's top-level ones (dns)."""
     nats = NatsServer(folder / "nats")
     nats.start()
     sips = {name: sim_address(name) for name in HOSTS}
-    config = tandem_config(nats.url, sips, trunks or {})
+    config = tandem_config(nats.url, sips, trunks or {}) | (settings or {})
+    for edge in config["edges"]:
+        edge.update((edges or {}).get(edge["id"], {}))
     edges = {e["id"]: e["sip"] for e in config["edges"]}
     sims_path = folder / "sim.yaml"
     settings = sims_config(edges["edge-pbx"], edges["edge-pstn"], sips, sims or {})

@@ -86,11 +86,16 @@ MakeSystem = Callable[..., Awaitable[System]]
 @pytest.fixture
 async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSystem]:
     """Build the system; keyword arguments override trunk settings: gw1={...}, pbx={...};
-    `settings` adds top-level config (capture, telemetry)."""
+    `settings` adds top-level config (capture, telemetry, dns), `edges` edge settings by id
+    ({"edge-b": {"sip_tls": ..., "tls": ...}})."""
     telemetry.setup_tracing("edge-test")
     systems: list[System] = []
 
-    async def make(settings: dict[str, Any] | None = None, **overrides: dict[str, Any]) -> System:
+    async def make(
+        settings: dict[str, Any] | None = None,
+        edges: dict[str, dict[str, Any]] | None = None,
+        **overrides: dict[str, Any],
+    ) -> System:
         phones = [await Phone.open(f"127.0.0.{n}") for n in (2, 3, 4, 5, 9)]
         pbx, gw1, gw2, gw3, stranger = phones
         quiet = {"options_interval_s": 0}
@@ -102,8 +107,10 @@ async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSys
         config = parse_config(
             {
                 "edges": [
-                    {"id": "edge-a", "sip": f"127.0.0.1:{_sip_port()}"},
-                    {"id": "edge-b", "sip": f"127.0.0.1:{_sip_port()}"},
+                    {"id": "edge-a", "sip": f"127.0.0.1:{_sip_port()}"}
+                    | (edges or {}).get("edge-a", {}),
+                    {"id": "edge-b", "sip": f"127.0.0.1:{_sip_port()}"}
+                    | (edges or {}).get("edge-b", {}),
                 ],
                 "trunks": [
                     trunk("pbx", "edge-a", pbx, pstn_usages=["Local"]),

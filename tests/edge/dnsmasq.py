@@ -17,15 +17,15 @@ DNSMASQ = "/usr/sbin/dnsmasq"
 START_TIMEOUT_S = 10.0
 
 
-def free_udp_and_tcp_port() -> int:
+def free_udp_and_tcp_port(host: str = "127.0.0.1") -> int:
     """A loopback port free for both UDP and TCP (dnsmasq binds both)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
+            udp.bind((host, 0))
             port = int(udp.getsockname()[1])
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
                 try:
-                    tcp.bind(("127.0.0.1", port))
+                    tcp.bind((host, port))
                 except OSError:
                     continue
                 return port

@@ -10,7 +10,10 @@ import os
 from collections.abc import Callable, Iterable
 from typing import cast
 
+from tandem.edge.transport import Peer, Transports
 from tandem.sip import ParseError, Request, Response, make_response, parse
+from tandem.tls import TlsContexts
+from tests.edge.dnsmasq import free_udp_and_tcp_port
 
 SDP = (
     b"v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
@@ -25,6 +28,9 @@ def branch() -> str:
 
 class Phone(asyncio.DatagramProtocol):
     """One trunk's end: everything it receives is queued, parsed."""
+
+    VIA = "UDP"  # the transport its Via names
+    PARAMS = ""  # its URIs' parameters (";transport=tls")
 
     def __init__(self, host: str) -> None:
         self.host = host
@@ -111,19 +117,21 @@ class Phone(asyncio.DatagramProtocol):
         calling: str = "+14255550100",
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = SDP,
+        scheme: str = "sip",
+        request_uri: str | None = None,
     ) -> Request:
         self.cseq = self.invite_cseq = 1
         request = Request(
             "INVITE",
-            f"sip:{called}@{edge[0]}:{edge[1]}",
+            request_uri or f"{scheme}:{called}@{edge[0]}:{edge[1]}",
             [
-                ("Via", f"SIP/2.0/UDP {self.address};branch={branch()}"),
+                ("Via", f"SIP/2.0/{self.VIA} {self.address};branch={branch()}"),
                 ("Max-Forwards", "70"),
                 ("From", f'"Alice" <sip:{calling}@{self.host}>;tag={os.urandom(4).hex()}'),
                 ("To", f"<sip:{called}@{edge[0]}>"),
                 ("Call-ID", f"{os.urandom(8).hex()}@{self.host}"),
                 ("CSeq", "1 INVITE"),
-                ("Contact", f"<sip:alice@{self.address}>"),
+                ("Contact", f"<sip:alice@{self.address}{self.PARAMS}>"),
                 *headers,
                 ("Content-Type", "application/sdp"),
             ],
@@ -131,6 +139,32 @@ class Phone(asyncio.DatagramProtocol):
         )
         self.send(request, edge)
         return request
+
+    def again(self, invite: Request, edge: tuple[str, int], *headers: tuple[str, str]) -> Request:
+        """The INVITE sent again after a final response (a challenge): CSeq + 1, a new
+        branch, `headers` added (its credentials)."""
+        dropped = ("via", "cseq", "authorization", "proxy-authorization")
+        fields = [(n, v) for n, v in invite.headers if n.lower() not in dropped]
+        self.cseq = self.invite_cseq = invite.cseq.number + 1
+        fields = [
+            ("Via", f"SIP/2.0/{self.VIA} {self.address};branch={branch()}"),
+            ("CSeq", f"{self.cseq} INVITE"),
+            *fields,
+            *headers,
+        ]
+        request = Request("INVITE", invite.uri, fields, invite.body)
+        self.send(request, edge)
+        return request
+
+    def ack_final(self, invite: Request, response: Response, edge: tuple[str, int]) -> None:
+        """The ACK of a non-2xx final response (RFC 3261 17.1.1.3): the INVITE's branch."""
+        fields = [(n, v) for n, v in invite.headers if n.lower() in ("via", "from", "call-id")]
+        fields += [
+            ("To", response.headers.get("to") or ""),
+            ("CSeq", f"{invite.cseq.number} ACK"),
+            ("Max-Forwards", "70"),
+        ]
+        self.send(Request("ACK", invite.uri, fields), edge)
 
     def cancel(self, invite: Request, edge: tuple[str, int]) -> None:
         fields = [
@@ -154,13 +188,13 @@ class Phone(asyncio.DatagramProtocol):
         if method == "INVITE":
             self.invite_cseq = cseq
         fields = [
-            ("Via", f"SIP/2.0/UDP {self.address};branch={branch()}"),
+            ("Via", f"SIP/2.0/{self.VIA} {self.address};branch={branch()}"),
             ("Max-Forwards", "70"),
             ("From", invite.headers.get("from") or ""),
             ("To", answer.headers.get("to") or ""),
             ("Call-ID", invite.call_id),
             ("CSeq", f"{cseq} {method}"),
-            ("Contact", f"<sip:alice@{self.address}>"),
+            ("Contact", f"<sip:alice@{self.address}{self.PARAMS}>"),
             *(headers or []),
         ]
         if body:
@@ -183,7 +217,7 @@ class Phone(asyncio.DatagramProtocol):
         tag: str = "gw",
         body: bytes = b"",
     ) -> Response:
-        headers = [("Contact", f"<sip:gw@{self.address}>")]
+        headers = [("Contact", f"<sip:gw@{self.address}{self.PARAMS}>")]
         if body:
             headers.append(("Content-Type", "application/sdp"))
         response = make_response(request, status, to_tag=tag, headers=headers, body=body)
@@ -195,16 +229,59 @@ class Phone(asyncio.DatagramProtocol):
     ) -> Request:
         """BYE, re-INVITE... from the callee in the dialog of the INVITE it answered."""
         fields = [
-            ("Via", f"SIP/2.0/UDP {self.address};branch={branch()}"),
+            ("Via", f"SIP/2.0/{self.VIA} {self.address};branch={branch()}"),
             ("Max-Forwards", "70"),
             ("From", f"{invite.headers.get('to')};tag={tag}"),
             ("To", invite.headers.get("from") or ""),
             ("Call-ID", invite.call_id),
             ("CSeq", f"{100 + self._next_cseq()} {method}"),
-            ("Contact", f"<sip:gw@{self.address}>"),
+            ("Contact", f"<sip:gw@{self.address}{self.PARAMS}>"),
         ]
         if body:
             fields.append(("Content-Type", "application/sdp"))
         request = Request(method, str(invite.contacts[0].uri), fields, body)
         self.send(request, to)
         return request
+
+
+class TlsPhone(Phone):
+    """A trunk's end over TLS (an SBC, a carrier): tandem's own transports with a TLS
+    listener and a certificate; what it receives is queued with the sender's certificate
+    names (`names`), and it answers on the connection a request came on."""
+
+    VIA = "TLS"
+    PARAMS = ";transport=tls"
+
+    def __init__(self, host: str, port: int, tls: TlsContexts, *, serve: bool = True) -> None:
+        super().__init__(host)
+        self.port = port
+        self.names: dict[tuple[str, int], tuple[str, ...]] = {}  # by sender
+        self.failures: asyncio.Queue[Peer] = asyncio.Queue()
+        plain = free_udp_and_tcp_port(host)  # its UDP and TCP listeners, unused
+        self.tls = Transports(
+            host,
+            plain,
+            self._received,
+            self.failures.put_nowait,
+            tls=tls,
+            tls_listen=(host, port) if serve else None,  # a client without a certificate
+        )
+
+    @classmethod
+    async def listen(cls, host: str, port: int, tls: TlsContexts, serve: bool = True) -> TlsPhone:
+        phone = cls(host, port, tls, serve=serve)
+        await phone.tls.start()
+        return phone
+
+    def _received(self, data: bytes, peer: Peer) -> None:
+        self.names[peer.addr] = self.tls.certificate_names(peer)
+        self.datagram_received(data, peer.addr)
+
+    def send(
+        self, message: Message | bytes, to: tuple[str, int], server_name: str | None = None
+    ) -> None:
+        data = message if isinstance(message, bytes) else bytes(message)
+        self.tls.send(data, Peer("tls", *to), server_name=server_name)
+
+    async def stop(self) -> None:
+        await self.tls.stop()

@@ -71,15 +71,65 @@ every pod, edges on the host network included, resolves it in its own namespace)
 {{- default (printf "%s-nats-creds" (include "tandem.fullname" .)) .Values.bus.credentials.existingSecret -}}
 {{- end -}}
 
+{{- define "tandem.credentialsSecret" -}}
+{{- default (printf "%s-credentials" (include "tandem.fullname" .)) .Values.credentials.existingSecret -}}
+{{- end -}}
+
+{{- define "tandem.hasCredentials" -}}
+{{- if or .Values.credentials.existingSecret .Values.credentials.passwords -}}true{{- end -}}
+{{- end -}}
+
+{{/* The edges' own secrets: the TLS files and the trunks' credentials, read-only. */}}
+{{- define "tandem.edgeVolumeMounts" -}}
+{{- if .Values.tls.existingSecret }}
+- name: tls
+  mountPath: /etc/tandem/tls
+  readOnly: true
+{{- end }}
+{{- if include "tandem.hasCredentials" . }}
+- name: credentials
+  mountPath: /etc/tandem/credentials
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "tandem.edgeVolumes" -}}
+{{- with .Values.tls.existingSecret }}
+- name: tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- if include "tandem.hasCredentials" . }}
+- name: credentials
+  secret:
+    secretName: {{ include "tandem.credentialsSecret" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
 {{- define "tandem.hasNatsCreds" -}}
 {{- if or .Values.bus.credentials.existingSecret .Values.bus.credentials.content -}}true{{- end -}}
 {{- end -}}
 
 {{/* The process configuration file (the ConfigMap's tandem.yaml). */}}
 {{- define "tandem.configFile" -}}
+{{- $tls := dict -}}
+{{- if .Values.tls.existingSecret -}}
+{{- $tls = dict "cert" "/etc/tandem/tls/tls.crt" "key" "/etc/tandem/tls/tls.key" -}}
+{{- with .Values.tls.caKey }}{{ $_ := set $tls "ca" (printf "/etc/tandem/tls/%s" .) }}{{ end -}}
+{{- end -}}
 {{- $edges := list -}}
 {{- range .Values.edges.instances -}}
-{{- $edges = append $edges (dict "id" .id "sip" (printf "0.0.0.0:%d" (int .sipPort)) "api" (printf "0.0.0.0:%d" (int .apiPort))) -}}
+{{- $edge := dict "id" .id "sip" (printf "0.0.0.0:%d" (int .sipPort)) "api" (printf "0.0.0.0:%d" (int .apiPort)) -}}
+{{- if .sipTlsPort -}}
+{{- if not $tls -}}
+{{- fail (printf "edges.instances[%s]: sipTlsPort needs tls.existingSecret (the edge's certificate)" .id) -}}
+{{- end -}}
+{{- $_ := set $edge "sip_tls" (printf "0.0.0.0:%d" (int .sipTlsPort)) -}}
+{{- end -}}
+{{- if $tls }}{{ $_ := set $edge "tls" $tls }}{{ end -}}
+{{- $edges = append $edges $edge -}}
 {{- end -}}
 {{- $callstate := dict "api" "0.0.0.0:8080" "edge_lost_s" .Values.callstate.edgeLostSeconds -}}
 {{- if and .Values.nats.enabled (gt (int .Values.bus.replicas) (int .Values.nats.config.cluster.replicas)) -}}
@@ -88,6 +138,9 @@ every pod, edges on the host network included, resolves it in its own namespace)
 {{- $nats := dict "url" (include "tandem.natsUrl" .) "replicas" (int .Values.bus.replicas) -}}
 {{- $config := dict "nats" $nats "router" (dict "api" "0.0.0.0:8080") "callstate" $callstate "edges" $edges -}}
 {{- $_ := set $config "telemetry" (dict "mask_numbers" .Values.telemetry.maskNumbers) -}}
+{{- with .Values.dns.nameservers -}}
+{{- $_ = set $config "dns" (dict "nameservers" . "timeout_s" $.Values.dns.timeoutSeconds) -}}
+{{- end -}}
 {{- $_ = set $config "pstn_usages" .Values.policy.pstnUsages -}}
 {{- $_ = set $config "trunks" .Values.policy.trunks -}}
 {{- $_ = set $config "routes" .Values.policy.routes -}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tandem.b2bua.events import Txn
+from tandem.b2bua.events import Hop, Txn
 from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response
 
@@ -22,9 +22,20 @@ class Respond:
 
 @dataclass(frozen=True, slots=True)
 class SendInvite:
-    """The leg's INVITE, as a client transaction; its responses come back as InviteResponse."""
+    """The leg's INVITE, as a client transaction; its responses come back as InviteResponse.
+    `to` is the target it goes to (None: the leg's peer); requests in the dialog follow it."""
 
     request: Request
+    to: Hop | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """Find where the trunk's peer is (RFC 3263: NAPTR, SRV, A/AAAA); the answer comes back
+    as Resolved."""
+
+    name: str  # the peer as configured: an FQDN, with a port or not
+    transport: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +162,7 @@ class Release:
 Action = (
     Respond
     | SendInvite
+    | Resolve
     | CancelInvite
     | SendRequest
     | SendAck

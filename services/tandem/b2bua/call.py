@@ -28,6 +28,8 @@ once a 2xx did, ENDED. The transitions, each checkable against RFC 3261:
                                     (the trunk's `redirect: follow`); other finals: that final
                                     to the caller -> ENDED
     TRYING   LegCreateAnswered      the edge refused the leg: next target
+    TRYING   LegRetrying            the leg walks its trunk's targets (RFC 3263): the failover
+                                    timer covers those left (a transfer's leg: its timer)
     TRYING   RouteDecided           a followed redirect's targets, tried next
     RINGING  LegProgress            each further 18x to the caller
     RINGING  LegFailed              its final to the caller -> ENDED
@@ -57,7 +59,8 @@ once a 2xx did, ENDED. The transitions, each checkable against RFC 3261:
                                     target's SDP, end the referrer: the call goes on as a new
                                     record (transferred_from/_to); on failure it goes on as
                                     it was
-    ENDED    late answers           a leg created after the end is cancelled; others dropped
+    ENDED    late answers           a leg created after the end is cancelled; a challenge to
+                                    our BYE is answered (RFC 3261 22.2); others dropped
 
 ("early" is ROUTING, TRYING and RINGING.) Every other pair raises `ProtocolError`.
 """
@@ -98,6 +101,7 @@ from tandem.b2bua.events import (
     LegProgress,
     LegRequested,
     LegResponded,
+    LegRetrying,
     LegTransferRequested,
     RouteDecided,
     RouteFailed,
@@ -106,7 +110,7 @@ from tandem.b2bua.events import (
 )
 from tandem.b2bua.local import ALLOW, RETRY_AFTER_S, USER_AGENT, Local, new_id, new_tag
 from tandem.b2bua.machine import Handler, Machine, ProtocolError
-from tandem.b2bua.profile import Profile
+from tandem.b2bua.profile import DEFAULT_FAILOVER_CODES, DEFAULT_FAILOVER_TIMER_S, Profile
 from tandem.b2bua.records import Attempt, Record
 from tandem.b2bua.relay import Relay, body_headers, respond, sip_body
 from tandem.b2bua.side import REFRESH, Side
@@ -126,8 +130,6 @@ from tandem.sip.uri import NameAddr
 
 Kind = pb.CallEvent.Kind
 FORWARDED = ("History-Info", "Diversion")  # the leg's trunk decides whether they cross
-DEFAULT_FAILOVER_CODES = (408, 503, 504)
-DEFAULT_FAILOVER_TIMER_S = 10.0
 MAX_REDIRECTS = 5  # Contacts followed per call, at most: a redirect loop ends here
 HIDE_IDENTITY = frozenset(("id", "user", "header"))  # RFC 3323/3325 Privacy values
 
@@ -409,6 +411,12 @@ class Call(Machine):
             self._failed(503, event.error, "transport_error", timed_out=False)
             self._next_attempt()
 
+    def _leg_retrying(self, event: LegRetrying) -> None:
+        if self._is_current(event.leg_id) and self.state is CallState.TRYING:
+            self.do(StartTimer("failover", event.wait_s))
+        elif self._is_transfer_leg(event.leg_id) is not None:
+            self.do(StartTimer("transfer", event.wait_s))
+
     def _created_after_end(self, event: LegCreateAnswered) -> None:
         leg = self.attempts.get(event.leg_id)
         if not event.error and leg is not None:  # cancelled while it was being created
@@ -564,6 +572,8 @@ class Call(Machine):
         """The caller's answer to a request we sent: our refresh's, or the callee's request's
         (back to the leg)."""
         response = event.response
+        if self.side.challenged(event.request_id, response):
+            return
         if event.request_id == REFRESH:
             gone = self.side.refreshed(response)
             if gone is not None:
@@ -1060,6 +1070,9 @@ class Call(Machine):
         )
         self.do(Finished(status, reason), Release())
 
+    def _late_answer(self, event: InDialogResponse) -> None:
+        self.side.challenged(event.request_id, event.response)
+
     def _ignore(self, event: object) -> None:
         pass
 
@@ -1106,6 +1119,7 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         (S.RINGING, InDialogResponse): Call._caller_answered,
         (S.ENDED, LegCreateAnswered): Call._created_after_end,
         (S.ENDED, LegAnswered): Call._stale_answer,
+        (S.ENDED, InDialogResponse): Call._late_answer,
     }
     for state in (*EARLY, S.ANSWERED):
         table[state, TimerFired] = Call._timer
@@ -1113,6 +1127,8 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         table[state, CallerCancelled] = Call._cancelled
         table[state, InDialogRequest] = Call._early_request
         table[state, HangupRequested] = Call._hangup_early
+    for state in (S.TRYING, S.RINGING, S.ANSWERED):
+        table[state, LegRetrying] = Call._leg_retrying
     for state in (S.TRYING, S.RINGING):
         table[state, LegProgress] = Call._progress
         table[state, LegAnswered] = Call._answered
@@ -1126,11 +1142,11 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         (S.ENDED, RouteDecided),
         (S.ENDED, RouteFailed),
         (S.ENDED, LegProgress),
+        (S.ENDED, LegRetrying),
         (S.ENDED, LegFailed),
         (S.ENDED, LegEnded),
         (S.ENDED, LegRequested),
         (S.ENDED, LegResponded),
-        (S.ENDED, InDialogResponse),
         (S.ENDED, DialogFound),
         (S.ENDED, LegTransferRequested),
     ):

@@ -10,6 +10,8 @@ from typing import Protocol
 from tandem.pb import tandem_pb2 as pb
 from tandem.sip import Request, Response
 
+Hop = tuple[str, str, int]  # where a request goes: transport, IP address, port
+
 
 class Txn(Protocol):
     """The server transaction of a request we must answer; the edge holds it."""
@@ -176,8 +178,19 @@ class LegTransferRequested:
     found: DialogFound | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LegRetrying:
+    """The leg sends its INVITE to another target of its trunk (RFC 3263): the targets left
+    may take `wait_s` before the call gives up on the trunk."""
+
+    leg_id: str
+    wait_s: float
+    reason: str = ""
+
+
 LegEvent = (
     LegProgress
+    | LegRetrying
     | LegAnswered
     | LegFailed
     | LegEnded
@@ -202,6 +215,7 @@ _FROM_LEG: dict[int, Callable[[pb.LegEvent], LegEvent]] = {
     pb.LegEvent.ENDED: lambda e: LegEnded(e.leg_id, e.reason, e.failure),
     pb.LegEvent.REQUEST: lambda e: LegRequested(e.leg_id, e.request),
     pb.LegEvent.RESPONSE: lambda e: LegResponded(e.leg_id, e.response),
+    pb.LegEvent.RETRYING: lambda e: LegRetrying(e.leg_id, e.wait_s, e.reason),
     pb.LegEvent.TRANSFER: lambda e: LegTransferRequested(
         e.leg_id,
         next((h.value for h in e.request.headers if h.name.lower() == "refer-to"), ""),
@@ -228,10 +242,21 @@ class Start:
 @dataclass(frozen=True, slots=True)
 class InviteResponse:
     """A response to our INVITE (every 2xx, forks included); None: `failure` (timeout or
-    transport_error)."""
+    transport_error), with the transport's `reason` if it has one. `cseq` is the CSeq
+    number of the INVITE it answers (0: the latest)."""
 
     response: Response | None
     failure: str = ""
+    cseq: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Where the trunk's peer is, in the order to try (RFC 3263), or why it is nowhere."""
+
+    targets: tuple[Hop, ...]
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,5 +322,6 @@ Event = (
     | LegEvent
     | Start
     | InviteResponse
+    | Resolved
     | LegCommandEvent
 )

@@ -17,18 +17,40 @@ the route suppresses it without an alternate (then it is anonymous, with `Privac
 P-Asserted-Identity goes only to a trusted trunk; Diversion and History-Info only to a
 trunk that takes them, and never to an untrusted one when privacy asks to withhold them.
 
-States: CALLING (INVITE sent, nothing but 100 back), EARLY (a provisional came), ANSWERED (a
-2xx confirmed the dialog), CANCELLING (given up before a final response: waiting for it to
-wind down), ENDED. The transitions:
+The trunk's peer may have several targets (RFC 3263: SRV records, addresses): the leg is
+given them, or asks for them (`Resolve`) when the peer is a name, and tries each in turn,
+a new INVITE transaction per target, on a transport failure, a timeout (the trunk's
+failover timer, per target) or one of the trunk's failover codes; only when the last one
+fails does the call hear FAILED and move to its next trunk. Walking several targets, the
+leg tells the call how long those left may take (RETRYING), so the call's failover timer
+does not cut the walk short. A 401/407 from a trunk with credentials is answered once
+(RFC 3261 22.2, `tandem.b2bua.auth`); refused credentials fail the leg (`auth`), which the
+call fails over like a transport failure.
 
-    CALLING  Start                    the INVITE (17.1.1)
+States: RESOLVING (waiting for the peer's targets), CALLING (INVITE sent, nothing but 100
+back), EARLY (a provisional came), ANSWERED (a 2xx confirmed the dialog), CANCELLING (given
+up before a final response: waiting for it to wind down), ENDED. The transitions:
+
+    RESOLVING Start                   ask where the peer is
+    RESOLVING Resolved                targets: the INVITE to the first -> CALLING;
+                                      none: failed (dns) -> ENDED
+    RESOLVING CancelRequested, Bye    nothing was sent: over -> ENDED
+    CALLING  Start                    the INVITE (17.1.1) to the first target
+    CALLING  TimerFired(target)       no provisional from this target in time: CANCEL it,
+                                      the INVITE to the next one
     early    InviteResponse 1xx       progress (100 absorbed; a reliable one PRACKed, once)
                                       -> EARLY
     early    InviteResponse 2xx       answered -> ANSWERED
     early    InviteResponse 422       once: the INVITE again with the callee's Min-SE
-    early    InviteResponse >=300     failed (response, its code as the response map says;
-                                      a 3xx with its Contacts) -> ENDED
-    early    InviteResponse none      failed (timeout: timer B, or transport_error) -> ENDED
+    early    InviteResponse 401/407   with credentials: the INVITE again, answering it (once
+                                      per challenge); refused: failed (auth) -> ENDED
+    early    InviteResponse >=300     a failover code while CALLING: the next target; else,
+                                      or at the last target: failed (response, its code as
+                                      the response map says; a 3xx with its Contacts) -> ENDED
+    early    InviteResponse none      timeout or transport_error while CALLING: the next
+                                      target; at the last one: failed -> ENDED
+    early    InviteResponse stale     to an INVITE sent to a target given up: a 2xx is ACKed
+                                      and ended with a BYE, the rest is dropped
     early    CancelRequested, Bye     CANCEL (9.1): now, or when a provisional comes -> CANCELLING
     early    InDialogRequest          an UPDATE in the early dialog relayed; others 481
     early    RelayRequested           the caller's UPDATE in the early dialog
@@ -45,12 +67,14 @@ wind down), ENDED. The transitions:
     CANCELLING InviteResponse 2xx     answered as we gave up: ACK and BYE -> ENDED
     CANCELLING InviteResponse final   (487) -> ENDED
     ENDED    InviteResponse 2xx       ACK again, or ACK and BYE another fork
+    ENDED    InDialogResponse         a challenge to our BYE answered (once)
 
 ("early" is CALLING and EARLY.) Every other pair raises `ProtocolError`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum, auto
 from typing import Any
 
@@ -60,28 +84,34 @@ from tandem.b2bua.actions import (
     Finished,
     Publish,
     Release,
+    Resolve,
     Respond,
     SendAck,
     SendInvite,
     SendRequest,
+    StartTimer,
+    StopTimer,
 )
+from tandem.b2bua.auth import CHALLENGES, again, credentials_of
 from tandem.b2bua.events import (
     AckReceived,
     AckRequested,
     ByeRequested,
     CancelRequested,
     DialogFound,
+    Hop,
     InDialogRequest,
     InDialogResponse,
     InviteResponse,
     RelayAnswered,
     RelayRequested,
+    Resolved,
     Start,
     TimerFired,
 )
-from tandem.b2bua.local import ALLOW, USER_AGENT, Local, new_id, new_tag
+from tandem.b2bua.local import ALLOW, USER_AGENT, Local, new_id, new_tag, uri_transport
 from tandem.b2bua.machine import Handler, Machine, ProtocolError
-from tandem.b2bua.profile import Profile
+from tandem.b2bua.profile import DEFAULT_FAILOVER_CODES, DEFAULT_FAILOVER_TIMER_S, Profile
 from tandem.b2bua.relay import Relay, body_headers, respond, sip_body
 from tandem.b2bua.side import REFRESH, Side, _min_se
 from tandem.b2bua.transfer import referral
@@ -98,6 +128,7 @@ _UA = [("User-Agent", USER_AGENT)]
 
 
 class LegState(Enum):
+    RESOLVING = auto()
     CALLING = auto()
     EARLY = auto()
     ANSWERED = auto()
@@ -121,7 +152,13 @@ class Leg(Machine):
         peer: tuple[str, int],
         local: Local,
         profile: Profile | None = None,
+        *,
+        targets: Sequence[Hop] = (),
+        resolve: bool = False,
     ) -> None:
+        """`peer` is the trunk's host and port as its URIs name them (port 0: none, a name
+        whose SRV records say); `targets` are where its INVITE goes, in order (none: to
+        the peer); `resolve`: not known yet, ask on Start."""
         super().__init__()
         create = command.create
         self.id = command.leg_id
@@ -130,13 +167,20 @@ class Leg(Machine):
         self.owner_edge = create.owner_edge
         self.local = local
         self.profile = profile or Profile(trunk=create.target.trunk)
-        self.state = LegState.CALLING
+        self.state = LegState.RESOLVING if resolve else LegState.CALLING
         self.seq = 0
         self.local_tag = new_tag()
         self.sip_call_id = create.sip_call_id or new_id()
         self.side = Side(self.do, lambda: self.now, self.profile, uac=True)
+        self.peer = format_host_port(*peer) if peer[1] else peer[0]
+        self.targets = list(targets)
+        self.hop = 0  # the target the INVITE goes to now
+        self.given_up: dict[int, Request] = {}  # INVITEs to targets left behind, by CSeq
+        self.timer_s = create.target.failover_timer_s or DEFAULT_FAILOVER_TIMER_S
+        self.failover_codes = tuple(create.target.failover_response_codes) or DEFAULT_FAILOVER_CODES
+        self.auth_answers = 0  # challenges to the current INVITE answered
         self.invite = invite_request(
-            create, peer, local, self.local_tag, self.sip_call_id, self.profile
+            create, self.peer, local, self.local_tag, self.sip_call_id, self.profile
         )
         for name, value in self.side.invite_headers():
             self.invite.headers.add(name, value)
@@ -170,18 +214,92 @@ class Leg(Machine):
     # ---- the INVITE ----------------------------------------------------------------------
 
     def _start(self, event: Start) -> None:
-        self.do(SendInvite(self.invite))
+        if self.state is LegState.RESOLVING:
+            self.do(Resolve(self.peer, self.local.transport))
+        else:
+            self._try(0)
+
+    def _resolved(self, event: Resolved) -> None:
+        if not event.targets:
+            self._fail(503, event.error or "no address", "dns")
+            return
+        self.targets = list(event.targets)
+        self.state = LegState.CALLING
+        self._try(0)
+
+    def _cancel_resolving(self, event: CancelRequested | ByeRequested) -> None:
+        self.state = LegState.ENDED
+        self.do(Finished(487, event.reason, event.reason, cancelled=True), Release())
+
+    # ---- the targets of the trunk (RFC 3263 4.3) -----------------------------------------
+
+    @property
+    def walking(self) -> bool:
+        return len(self.targets) > 1
+
+    def _try(self, hop: int, after: str = "") -> None:
+        """The INVITE to target `hop`; walking several, the call hears how long the targets
+        left may take, and each but the last is timed here (the call times the last)."""
+        self.hop = hop
+        to = self.targets[hop] if self.targets else None
+        self.do(SendInvite(self.invite, to))
+        if not self.walking:
+            return
+        left = len(self.targets) - hop
+        reason = f"{_hop_text(self.targets[hop])}" + (f" after {after}" if after else "")
+        self._publish(Kind.RETRYING, wait_s=left * self.timer_s, reason=reason)
+        if left > 1:
+            self.do(StartTimer("target", self.timer_s))
+        else:
+            self.do(StopTimer("target"))
+
+    def _next_target(self, why: str) -> bool:
+        """On to the next target, with a new INVITE transaction; False at the last one."""
+        if self.state is not LegState.CALLING or self.hop + 1 >= len(self.targets):
+            return False
+        invite = self.invite
+        self.given_up[invite.cseq.number] = invite
+        self.invite = again(invite, invite.cseq.number + 1)  # no credentials: another server
+        self.dialogs = DialogSet(self.invite)
+        self.auth_answers = 0
+        self._try(self.hop + 1, f"{_hop_text(self.targets[self.hop])}: {why}")
+        return True
+
+    def _target_timer(self, event: TimerFired) -> None:
+        if event.name != "target":
+            raise ProtocolError(self.KIND, self.state, event)
+        self.do(CancelInvite())  # stops the INVITE to the silent target (and CANCELs a 100)
+        self._next_target(f"no provisional response in {self.timer_s:g} s")
+
+    def _stale(self, event: InviteResponse) -> bool:
+        """A response to an INVITE sent to a target given up: a 2xx is ended (ACK, BYE)."""
+        response = event.response
+        cseq = response.cseq.number if response is not None else event.cseq
+        invite = self.given_up.get(cseq)
+        if invite is None:
+            return False
+        if response is not None and 200 <= response.status < 300:
+            self._end_fork(Dialog.as_uac(invite, response))
+        return True
+
+    # ---- the INVITE's responses ----------------------------------------------------------
 
     def _response(self, event: InviteResponse) -> None:
+        if self._stale(event):
+            return
         response = event.response
         if response is None:
-            self._fail(408, "Request Timeout", event.failure or "timeout")
+            failure = event.failure or "timeout"
+            if not self._next_target(event.reason or failure):
+                self._fail(408, event.reason or "Request Timeout", failure)
             return
         status = response.status
         if status == 100:
             return
         if status == 422 and self._retry_422(response):
             return
+        if self.walking and status not in CHALLENGES:
+            self.do(StopTimer("target"))  # this target answers: the walk is over, or moves on
         dialog = self.dialogs.on_response(response)
         body = sip_body(response)
         if status < 200:
@@ -202,11 +320,26 @@ class Leg(Machine):
                 local_tag=self.local_tag,
                 remote_tag=response.to.tag or "",
             )
+        elif status in CHALLENGES and self.profile.auth:
+            self._authenticate(response)
+        elif status in self.failover_codes and self._next_target(f"{status} {response.reason}"):
+            return
         else:
             contacts = [
                 pb.Header(name="Contact", value=v) for v in response.headers.values("contact")
             ]
             self._fail(self.profile.mapped(status), response.reason, "response", status, contacts)
+
+    def _authenticate(self, response: Response) -> None:
+        """RFC 3261 22.2: the INVITE again with the credentials, to the same target."""
+        answer = self.side.auth.answer(self.invite, response, self.auth_answers)
+        if isinstance(answer, str):
+            self._fail(503, f"digest authentication failed: {answer}", "auth", response.status)
+            return
+        self.auth_answers += 1
+        self.invite = again(self.invite, self.invite.cseq.number + 1, answer)
+        self.dialogs = DialogSet(self.invite)
+        self.do(SendInvite(self.invite, self.targets[self.hop] if self.targets else None))
 
     def _retry_422(self, response: Response) -> bool:
         """RFC 4028 6: the callee wants a longer session interval; ask again, once."""
@@ -226,7 +359,7 @@ class Leg(Machine):
 
     def _another_2xx(self, event: InviteResponse) -> None:
         response = event.response
-        if response is None or not 200 <= response.status < 300:
+        if response is None or not 200 <= response.status < 300 or self._stale(event):
             return
         dialog = self.dialogs.on_response(response)
         if dialog is not None and dialog is not self.dialog:
@@ -236,10 +369,13 @@ class Leg(Machine):
 
     def _end_fork(self, dialog: Dialog) -> None:
         """A second fork answered too: ACK it, then hang it up (RFC 3261 13.2.2.4)."""
-        self.do(SendAck(dialog.create_ack()), SendRequest(dialog.create_request("BYE", _UA)))
+        ack = dialog.create_ack(credentials_of(self.invite))
+        self.do(SendAck(ack), SendRequest(dialog.create_request("BYE", _UA)))
 
     def _winding_down(self, event: InviteResponse) -> None:
         """The final response to an INVITE we gave up on."""
+        if self._stale(event):
+            return
         response = event.response
         if response is not None and response.status < 200:
             return  # (the CANCEL asked for earlier leaves with this provisional)
@@ -276,6 +412,8 @@ class Leg(Machine):
         """The attempt is over for the call; the leg winds down when the final comes."""
         self.state = LegState.CANCELLING
         self.do(Finished(487, event.reason, event.reason, cancelled=True), CancelInvite())
+        if self.walking:
+            self.do(StopTimer("target"))
 
     def _hang_up(self, event: CancelRequested | ByeRequested) -> None:
         if self.side.last_ack is None:  # a 2xx is ACKed before its dialog is ended
@@ -288,7 +426,8 @@ class Leg(Machine):
 
     def _send_ack(self, body: pb.SipBody) -> None:
         if self.dialog is not None:
-            self.side.ack(self.dialog.create_ack(body_headers(body), body.body))
+            headers = body_headers(body) + credentials_of(self.invite)
+            self.side.ack(self.dialog.create_ack(headers, body.body))
 
     def _bye(self) -> None:
         if self.dialog is not None:
@@ -398,6 +537,8 @@ class Leg(Machine):
 
     def _callee_answered(self, event: InDialogResponse) -> None:
         response = event.response
+        if self.side.challenged(event.request_id, response):
+            return
         if event.request_id == REFRESH:
             gone = self.side.refreshed(response)
             if gone is not None:
@@ -427,8 +568,17 @@ class Leg(Machine):
         self.state = LegState.ENDED
         self.do(Finished(status, reason), Release())
 
+    def _late_answer(self, event: InDialogResponse) -> None:
+        """An answer after the end: a challenge to our BYE is answered all the same."""
+        self.side.challenged(event.request_id, event.response)
+
     def _ignore(self, event: object) -> None:
         pass
+
+
+def _hop_text(hop: Hop) -> str:
+    transport, host, port = hop
+    return f"{format_host_port(host, port)}/{transport}"
 
 
 def _refused(request: pb.LegRequest, status: int) -> pb.LegResponse:
@@ -438,7 +588,7 @@ def _refused(request: pb.LegRequest, status: int) -> pb.LegResponse:
 
 def invite_request(
     create: pb.LegCreate,
-    peer: tuple[str, int],
+    hostport: str,
     local: Local,
     tag: str,
     call_id: str,
@@ -447,8 +597,7 @@ def invite_request(
     """The leg's INVITE: tandem's own From, To, Call-ID and Contact; the caller's identity
     and history only as the caller's privacy and this trunk's trust allow."""
     target = create.target
-    hostport = format_host_port(*peer)
-    suffix = ";transport=tcp" if local.transport == "tcp" else ""
+    suffix = uri_transport(local.transport)
     privacy = {p.strip().lower() for p in create.privacy.split(",") if p.strip()}
     withheld = not target.calling  # a route that suppresses the caller ID, with no alternate
     anonymous = withheld or bool(privacy & HIDE_IDENTITY)
@@ -493,7 +642,12 @@ def invite_request(
 def _table() -> dict[tuple[LegState, type], Handler]:
     S = LegState
     table: dict[tuple[LegState, type], Handler] = {
+        (S.RESOLVING, Start): Leg._start,
+        (S.RESOLVING, Resolved): Leg._resolved,
+        (S.RESOLVING, CancelRequested): Leg._cancel_resolving,
+        (S.RESOLVING, ByeRequested): Leg._cancel_resolving,
         (S.CALLING, Start): Leg._start,
+        (S.CALLING, TimerFired): Leg._target_timer,
         (S.ANSWERED, InviteResponse): Leg._another_2xx,
         (S.ENDED, InviteResponse): Leg._another_2xx,
         (S.CANCELLING, InviteResponse): Leg._winding_down,
@@ -511,6 +665,7 @@ def _table() -> dict[tuple[LegState, type], Handler]:
         (S.ANSWERED, TimerFired): Leg._timer,
         (S.ANSWERED, DialogFound): Leg._refer_resolved,
         (S.CANCELLING, InDialogRequest): Leg._no_dialog,
+        (S.ENDED, InDialogResponse): Leg._late_answer,
     }
     for state in EARLY:
         table[state, InviteResponse] = Leg._response
@@ -519,6 +674,10 @@ def _table() -> dict[tuple[LegState, type], Handler]:
         table[state, InDialogRequest] = Leg._early_request
     # commands that cross a change they could not know of: nothing left to do
     late: list[tuple[LegState, type]] = [
+        (S.RESOLVING, RelayRequested),
+        (S.RESOLVING, RelayAnswered),
+        (S.RESOLVING, AckRequested),
+        (S.ENDED, Resolved),
         (S.CALLING, RelayRequested),
         (S.CALLING, RelayAnswered),
         *((state, AckRequested) for state in (*EARLY, S.CANCELLING)),
@@ -526,7 +685,6 @@ def _table() -> dict[tuple[LegState, type], Handler]:
         (S.CANCELLING, RelayAnswered),
         (S.CANCELLING, CancelRequested),
         (S.CANCELLING, ByeRequested),
-        (S.ENDED, InDialogResponse),
         (S.CANCELLING, InDialogResponse),
         (S.ENDED, DialogFound),
     ]

@@ -38,12 +38,21 @@ def new_tag() -> str:
 
 
 class Local:
-    """The edge as one transport's peers see it: its host and its Contact."""
+    """The edge as one transport's peers see it: its host and its Contact (a `sips:` one for
+    a dialog whose request was `sips:`, RFC 5630)."""
 
-    __slots__ = ("contact", "host", "transport")
+    __slots__ = ("contact", "host", "port", "transport")
 
-    def __init__(self, host: str, port: int, transport: str) -> None:
+    def __init__(self, host: str, port: int, transport: str, scheme: str = "sip") -> None:
         self.host = host
+        self.port = port
         self.transport = transport
-        suffix = ";transport=tcp" if transport == "tcp" else ""
-        self.contact = f"<sip:{format_host_port(host, port)}{suffix}>"
+        if scheme == "sips":
+            self.contact = f"<sips:{format_host_port(host, port)}>"
+        else:
+            self.contact = f"<sip:{format_host_port(host, port)}{uri_transport(transport)}>"
+
+
+def uri_transport(transport: str) -> str:
+    """The URI parameter that names a transport other than UDP (RFC 3261 19.1.1)."""
+    return "" if transport == "udp" else f";transport={transport}"

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tandem.sip.digest import Credentials
+
+DEFAULT_FAILOVER_CODES = (408, 503, 504)
+DEFAULT_FAILOVER_TIMER_S = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:
@@ -17,6 +22,8 @@ class Profile:
     max_call_s: float = 14400.0  # 0: no limit
     refer: str = "handle"  # handle, relay or reject a REFER from this trunk
     response_map: tuple[tuple[int, int], ...] = ()  # its final codes, translated
+    auth: bool = False  # the trunk has digest credentials configured, readable or not
+    credentials: Credentials | None = None  # what answers its challenges (None: unreadable)
 
     def mapped(self, status: int) -> int:
         """A final response code as this trunk's response map translates it."""

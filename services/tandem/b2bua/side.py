@@ -6,9 +6,11 @@ callee's (tandem is its UAC). The Side does what each leg does for itself, whate
 other leg does: reliable provisionals (RSeq, PRACK, retransmission: RFC 3262), the session
 timer (negotiation, refresh by UPDATE or re-INVITE, expiry: RFC 4028), the offer/answer
 glare rules for re-INVITE and UPDATE (491 and 500, RFC 3261 14 and RFC 3311 5.2) with the
-retry timing of RFC 3261 14.1, in-dialog OPTIONS, and where in-dialog requests go (the
-far end's Contact through the route set). What it cannot settle alone it hands back to its
-machine: a request to relay, a session that expired, a caller that never PRACKed.
+retry timing of RFC 3261 14.1, in-dialog OPTIONS, where in-dialog requests go (the far
+end's Contact through the route set), and the far end's digest challenges to the requests
+sent in the dialog (RFC 3261 22.2, `tandem.b2bua.auth`). What it cannot settle alone it
+hands back to its machine: a request to relay, a session that expired, a caller that never
+PRACKed.
 
 Timers are the machine's, by name: `prack` (our reliable provisional's retransmission),
 `refresh` (our session refresh is due), `expiry` (the far end's refresh is overdue),
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from tandem.b2bua.actions import Respond, SendAck, SendRequest, StartTimer, StopTimer
+from tandem.b2bua.auth import CHALLENGES, Auth, again
 from tandem.b2bua.events import Txn
 from tandem.b2bua.local import ALLOW, SUPPORTED, USER_AGENT
 from tandem.b2bua.profile import Profile
@@ -34,6 +37,7 @@ from tandem.sip.dialog import Dialog
 T1 = 0.5  # RFC 3261's round-trip estimate, as the transaction layer has it
 MIN_SE_FLOOR = 90  # RFC 4028 4: no session interval below 90 s
 REFRESH = "refresh"  # the request id of our own session refreshes
+BYE = "bye"  # the request id of our BYE, when its answer may be a challenge
 TIMERS = ("prack", "refresh", "expiry", "retry")
 
 
@@ -114,6 +118,9 @@ class Side:
         self.sdp_received = b""
         self.refresh_method = ""
         self.last_ack: Request | None = None
+        self.auth = Auth(profile.credentials)
+        # requests sent with credentials at hand, by request id: (the request, answers given)
+        self.authenticating: dict[str, tuple[Request, int]] = {}
 
     # ---- sending in the dialog ------------------------------------------------------------
 
@@ -125,7 +132,36 @@ class Side:
             self.offer_out = request_id or REFRESH
         if request.body:
             self.sdp_sent = request.body
+        if self.auth.client is not None:  # its answer may be a challenge: keep it at hand
+            request_id = request_id or (BYE if request.method == "BYE" else "")
+            if request_id:
+                self.authenticating[request_id] = (request, 0)
         self._do(SendRequest(request, request_id, self.next_hop))
+
+    def challenged(self, request_id: str, response: Response | None) -> bool:
+        """True when `response` is a challenge to a request we sent, now sent again with the
+        credentials; False for any other answer, a challenge that cannot be answered (no
+        credentials, refused) included: the machine takes that one as it is."""
+        pending = self.authenticating.get(request_id)
+        if pending is None or response is None or response.status < 200:
+            if response is None:
+                self.authenticating.pop(request_id, None)
+            return False
+        dialog = self.dialog
+        answer = None
+        if response.status in CHALLENGES and dialog is not None:
+            answer = self.auth.answer(pending[0], response, pending[1])
+        if not isinstance(answer, tuple):
+            del self.authenticating[request_id]
+            return False
+        assert dialog is not None
+        dialog.local_cseq += 1
+        if pending[0].method == "INVITE":
+            dialog.invite_cseq = dialog.local_cseq
+        request = again(pending[0], dialog.local_cseq, answer)
+        self.authenticating[request_id] = (request, pending[1] + 1)
+        self._do(SendRequest(request, request_id, self.next_hop))
+        return True
 
     def ack(self, ack: Request) -> None:
         """The ACK of a 2xx in this dialog, or its repeat for a 2xx that came again."""

@@ -26,19 +26,29 @@ from tandem.b2bua.local import Local
 from tandem.b2bua.profile import Profile
 from tandem.b2bua.relay import respond
 from tandem.edge.metrics import EdgeMetrics
+from tandem.edge.peers import Peers, domain, is_address
+from tandem.edge.registrar import Registrar
 from tandem.edge.registry import Registry, Runner
+from tandem.edge.resolver import DEFAULT_PORTS, ResolveError
 from tandem.edge.tracing import CallTrace, LegTrace
-from tandem.edge.transactions import ClientTransaction, ServerTransaction, Transactions
+from tandem.edge.transactions import (
+    TRANSPORT_ERROR,
+    ClientTransaction,
+    ServerTransaction,
+    Transactions,
+)
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
 from tandem.policy import Trunk
 from tandem.sip import Request, Response
-from tandem.sip.uri import DEFAULT_PORT, URI
+from tandem.sip.uri import URI
 
 log = logging.getLogger("tandem.edge.executor")
 
 ROUTE_TIMEOUT_S = 2.0
 CREATE_TIMEOUT_S = 2.0
+# failures of a leg that say the trunk's configuration or its network is wrong: logged
+TRUNK_FAILURES = ("dns", "auth", "transport_error")
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
 
@@ -56,6 +66,9 @@ class Executor:
         sent_by: tuple[str, int],
         spawn: Spawn,
         mask: bool = False,
+        *,
+        peers: Peers,
+        tls_port: int | None = None,
     ) -> None:
         self.edge = edge
         self.nc = nc
@@ -66,14 +79,28 @@ class Executor:
         self.tracer = tracer
         self.spawn = spawn
         self.mask = mask
-        self.locals = {t: Local(*sent_by, t) for t in ("udp", "tcp")}
+        self.peers = peers
+        host, port = sent_by
+        tls_port = tls_port or DEFAULT_PORTS["tls"]
+        self.locals = {
+            "udp": Local(host, port, "udp"),
+            "tcp": Local(host, port, "tcp"),
+            "tls": Local(host, tls_port, "tls"),
+            "sips": Local(host, tls_port, "tls", "sips"),  # a dialog whose request was sips:
+        }
         # the trunk an address belongs to (by its sources): the edge's admission, set later
         self.trunk_of: Callable[[str, int], str | None] = lambda host, port: None
+        self.trunks: dict[str, Trunk] = {}  # the trunks this edge serves, by id: set later
+        # why the last connection to a peer failed (the transports'), for a leg's reason
+        self.transport_failure: Callable[[Peer], str | None] = lambda peer: None
+        self.registrar: Registrar | None = None  # the bindings of registrar trunks: set later
 
     # ---- new machines ------------------------------------------------------------------
 
     def start_call(self, invite: Request, txn: ServerTransaction, peer: Peer, trunk: Trunk) -> None:
-        call = Call(self.edge, profile_of(trunk), self.locals[peer.transport])
+        secure = peer.transport == "tls" and invite.uri[:5].lower() == "sips:"
+        local = self.locals["sips" if secure else peer.transport]
+        call = Call(self.edge, profile_of(trunk, self.peers), local)
         trace = CallTrace(self.tracer, self.edge, call.id, trunk.id, invite.call_id, self.mask)
         call.trace_id = trace.trace_id
         runner = Runner(call, peer, trunk.id, trace, (invite.call_id, call.local_tag))
@@ -83,9 +110,28 @@ class Executor:
         trace.numbers(call.called, call.calling)
 
     def start_leg(self, command: pb.LegCommand, trunk: Trunk, parent: otel_context.Context) -> None:
-        peer = Peer(trunk.transport, *trunk.peer_address)
-        leg = Leg(self.edge, command, peer.addr, self.locals[trunk.transport], profile_of(trunk))
+        """A leg towards `trunk`: its INVITE goes to the peer's address, or to the targets
+        its name resolves to (the leg asks, Resolve, and is told, Resolved)."""
+        host, port = domain(trunk)
+        targets = self.peers.fixed(trunk)
+        local = self.locals[trunk.transport]
+        binding = self.registrar.binding(trunk.id) if self.registrar and trunk.registrar else None
+        if binding is not None:  # a PBX registered to us: where its REGISTER came from
+            uri = binding.contact.uri
+            host, port, targets = uri.host, uri.port or 0, [binding.peer]
+            local = self.locals[binding.peer.transport]
+        profile = profile_of(trunk, self.peers)
+        leg = Leg(
+            self.edge,
+            command,
+            (host, port or targets[0].port) if targets else (host, port),
+            local,
+            profile,
+            targets=targets or (),
+            resolve=targets is None,
+        )
         trace = LegTrace(self.tracer, parent, self.edge, command, leg.sip_call_id, self.mask)
+        peer = targets[0] if targets else Peer(trunk.transport, host, port)
         runner = Runner(leg, peer, trunk.id, trace, (leg.sip_call_id, leg.local_tag))
         self.registry.add_leg(runner)
         self.metrics.legs_active.inc()
@@ -134,10 +180,30 @@ class Executor:
                 self.transactions.no_ack[txn.key] = lambda: self.feed(runner, e.AckTimedOut())
 
     def _send_invite(self, runner: Runner, action: a.SendInvite) -> None:
-        def on_response(response: Response | None, failure: str) -> None:
-            self.feed(runner, e.InviteResponse(response, failure))
+        cseq = action.request.cseq.number
 
-        runner.invite = self.transactions.send_request(action.request, runner.peer, on_response)
+        def on_response(response: Response | None, failure: str) -> None:
+            why = self.transport_failure(peer) if failure == TRANSPORT_ERROR else None
+            self.feed(runner, e.InviteResponse(response, failure, cseq, why or ""))
+
+        if action.to is not None:  # the dialog begins where the INVITE goes
+            runner.peer = Peer(*action.to)
+        peer = runner.peer
+        runner.invite = self.transactions.send_request(action.request, peer, on_response)
+
+    def _resolve(self, runner: Runner, action: a.Resolve) -> None:
+        self.spawn(self._resolving(runner))
+
+    async def _resolving(self, runner: Runner) -> None:
+        trunk = self.trunks.get(runner.trunk)
+        event: e.Resolved
+        try:
+            if trunk is None:
+                raise ResolveError(runner.peer.host, "the trunk is no longer served here")
+            event = e.Resolved(tuple(await self.peers.resolve(trunk)))
+        except ResolveError as exc:
+            event = e.Resolved((), f"{exc.name}: {exc.detail}")
+        self.feed(runner, event)
 
     def _cancel_invite(self, runner: Runner, action: a.CancelInvite) -> None:
         if isinstance(runner.invite, ClientTransaction):
@@ -151,16 +217,45 @@ class Executor:
             if request_id:
                 self.feed(runner, e.InDialogResponse(request_id, response))
 
-        peer = self.next_hop(runner, action.target)
-        self.transactions.send_request(action.request, peer, on_response)
+        def send(peer: Peer) -> None:
+            self.transactions.send_request(action.request, peer, on_response)
+
+        self._to_next_hop(runner, action.target, send)
 
     def _send_ack(self, runner: Runner, action: a.SendAck) -> None:
-        self.transactions.send_stateless(action.request, self.next_hop(runner, action.target))
+        def send(peer: Peer) -> None:
+            self.transactions.send_stateless(action.request, peer)
 
-    def next_hop(self, runner: Runner, target: str) -> Peer:
+        self._to_next_hop(runner, action.target, send)
+
+    def _to_next_hop(self, runner: Runner, target: str, send: Callable[[Peer], None]) -> None:
+        """Send now, or once the host the next hop names is resolved (RFC 3263 4.3)."""
+        hop = self.next_hop(runner, target)
+        if isinstance(hop, Peer):
+            send(hop)
+        else:
+            self.spawn(self._resolve_hop(runner, *hop, send))
+
+    async def _resolve_hop(
+        self, runner: Runner, host: str, port: int, transport: str, send: Callable[[Peer], None]
+    ) -> None:
+        trunk = self.trunks.get(runner.trunk)
+        peer = runner.peer
+        if trunk is not None:
+            try:
+                found = await self.peers.resolve_uri(trunk, host, port, transport)
+            except ResolveError as exc:
+                log.info("next hop %s of trunk %s: %s; sending to %s", host, trunk.id, exc, peer)
+            else:
+                if self.trunk_of(found.host, found.port) == runner.trunk:
+                    peer = found
+        send(peer)
+
+    def next_hop(self, runner: Runner, target: str) -> Peer | tuple[str, int, str]:
         """Where a request in a dialog goes: the dialog's next hop (the far end's Contact or
         first Route) when it is an address of the same trunk; else where the dialog began
-        (a Contact elsewhere must not turn tandem into anyone's reflector)."""
+        (a Contact elsewhere must not turn tandem into anyone's reflector). A next hop that
+        names a host is returned as (host, port, transport), to resolve and check."""
         if not target:
             return runner.peer
         try:
@@ -170,10 +265,16 @@ class Executor:
         transport = (uri.param("transport") or runner.peer.transport).lower()
         if uri.scheme == "sips":
             transport = "tls"
-        peer = Peer(transport, uri.host, uri.port or DEFAULT_PORT)
-        if peer == runner.peer or transport not in ("udp", "tcp", "tls"):
-            return runner.peer if transport not in ("udp", "tcp", "tls") else peer
-        return peer if self.trunk_of(uri.host, peer.port) == runner.trunk else runner.peer
+        if transport not in DEFAULT_PORTS:
+            return runner.peer
+        peer = Peer(transport, uri.host, uri.port or DEFAULT_PORTS[transport])
+        if peer == runner.peer:
+            return peer
+        if self.trunk_of(uri.host, peer.port) == runner.trunk:
+            return peer
+        if is_address(uri.host.strip("[]")):
+            return runner.peer  # an address of no trunk, or of another one
+        return uri.host, uri.port or 0, transport
 
     # ---- the bus -------------------------------------------------------------------------
 
@@ -290,6 +391,21 @@ class Executor:
         runner.trace.finish(action)
         if isinstance(runner.machine, Call):
             self.metrics.call_ended(action.status)
+        elif action.failure in TRUNK_FAILURES:
+            peer = runner.peer
+            where = (
+                peer.host
+                if action.failure == "dns"
+                else f"{peer.transport}:{peer.host}:{peer.port}"
+            )
+            log.warning(
+                "leg %s to trunk %s failed (%s): %s (%s)",
+                runner.machine.id,
+                runner.trunk,
+                action.failure,
+                action.reason,
+                where,
+            )
 
     def _release(self, runner: Runner, action: a.Release) -> None:
         for handle in runner.timers.values():
@@ -302,8 +418,8 @@ class Executor:
             self.metrics.legs_active.dec()
 
 
-def profile_of(trunk: Trunk) -> Profile:
-    """What the machines need of a trunk's settings."""
+def profile_of(trunk: Trunk, peers: Peers) -> Profile:
+    """What the machines need of a trunk's settings (its credentials read now)."""
     return Profile(
         trunk=trunk.id,
         trusted=trunk.trusted,
@@ -313,12 +429,15 @@ def profile_of(trunk: Trunk) -> Profile:
         max_call_s=trunk.max_call_s,
         refer=trunk.refer,
         response_map=tuple(sorted(trunk.response_map.items())),
+        auth=trunk.auth is not None,
+        credentials=peers.credentials(trunk),
     )
 
 
 ACTIONS: dict[type, Callable[[Executor, Runner, Any], None]] = {
     a.Respond: Executor._respond,
     a.SendInvite: Executor._send_invite,
+    a.Resolve: Executor._resolve,
     a.CancelInvite: Executor._cancel_invite,
     a.SendRequest: Executor._send_request,
     a.SendAck: Executor._send_ack,

@@ -1,10 +1,19 @@
 """OPTIONS keepalive of the trunks an edge serves, and their up/down state on the bus.
 
 A trunk is down after 3 failed probes in a row (no answer, 408 or 503) and up again after
-one good one (any other response, 501 included). Every probe result is put in KV
-TANDEM_TRUNK_HEALTH (its time, failed count and reason move with each probe, so the record
-is never stale); the first result and each up/down change are also published on
-`tandem.trunk.<trunk>.health`.
+one good one (any other response, 501 included). A probe that cannot reach the trunk at
+all says more than a lost datagram, and puts it down at once with the reason: its name
+does not resolve (`dns: ...`), the TLS connection fails (`tls: ...`, the handshake's or
+the certificate's reason), or it refuses tandem's digest credentials (`auth: ...`). A
+probe resolves the peer as a call does (RFC 3263) and tries its targets in order until one
+answers; a challenge is answered once, with the trunk's credentials. A trunk that registers
+(`register`) is not probed: its health is its registration's state (`tandem.edge.register`).
+A trunk that registers to tandem (`registrar`) is down until it does, and when its binding
+lapses; while bound, its probes go where it registered from (keeping a NAT binding open).
+
+Every result is put in KV TANDEM_TRUNK_HEALTH (its time, failed count and reason move with
+each probe, so the record is never stale); the first result and each up/down change are
+also published on `tandem.trunk.<trunk>.health`.
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from tandem import bus
-from tandem.b2bua.local import ACCEPT, USER_AGENT, Local, new_id, new_tag
+from tandem.b2bua.auth import CHALLENGES, Auth, again
+from tandem.b2bua.local import ACCEPT, USER_AGENT, Local, new_id, new_tag, uri_transport
 from tandem.edge.metrics import EdgeMetrics
-from tandem.edge.transactions import Transactions
+from tandem.edge.peers import Peers, domain
+from tandem.edge.resolver import ResolveError
+from tandem.edge.transactions import TRANSPORT_ERROR, Transactions
 from tandem.edge.transport import Peer
 from tandem.pb import tandem_pb2 as pb
 from tandem.policy import Trunk
@@ -47,6 +59,9 @@ class Prober:
     nc: Client
     js: JetStreamContext
     spawn: Callable[[Coroutine[Any, Any, Any]], None]
+    peers: Peers
+    transport_failure: Callable[[Peer], str | None]  # why a connection to a peer failed
+    bound: Callable[[str], Peer | None]  # where a registrar trunk's PBX registered from
 
 
 class Probe:
@@ -65,10 +80,13 @@ class Probe:
         self._writing = asyncio.Lock()  # the records are put in the order of the probes
 
     def start(self) -> None:
-        if self.trunk.transport == "tls":
-            self.reason = "not probed: TLS is not available on this edge yet"
-        elif self.trunk.options_interval_s > 0:
-            self.task = asyncio.create_task(self._run())
+        if self.trunk.registration is not None:
+            self.reason = "not registered yet"
+        else:
+            if self.trunk.registrar:  # down until the PBX registers
+                self.registration(False, "not registered")
+            if self.trunk.options_interval_s > 0:
+                self.task = asyncio.create_task(self._run())
 
     def stop(self) -> None:
         if self.task is not None:
@@ -78,19 +96,40 @@ class Probe:
         interval = self.trunk.options_interval_s
         while True:
             try:
-                response = await self.probe(min(interval, PROBE_TIMEOUT_S))
-                self.record(response)
+                self.record(*await self.probe(min(interval, PROBE_TIMEOUT_S)))
             except Exception:
                 log.exception("probe of trunk %s failed", self.trunk.id)
             await asyncio.sleep(interval)
 
-    async def probe(self, wait_s: float) -> Response | None:
-        peer = Peer(self.trunk.transport, *self.trunk.peer_address)
+    async def probe(self, wait_s: float) -> tuple[Response | None, str | None]:
+        """One probe: the answer of the first target that gives one (None: none did), or
+        why the trunk cannot be reached at all (the reason that puts it down at once)."""
+        if self.trunk.registrar:  # its binding, which the probes also keep open through NAT
+            bound = self.prober.bound(self.trunk.id)
+            if bound is None:
+                return None, "not registered"
+            targets = [bound]
+        else:
+            try:
+                targets = await self.prober.peers.resolve(self.trunk)
+            except ResolveError as exc:
+                return None, str(exc)
+        why = None
+        for peer in targets:
+            response, why = await self._probe(peer, wait_s)
+            if response is not None:
+                return response, why
+        return None, why
+
+    async def _probe(self, peer: Peer, wait_s: float) -> tuple[Response | None, str | None]:
+        trunk = self.trunk
         local = self.prober.locals[peer.transport]
-        hostport = format_host_port(peer.host, peer.port)
+        host, port = domain(trunk)
+        hostport = format_host_port(host, port) if port else host
+        uri = f"sip:{hostport}{uri_transport(peer.transport)}"
         request = Request(
             "OPTIONS",
-            f"sip:{hostport}",
+            uri,
             [
                 ("Max-Forwards", "70"),
                 ("From", f"<sip:tandem@{local.host}>;tag={new_tag()}"),
@@ -102,18 +141,44 @@ class Probe:
                 ("User-Agent", USER_AGENT),
             ],
         )
-        answer: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
+        auth = Auth(self.prober.peers.credentials(trunk)) if trunk.auth is not None else None
+        for answered in range(3):
+            response, failure = await self._send(request, peer, wait_s)
+            if response is None:
+                why = self.prober.transport_failure(peer) if failure == TRANSPORT_ERROR else None
+                return None, why
+            if auth is None or response.status not in CHALLENGES:
+                return response, None
+            header = auth.answer(request, response, answered)
+            if isinstance(header, str):
+                return response, f"auth: {header}"
+            request = again(request, request.cseq.number + 1, header)
+        return response, "auth: too many challenges"
+
+    async def _send(
+        self, request: Request, peer: Peer, wait_s: float
+    ) -> tuple[Response | None, str]:
+        answer: asyncio.Future[tuple[Response | None, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
 
         def on_response(response: Response | None, failure: str) -> None:
             if (response is None or response.status >= 200) and not answer.done():
-                answer.set_result(response)
+                answer.set_result((response, failure))
 
         self.prober.transactions.send_request(request, peer, on_response, give_up_s=wait_s)
         return await answer
 
-    def record(self, response: Response | None) -> None:
+    def record(self, response: Response | None, why: str | None = None) -> None:
+        """One probe's result: the answer (None: none came), or why the trunk could not be
+        reached at all, which puts it down at once."""
         self.last_probe_ms = bus.now_ms()
-        if response is None or response.status in FAILED_CODES:
+        if why is not None:
+            self.failed += 1
+            self.reason = why
+            change = self.up
+            self.up = False
+        elif response is None or response.status in FAILED_CODES:
             self.failed += 1
             self.reason = (
                 "no answer" if response is None else f"{response.status} {response.reason}"
@@ -126,6 +191,18 @@ class Probe:
             self.reason = f"{response.status} {response.reason}"
             change = not self.up
             self.up = True
+        self._announce(change)
+
+    def registration(self, up: bool, reason: str) -> None:
+        """A registering trunk's health: its registration's state, as it changes."""
+        self.last_probe_ms = bus.now_ms()
+        self.failed = 0 if up else self.failed + 1
+        self.reason = reason
+        change = up != self.up
+        self.up = up
+        self._announce(change)
+
+    def _announce(self, change: bool) -> None:
         announce = change or not self.reported
         if announce:
             self.reported = True

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
+import secrets
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -18,14 +21,18 @@ from nats.aio.subscription import Subscription
 from tandem import bus, telemetry
 from tandem.b2bua import Call, Leg
 from tandem.b2bua import events as e
-from tandem.config import Edge
+from tandem.config import DEFAULT_TLS_PORT, Config, Edge
 from tandem.edge.admission import Admission
 from tandem.edge.capture import Capture
 from tandem.edge.executor import Executor
 from tandem.edge.health import Probe, Prober
 from tandem.edge.inbound import Inbound
 from tandem.edge.metrics import EdgeMetrics
+from tandem.edge.peers import Peers
+from tandem.edge.register import Registering, aor_user
+from tandem.edge.registrar import Registrar
 from tandem.edge.registry import Registry, Runner
+from tandem.edge.resolver import Resolver
 from tandem.edge.transactions import Transactions
 from tandem.edge.transport import Peer, Transports
 from tandem.http import AUTH, create_app
@@ -33,13 +40,17 @@ from tandem.pb import tandem_pb2 as pb
 from tandem.policy import Policy, Trunk
 from tandem.policy.store import TRUNK_KEYS, Follower
 from tandem.process import Context
+from tandem.sip.digest import DigestServer
 from tandem.sip.uri import DEFAULT_PORT, split_host_port
+from tandem.tls import TlsContexts
 
 log = logging.getLogger("tandem.edge")
 
 HEARTBEAT_S = 2.0
 EDGE_LOST_AFTER = 3  # heartbeats missed: the edge is gone, and its half of our calls with it
 LAG_CHECK_S = 0.1
+DIGEST_SECRET_ENV = "TANDEM_DIGEST_SECRET"
+DIGEST_REALM = "tandem"  # the realm of our challenges when the trunk's auth names none
 
 
 class Service:
@@ -52,8 +63,19 @@ class Service:
         self.metrics = EdgeMetrics(edge.id)
         host, port = split_host_port(edge.sip, DEFAULT_PORT)
         sent_by = split_host_port(edge.advertise or edge.sip, port)
-        self.transports = Transports(host, port, self.receive, self.transport_failed)
-        self.transactions = Transactions(sent_by, self.send)
+        tls_listen = edge.sip_tls_address
+        tls_port = tls_listen[1] if tls_listen else DEFAULT_TLS_PORT
+        self.transports = Transports(
+            host,
+            port,
+            self.receive,
+            self.transport_failed,
+            tls=TlsContexts.from_config(edge.tls),
+            tls_listen=tls_listen,
+        )
+        self.transactions = Transactions(sent_by, self.send, (sent_by[0], tls_port))
+        self.peers = Peers(Resolver.from_config(ctx.config.dns))
+        self.nonce_key = nonce_key(ctx.config, ctx.token)
         self.registry = Registry()
         self.capture = Capture(
             edge.id,
@@ -74,9 +96,15 @@ class Service:
             sent_by,
             self.spawn,
             ctx.config.telemetry.mask_numbers,
+            peers=self.peers,
+            tls_port=tls_port,
         )
+        self.executor.transport_failure = self.transports.last_failure
         self.inbound = Inbound(
             edge.id, self.transports, self.transactions, self.registry, self.executor, self.metrics
+        )
+        self.registrar = self.inbound.registrar = self.executor.registrar = Registrar(
+            self._registrar_health
         )
         self.executor.trunk_of = self._trunk_of
         self.prober = Prober(
@@ -87,11 +115,15 @@ class Service:
             ctx.nc,
             ctx.js,
             self.spawn,
+            self.peers,
+            self.transports.last_failure,
+            self._bound,
         )
         self.trunks: dict[str, Trunk] = {}
         self.probes: dict[str, Probe] = {}
         # the trunks only, never the routes: an edge has no use for them
         self.policy = Follower(ctx.js, self._policy_committed, TRUNK_KEYS)
+        self.registrations: dict[str, Registering] = {}
         self.started = False
         self.heartbeat_s = HEARTBEAT_S
         self.heard: dict[str, float] = {}  # edge id -> when its last heartbeat came (loop time)
@@ -120,6 +152,8 @@ class Service:
             self._subs.append(await self.nc.subscribe(subject, cb=handler))
         for probe in self.probes.values():
             probe.start()
+        for registering in self.registrations.values():
+            registering.start()
         self._loops += [
             asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self._watch_edges()),
@@ -151,6 +185,9 @@ class Service:
             task.cancel()
         for probe in self.probes.values():
             probe.stop()
+        for registering in self.registrations.values():
+            registering.stop()  # the bindings are removed (Expires: 0) before the sockets go
+        self.registrar.stop()
         for sub in self._subs:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await sub.unsubscribe()
@@ -176,9 +213,20 @@ class Service:
         """The trunks this edge serves, from the stored policy (live on every commit). An
         edited trunk keeps the health its probes found, unless its peer changed."""
         served = {t.id: t for t in policy.trunks if t.edge == self.edge_id}
-        self.trunks = served
+        self.trunks = self.executor.trunks = served
         self.inbound.admission = Admission(served.values())
         found: dict[str, Probe] = {}
+        self.inbound.challengers = {
+            t.id: DigestServer(t.auth.realm or DIGEST_REALM, self.nonce_key)
+            for t in served.values()
+            if t.auth is not None and t.auth.challenge
+        }
+        self.inbound.registered = {
+            user: t for t in served.values() if (user := aor_user(t)) is not None
+        }
+        for trunk_id in list(self.registrar.bindings):
+            if trunk_id not in served or not served[trunk_id].registrar:
+                self.registrar.forget(trunk_id)
         for trunk_id in list(self.probes):
             probe = self.probes[trunk_id]
             trunk = served.get(trunk_id)
@@ -187,6 +235,9 @@ class Service:
                 del self.probes[trunk_id]
                 if trunk is not None and trunk.peer_address == probe.trunk.peer_address:
                     found[trunk_id] = probe
+                registering = self.registrations.pop(trunk_id, None)
+                if registering is not None:
+                    registering.stop()
         for trunk in served.values():
             if trunk.id not in self.probes:
                 probe = self.probes[trunk.id] = Probe(self.prober, trunk)
@@ -194,8 +245,13 @@ class Service:
                 if old is not None and old.trunk.transport == trunk.transport:
                     probe.up, probe.failed, probe.reason = old.up, old.failed, old.reason
                     probe.reported, probe.last_probe_ms = old.reported, old.last_probe_ms
+                if trunk.registration is not None:
+                    local = self.executor.locals[trunk.transport]
+                    self.registrations[trunk.id] = Registering(self.prober, probe, trunk, local)
                 if self.started:
                     probe.start()
+                    if trunk.id in self.registrations:
+                        self.registrations[trunk.id].start()
 
     async def _watch_policy(self) -> None:
         """Follow the trunks in the policy store for as long as the edge runs."""
@@ -218,6 +274,15 @@ class Service:
         self.apply_policy(policy)
         log.info("policy reloaded: %d trunks served", len(self.trunks))
 
+    def _bound(self, trunk_id: str) -> Peer | None:
+        binding = self.registrar.binding(trunk_id)
+        return binding.peer if binding is not None else None
+
+    def _registrar_health(self, trunk_id: str, up: bool, reason: str) -> None:
+        probe = self.probes.get(trunk_id)
+        if probe is not None:
+            probe.registration(up, reason)
+
     def _trunk_of(self, host: str, port: int) -> str | None:
         trunk = self.inbound.admission.trunk(host, port)
         return trunk.id if trunk is not None else None
@@ -230,8 +295,13 @@ class Service:
         self.capture.received(data, peer, when)
 
     def send(self, data: bytes, peer: Peer) -> None:
-        """What the transaction layer sends: out through the sockets, and into capture."""
-        self.transports.send(data, peer)
+        """What the transaction layer sends: out through the sockets, and into capture. A
+        TLS connection it opens verifies the name its trunk gives (`Peers.tls_of`)."""
+        if peer.transport == "tls":
+            name, verify = self.peers.tls_of(peer)
+            self.transports.send(data, peer, server_name=name, verify=verify)
+        else:
+            self.transports.send(data, peer)
         self.capture.sent(data, peer)
 
     def trunk_of(self, peer: Peer) -> str:
@@ -268,8 +338,8 @@ class Service:
         trunk = self.trunks.get(command.create.target.trunk)
         if trunk is None:
             error = f"trunk {command.create.target.trunk} not served here"
-        elif trunk.transport == "tls":
-            error = "TLS is not available on this edge yet"
+        elif trunk.registrar and self.registrar.binding(trunk.id) is None:
+            error = f"trunk {trunk.id} is not registered"
         elif self.inbound.draining:
             error = "edge draining"
         else:
@@ -391,6 +461,11 @@ class Service:
                     "enabled": trunk.enabled,
                     "up": self.probes[trunk.id].up if trunk.id in self.probes else None,
                     "health": self.probes[trunk.id].reason if trunk.id in self.probes else "",
+                    "registration": (
+                        self.registrations[trunk.id].state
+                        if trunk.id in self.registrations
+                        else None
+                    ),
                     "active_in": self.registry.active_in[trunk.id],
                     "max_concurrent_calls": trunk.max_concurrent_calls,
                 }
@@ -399,6 +474,18 @@ class Service:
             "calls": [call_status(runner, mask) for runner in self.registry.calls.values()],
             "legs": len(self.registry.legs),
         }
+
+
+def nonce_key(config: Config, token: str | None) -> bytes:
+    """The key of our digest nonces, the same on every edge that has the same secret."""
+    secret = os.environ.get(DIGEST_SECRET_ENV) or config.digest_secret or token
+    if not secret:
+        if any(t.auth is not None and t.auth.challenge for t in config.trunks):
+            log.warning(
+                "no %s nor API token: this edge's digest nonces are its own", DIGEST_SECRET_ENV
+            )
+        return secrets.token_bytes(32)
+    return hmac.digest(secret.encode(), b"tandem digest nonces", "sha256")
 
 
 def call_status(runner: Runner, mask: bool) -> dict[str, Any]:

@@ -111,6 +111,8 @@ class LegTrace:
             self.span.set_attribute("sip.status", event.status)
         elif event.kind == pb.LegEvent.FAILED:
             self.span.set_attribute("tandem.failover_reason", event.failure)
+        elif event.kind == pb.LegEvent.RETRYING:  # the next of the trunk's targets (RFC 3263)
+            self.span.add_event("target", {"tandem.target": event.reason})
 
     def finish(self, finished: Finished) -> None:
         span = self.span

@@ -63,12 +63,18 @@ class ClientTransaction:
 
 
 class Transactions:
-    """Every transaction of one edge, over its UDP and TCP layers."""
+    """Every transaction of one edge, over its UDP, TCP and TLS layers."""
 
-    def __init__(self, sent_by: tuple[str, int], send: Callable[[bytes, Peer], None]) -> None:
+    def __init__(
+        self,
+        sent_by: tuple[str, int],
+        send: Callable[[bytes, Peer], None],
+        tls_sent_by: tuple[str, int] | None = None,
+    ) -> None:
         self.layers = {
             "udp": TransactionLayer(sent_by, transport="UDP", auto_trying=False),
             "tcp": TransactionLayer(sent_by, transport="TCP", auto_trying=False),
+            "tls": TransactionLayer(tls_sent_by or sent_by, transport="TLS", auto_trying=False),
         }
         self.send = send
         self.client: dict[TransactionKey, tuple[OnResponse, Peer]] = {}

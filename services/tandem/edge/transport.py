@@ -347,6 +347,13 @@ class Transports:
         if report:
             self.error(peer)
 
+    def _source_for(self, peer: Peer) -> tuple[str, int] | None:
+        """Connections leave from the listening address, as the peer's ACL expects (the
+        kernel's choice on a wildcard listener, or across address families)."""
+        if self.host in ("0.0.0.0", "::", "") or (":" in self.host) != (":" in peer.host):
+            return None
+        return self.host, 0
+
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
         self.tasks.add(task)
@@ -364,6 +371,7 @@ class Transports:
                     lambda: _Stream(self, peer, outbound=True, tls=context, server_name=name),
                     peer.host,
                     peer.port,
+                    local_addr=self._source_for(peer),
                 )
                 await stream.ready
         except (OSError, TimeoutError, TlsError) as exc:  # ConnectionError: the TLS reason

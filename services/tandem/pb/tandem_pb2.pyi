@@ -211,7 +211,7 @@ class CommandReply(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class LegEvent(_message.Message):
-    __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq", "received_status", "remote_tag", "local_tag", "transfer_target", "replaces")
+    __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq", "received_status", "remote_tag", "local_tag", "transfer_target", "replaces", "wait_s")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[LegEvent.Kind]
@@ -222,6 +222,7 @@ class LegEvent(_message.Message):
         RESPONSE: _ClassVar[LegEvent.Kind]
         ENDED: _ClassVar[LegEvent.Kind]
         TRANSFER: _ClassVar[LegEvent.Kind]
+        RETRYING: _ClassVar[LegEvent.Kind]
     KIND_UNSPECIFIED: LegEvent.Kind
     PROGRESS: LegEvent.Kind
     ANSWERED: LegEvent.Kind
@@ -230,6 +231,7 @@ class LegEvent(_message.Message):
     RESPONSE: LegEvent.Kind
     ENDED: LegEvent.Kind
     TRANSFER: LegEvent.Kind
+    RETRYING: LegEvent.Kind
     LEG_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     EDGE_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +251,7 @@ class LegEvent(_message.Message):
     LOCAL_TAG_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_TARGET_FIELD_NUMBER: _ClassVar[int]
     REPLACES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     call_id: str
     edge: str
@@ -268,7 +271,8 @@ class LegEvent(_message.Message):
     local_tag: str
     transfer_target: RouteTarget
     replaces: str
-    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ..., received_status: _Optional[int] = ..., remote_tag: _Optional[str] = ..., local_tag: _Optional[str] = ..., transfer_target: _Optional[_Union[RouteTarget, _Mapping]] = ..., replaces: _Optional[str] = ...) -> None: ...
+    wait_s: float
+    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ..., received_status: _Optional[int] = ..., remote_tag: _Optional[str] = ..., local_tag: _Optional[str] = ..., transfer_target: _Optional[_Union[RouteTarget, _Mapping]] = ..., replaces: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class CallEvent(_message.Message):
     __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt", "failure", "end_reason", "received_status", "transferred_from", "transferred_to")

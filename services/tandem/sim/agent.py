@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import pjsua2 as pj
 
-from tandem.sim.config import ANSWERED, Kind, Pbx, Sim
+from tandem.sim.config import ANSWERED, Kind, Pbx, Sim, SimTls
 from tandem.sim.views import (
     ANONYMOUS,
     CallDirection,
@@ -588,7 +588,8 @@ class UserAgent:
 
     def _trunk_uri(self, number: str) -> str:
         host, port = self.sim.trunk_address
-        return f"sip:{number}@{host}:{port}"
+        suffix = ";transport=tls" if self.sim.tls is not None else ""
+        return f"sip:{number}@{host}:{port}{suffix}"
 
     def _live(self, call_id: str) -> _Call:
         self._present()
@@ -678,6 +679,8 @@ class UserAgent:
         transport.publicAddress = host
         transport.port = port
         ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
+        if self.sim.tls is not None:
+            ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, _tls_transport(host, self.sim.tls))
         ep.libStart()
         ep.audDevManager().setNullDev()
         for codec in ep.codecEnum2():
@@ -696,7 +699,8 @@ class UserAgent:
         self.tone.play(tones, True)
         # the default account answers calls to any user: the sim decides by Request-URI
         self._account(self.sim.id)
-        log.info("sim %s %s: SIP on udp:%s", self.kind, self.sim.id, self.sim.sip)
+        tls = f", tls:{host}:{self.sim.tls.port}" if self.sim.tls is not None else ""
+        log.info("sim %s %s: SIP on udp:%s%s", self.kind, self.sim.id, self.sim.sip, tls)
 
     def _loop(self) -> None:
         next_stats = time.monotonic()
@@ -748,3 +752,17 @@ class UserAgent:
         # the calls are over: skip pjsua's one-second wait for late messages
         ep.libDestroy(pj.PJSUA_DESTROY_NO_RX_MSG)
         self._endpoint = None
+
+
+def _tls_transport(host: str, tls: SimTls) -> Any:
+    """pjsua's TLS listener, also used for the TLS connections the sim opens: TLS 1.2 at
+    least, its certificate presented, the peer's verified both ways."""
+    transport = pj.TransportConfig()
+    transport.boundAddress = host
+    transport.publicAddress = host
+    transport.port = tls.port
+    config = transport.tlsConfig
+    config.method = pj.PJSIP_TLSV1_2_METHOD
+    config.CaListFile, config.certFile, config.privKeyFile = tls.ca, tls.cert, tls.key
+    config.verifyServer = config.verifyClient = config.requireClientCert = True
+    return transport

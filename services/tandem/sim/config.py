@@ -64,6 +64,18 @@ def _check_reply(value: int) -> int:
     return value
 
 
+class SimTls(Strict):
+    """TLS for a sim (PEM files): it also listens for TLS on `port` of its `sip` host,
+    places its calls over TLS, presents `cert` and verifies the far end by `ca`, both
+    ways: a server certificate must name the host it calls, and a client certificate is
+    required (mutual TLS, as Teams Direct Routing and carriers' SBCs do)."""
+
+    port: int = Field(ge=1, le=65535, description="TCP port of its TLS listener")
+    cert: str = Field(min_length=1, description="its certificate (chain), PEM")
+    key: str = Field(min_length=1, description="the certificate's key, PEM")
+    ca: str = Field(min_length=1, description="the CA bundle that verifies its peers, PEM")
+
+
 class Sim(Strict):
     """What every simulated trunk has: its SIP and control addresses and its media ports."""
 
@@ -101,6 +113,7 @@ class Sim(Strict):
     min_se_s: int = Field(
         default=MIN_SE_S, ge=MIN_SE_S, description="Min-SE: the shortest it accepts (seconds)"
     )
+    tls: SimTls | None = Field(default=None, description="SIP over TLS too, and for its calls")
 
     @field_validator("sip", "trunk")
     @classmethod

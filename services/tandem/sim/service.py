@@ -155,9 +155,12 @@ async def serve(agent: UserAgent) -> int:
     api = ApiServer(build_app(agent), agent.sim.control)
     await api.start()
     # tests and scripts wait for this line
+    tls = agent.sim.tls
+    host = agent.sim.sip_address[0]
     print(
-        f"sim {agent.kind} {agent.sim.id} ready: sip udp:{agent.sim.sip}, "
-        f"control http://{agent.sim.control}",
+        f"sim {agent.kind} {agent.sim.id} ready: sip udp:{agent.sim.sip}"
+        + (f", tls:{host}:{tls.port}" if tls is not None else "")
+        + f", control http://{agent.sim.control}",
         flush=True,
     )
     await stop.wait()
