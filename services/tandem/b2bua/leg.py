@@ -40,7 +40,8 @@ up before a final response: waiting for it to wind down), ENDED. The transitions
                                       the INVITE to the next one
     early    InviteResponse 1xx       progress (100 absorbed; a reliable one PRACKed, once)
                                       -> EARLY
-    early    InviteResponse 2xx       answered -> ANSWERED
+    early    InviteResponse 2xx       answered; ACKed at once when the INVITE carried the
+                                      offer (no answer of the caller's to wait for) -> ANSWERED
     early    InviteResponse 422       once: the INVITE again with the callee's Min-SE
     early    InviteResponse 401/407   with credentials: the INVITE again, answering it (once
                                       per challenge); refused: failed (auth) -> ENDED
@@ -54,7 +55,7 @@ up before a final response: waiting for it to wind down), ENDED. The transitions
     early    CancelRequested, Bye     CANCEL (9.1): now, or when a provisional comes -> CANCELLING
     early    InDialogRequest          an UPDATE in the early dialog relayed; others 481
     early    RelayRequested           the caller's UPDATE in the early dialog
-    ANSWERED AckRequested             the ACK, with the caller's body (13.2.2.4)
+    ANSWERED AckRequested             the ACK, with the caller's body (13.2.2.4), unless sent
     ANSWERED ByeRequested, Cancel     BYE (15.1.1) -> ENDED
     ANSWERED RelayRequested           the caller's request in this dialog (491 in a glare)
     ANSWERED RelayAnswered            the caller's answer to the callee's request
@@ -320,6 +321,8 @@ class Leg(Machine):
                 local_tag=self.local_tag,
                 remote_tag=response.to.tag or "",
             )
+            if self.invite.body:  # the ACK carries nothing of the caller's: it goes at once
+                self._send_ack(pb.SipBody())
         elif status in CHALLENGES and self.profile.auth:
             self._authenticate(response)
         elif status in self.failover_codes and self._next_target(f"{status} {response.reason}"):
@@ -422,7 +425,12 @@ class Leg(Machine):
         self._end(200, event.reason)
 
     def _ack_requested(self, event: AckRequested) -> None:
-        self._send_ack(event.body)
+        """The caller's ACK: ours crosses unless the leg ACKed its 2xx itself already (each
+        leg keeps its own dialog alive); a delayed offer's answer always crosses."""
+        ack, dialog = self.side.last_ack, self.dialog
+        acked = ack is not None and dialog is not None and ack.cseq.number == dialog.invite_cseq
+        if not acked or event.body.body:
+            self._send_ack(event.body)
 
     def _send_ack(self, body: pb.SipBody) -> None:
         if self.dialog is not None:
