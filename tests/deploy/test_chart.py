@@ -658,3 +658,14 @@ def test_the_dns_servers_reach_the_config(full: list[Manifest]) -> None:
     config = parse_config(_edge_config(full), "chart")
     assert config.dns.addresses == [("10.96.0.10", 53), ("10.96.0.11", 53)]
     assert config.dns.timeout_s == 1.5
+
+
+def test_the_schema_takes_every_field_of_the_policy_models() -> None:
+    """A trunk or route field the config takes and the chart's schema refuses would make
+    helm refuse a valid policy: the two lists are kept equal."""
+    from tandem.policy import Route, Trunk
+
+    policy = SCHEMA["properties"]["policy"]["properties"]
+    for model, key in ((Trunk, "trunks"), (Route, "routes")):
+        fields = {f.alias or name for name, f in model.model_fields.items()}
+        assert fields == set(policy[key]["items"]["properties"]), key

@@ -138,6 +138,8 @@ every pod, edges on the host network included, resolves it in its own namespace)
 {{- $nats := dict "url" (include "tandem.natsUrl" .) "replicas" (int .Values.bus.replicas) -}}
 {{- $config := dict "nats" $nats "router" (dict "api" "0.0.0.0:8080") "callstate" $callstate "edges" $edges -}}
 {{- $_ := set $config "telemetry" (dict "mask_numbers" .Values.telemetry.maskNumbers) -}}
+{{- $routerUrl := printf "http://%s-router:8080" (include "tandem.fullname" .) -}}
+{{- $_ = set $config "console" (dict "router_url" $routerUrl) -}}
 {{- with .Values.dns.nameservers -}}
 {{- $_ = set $config "dns" (dict "nameservers" . "timeout_s" $.Values.dns.timeoutSeconds) -}}
 {{- end -}}
