@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -24,7 +25,10 @@ def console(system: System, path: str) -> str:
 
 
 def wait(driver: webdriver.Chrome, seconds: float = WAIT_S) -> WebDriverWait[webdriver.Chrome]:
-    return WebDriverWait(driver, seconds, poll_frequency=0.1)
+    # a page that redraws itself (live calls, search results) makes elements stale: try again
+    return WebDriverWait(
+        driver, seconds, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    )
 
 
 def arrows(driver: webdriver.Chrome) -> dict[str, list[str]]:
@@ -130,10 +134,10 @@ def test_cdrs_and_trunks_pages(system: System, browser: webdriver.Chrome, tmp_pa
     browser.get(console(system, "/cdrs"))
     Select(browser.find_element(By.NAME, "trunk")).select_by_visible_text("pstn-gw1")
     browser.find_element(By.CSS_SELECTOR, "#cdr-search button").click()
-    rows = wait(browser).until(
-        lambda b: b.find_elements(By.CSS_SELECTOR, "#cdrs tbody tr.answered")
+    rows: list[str] = wait(browser).until(  # texts read at once: the table may be redrawn
+        lambda b: [r.text for r in b.find_elements(By.CSS_SELECTOR, "#cdrs tbody tr.answered")]
     )
-    assert len(rows) >= 2 and all("pstn-gw1" in r.text for r in rows)
+    assert len(rows) >= 2 and all("pstn-gw1" in r for r in rows)
     csv = httpx.get(browser.find_element(By.ID, "csv").get_attribute("href") or "")
     assert csv.text.startswith("call_id,") and csv.text.count("\n") == len(rows) + 1
     screenshot(browser, "cdrs", tmp_path)

@@ -292,6 +292,8 @@ async def test_a_second_fork_answering_is_acked_and_ended(make_system: MakeSyste
     out, addr = await gw1.request("INVITE")
     gw1.answer(out, 200, addr, tag="fork1", body=SDP)
     await pbx.response(200)
+    first, _ = await gw1.request("ACK")  # the leg ACKs its 2xx at once (its INVITE had SDP)
+    assert first.to.tag == "fork1"
     gw1.answer(out, 200, addr, tag="fork2", body=SDP)
     ack, _ = await gw1.request("ACK")
     bye, _ = await gw1.request("BYE")
