@@ -17,6 +17,11 @@ class Profile:
     max_call_s: float = 14400.0  # 0: no limit
     refer: str = "handle"  # handle, relay or reject a REFER from this trunk
     response_map: tuple[tuple[int, int], ...] = ()  # its final codes, translated
+    media: str = "bypass"  # anchor: the call's media goes through rtpengine
+    srtp: str = "off"  # this side of an anchored call: off, sdes, dtls, optional
+    ice: str = "remove"  # remove or force
+    media_timeout_s: float = 60.0  # no RTP from this side of an anchored call: BYE; 0: never
+    media_fallback: str = "reject"  # rtpengine unreachable at offer time: reject (503) or bypass
 
     def mapped(self, status: int) -> int:
         """A final response code as this trunk's response map translates it."""
