@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from nats.aio.client import Client
@@ -25,6 +25,7 @@ from tandem.b2bua import events as e
 from tandem.b2bua.local import Local
 from tandem.b2bua.profile import Profile
 from tandem.b2bua.relay import respond
+from tandem.edge.media import Rtpengines
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.registry import Registry, Runner
 from tandem.edge.tracing import CallTrace, LegTrace
@@ -39,6 +40,7 @@ log = logging.getLogger("tandem.edge.executor")
 
 ROUTE_TIMEOUT_S = 2.0
 CREATE_TIMEOUT_S = 2.0
+QUALITY_WAIT_S = 5.0  # an anchored leg's span waits this long for its figures, at most
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
 
@@ -55,9 +57,11 @@ class Executor:
         tracer: Tracer,
         sent_by: tuple[str, int],
         spawn: Spawn,
+        rtpengines: Rtpengines,
         mask: bool = False,
     ) -> None:
         self.edge = edge
+        self.rtpengines = rtpengines
         self.nc = nc
         self.outbox = bus.Outbox(nc)
         self.transactions = transactions
@@ -69,6 +73,7 @@ class Executor:
         self.locals = {t: Local(*sent_by, t) for t in ("udp", "tcp")}
         # the trunk an address belongs to (by its sources): the edge's admission, set later
         self.trunk_of: Callable[[str, int], str | None] = lambda host, port: None
+        self.awaiting_quality: dict[str, LegTrace] = {}  # ended anchored legs, by leg id
 
     # ---- new machines ------------------------------------------------------------------
 
@@ -251,11 +256,39 @@ class Executor:
     async def _feed_later(self, runner: Runner, event: e.Event) -> None:
         self.feed(runner, event)
 
+    # ---- anchored media: rtpengine ---------------------------------------------------------
+
+    def _media_rewrite(self, runner: Runner, action: a.MediaOffer | a.MediaAnswer) -> None:
+        self.spawn(self._media(runner, self.rtpengines.rewrite(action)))
+
+    def _media_report(self, runner: Runner, action: a.MediaQuery | a.MediaDelete) -> None:
+        self.spawn(self._media(runner, self.rtpengines.report(action)))
+
+    async def _media(self, runner: Runner, reply: Awaitable[e.Event]) -> None:
+        event = await reply
+        if isinstance(event, e.MediaRefused):
+            kind = "unreachable" if event.unreachable else "refused"
+            log.warning("call %s: rtpengine %s: %s", runner.machine.id, kind, event.reason)
+            self.metrics.media_failure(kind)
+        self.feed(runner, event)
+
+    def leg_quality(self, command: pb.LegCommand) -> None:
+        """An anchored leg's figures, from its call's owner once rtpengine gave them: on
+        its span, which its end left open for them."""
+        trace = self.awaiting_quality.pop(command.leg_id, None)
+        runner = self.registry.legs.get(command.leg_id)
+        if trace is None and runner is not None and isinstance(runner.trace, LegTrace):
+            trace = runner.trace  # still winding down: its end will close the span
+        if trace is not None:
+            trace.quality(command.quality)
+
     def _publish(self, runner: Runner, action: a.Publish) -> None:
         message = action.message
         if isinstance(message, pb.CallEvent):
             assert isinstance(runner.trace, CallTrace)
             runner.trace.event(message)
+            if message.kind == pb.CallEvent.ANSWERED:
+                self.metrics.media_call(message.media)
             subject = bus.call_event(message.call_id, message.kind)
             headers = {**runner.headers, "Nats-Msg-Id": f"{message.call_id}.{message.seq}"}
         else:
@@ -285,9 +318,20 @@ class Executor:
         self.metrics.failover(action.failure)
 
     def _finished(self, runner: Runner, action: a.Finished) -> None:
-        runner.trace.finish(action)
+        trace = runner.trace
+        trace.finish(action)
         if isinstance(runner.machine, Call):
             self.metrics.call_ended(action.status)
+        elif isinstance(trace, LegTrace) and not trace.ended:  # waits for its figures
+            leg_id = runner.machine.id
+            self.awaiting_quality[leg_id] = trace
+            loop = asyncio.get_running_loop()
+            loop.call_later(QUALITY_WAIT_S, self._quality_late, leg_id)
+
+    def _quality_late(self, leg_id: str) -> None:
+        trace = self.awaiting_quality.pop(leg_id, None)
+        if trace is not None:
+            trace.end()
 
     def _release(self, runner: Runner, action: a.Release) -> None:
         for handle in runner.timers.values():
@@ -311,6 +355,11 @@ def profile_of(trunk: Trunk) -> Profile:
         max_call_s=trunk.max_call_s,
         refer=trunk.refer,
         response_map=tuple(sorted(trunk.response_map.items())),
+        media=trunk.media,
+        srtp=trunk.srtp,
+        ice=trunk.ice,
+        media_timeout_s=trunk.media_timeout_s,
+        media_fallback=trunk.media_fallback,
     )
 
 
@@ -327,6 +376,10 @@ ACTIONS: dict[type, Callable[[Executor, Runner, Any], None]] = {
     a.CallIds: Executor._call_ids,
     a.FindDialog: Executor._find_dialog,
     a.Publish: Executor._publish,
+    a.MediaOffer: Executor._media_rewrite,
+    a.MediaAnswer: Executor._media_rewrite,
+    a.MediaQuery: Executor._media_report,
+    a.MediaDelete: Executor._media_report,
     a.StartTimer: Executor._start_timer,
     a.StopTimer: Executor._stop_timer,
     a.Failover: Executor._failover,

@@ -26,6 +26,7 @@ from tandem.edge.capture import Capture
 from tandem.edge.executor import Executor
 from tandem.edge.health import Probe, Prober
 from tandem.edge.inbound import Inbound
+from tandem.edge.media import Rtpengines
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.registry import Registry, Runner
 from tandem.edge.transactions import Transactions
@@ -58,6 +59,7 @@ class Service:
         self.transports = Transports(host, port, self.receive, self.transport_failed)
         self.transactions = Transactions(sent_by, self.send)
         self.registry = Registry()
+        self.rtpengines = Rtpengines(edge.id, ctx.config.media.addresses)
         self.capture = Capture(
             edge.id,
             ctx.config.capture,
@@ -76,6 +78,7 @@ class Service:
             telemetry.tracer("tandem.edge"),
             sent_by,
             self.spawn,
+            self.rtpengines,
             ctx.config.telemetry.mask_numbers,
         )
         self.inbound = Inbound(
@@ -110,6 +113,7 @@ class Service:
         except KeyNotFoundError:
             seen = 0
         self.apply_policy(await read_policy(kv) or self.ctx.config.policy)
+        await self.rtpengines.start()
         self.transactions.start()
         await self.capture.start()
         await self.transports.start()
@@ -162,6 +166,7 @@ class Service:
         self.transactions.stop()
         await self.transports.stop()
         await self.capture.stop()
+        await self.rtpengines.stop()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -179,6 +184,8 @@ class Service:
         """The trunks this edge serves, from the stored policy (live on every commit)."""
         served = {t.id: t for t in policy.trunks if t.edge == self.edge_id}
         self.trunks = served
+        # a call this edge owns is anchored if its trunk or its target's anchors: any trunk
+        self.rtpengines.wanted = any(t.media == "anchor" for t in policy.trunks)
         self.inbound.admission = Admission(served.values())
         for trunk_id in list(self.probes):
             probe = self.probes[trunk_id]
@@ -235,8 +242,11 @@ class Service:
         reply = pb.CommandReply(ok=True)
         try:
             command = pb.LegCommand.FromString(msg.data)
-            if command.WhichOneof("command") == "create":
+            which = command.WhichOneof("command")
+            if which == "create":
                 reply = self._create_leg(command, msg.headers)
+            elif which == "quality":
+                self.executor.leg_quality(command)
             else:
                 runner = self.registry.legs.get(command.leg_id)
                 event = e.from_leg_command(command)
@@ -386,6 +396,7 @@ class Service:
             ],
             "calls": [call_status(runner, mask) for runner in self.registry.calls.values()],
             "legs": len(self.registry.legs),
+            "rtpengine": self.rtpengines.status() if self.rtpengines.wanted else [],
         }
 
 
