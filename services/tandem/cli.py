@@ -126,8 +126,14 @@ def summary(config: Config) -> str:
             f"trunk      {t.id} on {t.edge} -> {t.peer}/{t.transport}, "
             f"usages [{', '.join(t.pstn_usages)}]"
             + (f", auth {t.auth.username} ({t.auth.password_source})" if t.auth else "")
+            + (f", media anchored (srtp {t.srtp}, ice {t.ice})" if t.media == "anchor" else "")
             + ("" if t.enabled else " (disabled)")
             for t in config.trunks
+        ),
+        *(
+            [f"rtpengine  {', '.join(config.media.rtpengine)}"]
+            if any(t.media == "anchor" for t in config.trunks)
+            else []
         ),
         *(
             f"route      {r.id}: {r.number_pattern} [{', '.join(r.pstn_usages)}] "

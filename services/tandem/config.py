@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tandem.policy.model import Id, Policy, SecretError, Strict, host_port, unique
-from tandem.sip.uri import DEFAULT_PORT, split_host_port
+from tandem.sip.uri import DEFAULT_PORT, format_host_port, split_host_port
 from tandem.tls import TlsContexts, TlsError
 
 DEFAULT_TLS_PORT = 5061  # RFC 3261 26.2
@@ -144,9 +144,9 @@ class Media(Strict):
     @field_validator("rtpengine")
     @classmethod
     def _instances(cls, value: list[str]) -> list[str]:
-        for text in value:
-            host_port(text, NG_PORT)
-        return unique(value, "rtpengine instance")
+        addresses = [format_host_port(*split_host_port(text, NG_PORT)) for text in value]
+        unique(addresses, "rtpengine instance")
+        return value
 
     @field_validator("interface")
     @classmethod

@@ -1,6 +1,7 @@
 """`tandem up`: the whole system on one machine, from one config file.
 
-Starts a local nats-server with JetStream when none answers, stores the config's routing
+Starts a local nats-server with JetStream when none answers (and a local rtpengine when a
+trunk anchors media and none answers on a loopback NG address), stores the config's routing
 policy, then runs the router, callstate and every edge as child processes and prints where
 each listens. SIGINT or SIGTERM stops the children (edges drain first) and the server. If a
 child dies, tandem up says which and how, stops the others and exits non-zero: a half
@@ -25,12 +26,16 @@ import httpx
 from tandem import bus, telemetry
 from tandem.config import Config
 from tandem.http import ApiServer, is_loopback
+from tandem.ng import NgClient, NgError, NgTimeout
 from tandem.policy.store import import_policy
+from tandem.sip.uri import format_host_port
 from tandem.traces import TraceStore, receiver_app
 
 log = logging.getLogger("tandem.up")
 
 NATS_START_TIMEOUT_S = 10.0
+RTPENGINE_START_TIMEOUT_S = 10.0
+RTPENGINE_IDLE_TIMEOUT_S = 86400  # rtpengine's own RTP timeouts: tandem's media_timeout_s rules
 CHILD_READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 15.0
 _PR_SET_PDEATHSIG = 1
@@ -51,6 +56,43 @@ def nats_server_binary() -> str:
 
 def nats_server_command(host: str, port: int, store_dir: Path) -> list[str]:
     return [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
+
+
+def rtpengine_binary() -> str:
+    found = shutil.which("rtpengine")
+    if found is None:
+        raise FileNotFoundError("rtpengine not found: install the rtpengine-daemon package")
+    return found
+
+
+def rtpengine_command(ng: str, interface: str, port_min: int, port_max: int) -> list[str]:
+    """rtpengine in the foreground, forwarding in user space (no kernel module: --table=-1),
+    its RTP timeouts left to tandem's media_timeout_s."""
+    return [
+        rtpengine_binary(),
+        "--config-file=none",
+        "--foreground",
+        "--log-stderr",
+        "--table=-1",
+        f"--interface={interface}",
+        f"--listen-ng={ng}",
+        f"--port-min={port_min}",
+        f"--port-max={port_max}",
+        f"--timeout={RTPENGINE_IDLE_TIMEOUT_S}",
+        f"--silent-timeout={RTPENGINE_IDLE_TIMEOUT_S}",
+        "--log-level=5",
+    ]
+
+
+async def ng_answers(host: str, port: int) -> bool:
+    client = NgClient(host, port, retransmit_s=0.2, tries=2)
+    try:
+        await client.request("ping")
+    except (NgTimeout, NgError, OSError):
+        return False
+    finally:
+        client.close()
+    return True
 
 
 async def port_answers(host: str, port: int) -> bool:
@@ -116,6 +158,7 @@ class Up:
         self.data_dir = data_dir
         self.log_format = log_format
         self.nats: Child | None = None
+        self.rtpengines: dict[str, Child] = {}  # the local ones started here, by NG address
         self.collector: ApiServer | None = None
         self.children: list[Child] = []
 
@@ -154,6 +197,38 @@ class Up:
             if not self.nats.running or asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(f"nats-server did not start on {host}:{port}")
             await asyncio.sleep(0.05)
+
+    async def start_rtpengines(self) -> None:
+        """A local rtpengine on each loopback NG address where none answers, when a trunk
+        anchors media (the port range is shared out among them)."""
+        media = self.config.media
+        if not any(t.media == "anchor" for t in self.config.trunks):
+            return
+        missing: list[tuple[str, int]] = []
+        for host, port in media.addresses:
+            if await ng_answers(host, port):
+                log.info("using the rtpengine that answers at %s", format_host_port(host, port))
+            elif is_loopback(host):
+                missing.append((host, port))
+        if not missing:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        share = (media.port_max - media.port_min + 1) // len(missing) // 2 * 2
+        for n, (host, port) in enumerate(missing):
+            ng = format_host_port(host, port)
+            first = media.port_min + n * share
+            command = rtpengine_command(ng, media.interface, first, first + share - 1)
+            name = f"rtpengine {ng}" if len(missing) > 1 else "rtpengine"
+            child = Child(name, command, log_file=self.data_dir / f"rtpengine-{n + 1}.log")
+            self.rtpengines[ng] = child
+            await child.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RTPENGINE_START_TIMEOUT_S
+        for (host, port), (ng, child) in zip(missing, self.rtpengines.items(), strict=True):
+            while not await ng_answers(host, port):
+                if not child.running or loop.time() > deadline:
+                    raise RuntimeError(f"rtpengine did not start on {ng} (see {child.log_file})")
+                await asyncio.sleep(0.05)
 
     async def store_policy(self) -> None:
         nc = await bus.connect(self.nats_url, "tandem-up")
@@ -206,6 +281,11 @@ class Up:
         ]
         for e in c.edges:
             lines.append(f"  {e.id:<10} sip:{e.sip} (udp, tcp)  http://{e.api}")
+        for ng, child in self.rtpengines.items():
+            lines.append(
+                f"  rtpengine  ng udp:{ng}, media on {c.media.interface}"
+                f" (started here, log in {child.log_file})"
+            )
         if self.collector is not None:
             lines.append(
                 f"  traces     http://{c.telemetry.collector}  (tandem trace CALL-ID prints one)"
@@ -231,6 +311,7 @@ class Up:
         try:
             await self.start_collector()
             await self.start_nats()
+            await self.start_rtpengines()
             await self.store_policy()
             self.children = self.plan()
             for child in self.children:
@@ -242,7 +323,8 @@ class Up:
             return 1
         print(self.endpoints(), flush=True)
 
-        waits = {asyncio.ensure_future(c.proc.wait()): c for c in self.children if c.proc}
+        watched = [*self.children, *self.rtpengines.values()]
+        waits = {asyncio.ensure_future(c.proc.wait()): c for c in watched if c.proc}
         stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait([stopping, *waits], return_when=asyncio.FIRST_COMPLETED)
         code = 0
@@ -261,6 +343,7 @@ class Up:
         edges = [c for c in self.children if c.name.startswith("edge")]
         await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in edges))  # edges drain first
         await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in self.children if c not in edges))
+        await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in self.rtpengines.values()))
         if self.nats is not None:
             await self.nats.stop(STOP_GRACE_S)
         if self.collector is not None:

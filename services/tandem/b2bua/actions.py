@@ -153,9 +153,11 @@ class MediaQuery:
 
 @dataclass(frozen=True, slots=True)
 class MediaDelete:
-    """End the call's rtpengine session; its last figures come back as MediaReported(final)."""
+    """End the call's rtpengine session (`from_tag`: a party it knows, as NG wants one); its
+    last figures come back as MediaReported(final)."""
 
     session: str
+    from_tag: str
 
 
 # ---- time and life -------------------------------------------------------------------

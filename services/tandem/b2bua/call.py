@@ -1451,9 +1451,11 @@ class Call(Machine):
                 self.do(Respond(item.txn, respond(item.request, status)))
 
     def _delete_session(self) -> None:
-        if not self.anchor.deleting:
-            self.anchor.deleting = True
-            self.do(MediaDelete(self.anchor.session))
+        anchor = self.anchor
+        if not anchor.deleting:
+            anchor.deleting = True
+            tag = CALLER if CALLER in anchor.known or not anchor.known else min(anchor.known)
+            self.do(MediaDelete(anchor.session, tag))
 
     def _finish(self, final: tuple[pb.MediaQuality, ...] = ()) -> None:
         """Publish the end, with the parties' figures when the media was anchored."""

@@ -29,7 +29,8 @@ log = logging.getLogger("tandem.edge.media")
 PING_S = 2.0
 DOWN_AFTER = 2  # pings unanswered in a row
 FIRST_OFFER_TRIES = 2  # instances a call's first offer is sent to before it gives up
-UNKNOWN_CALL = "Unknown call-id"  # rtpengine's reason when it does not know the session
+# rtpengine's reasons when it does not know the session: a query's, a delete's
+UNKNOWN_CALL = ("Unknown call-id", "Call-ID not found")
 
 REQUESTS = Counter(
     "tandem_edge_rtpengine_requests_total",
@@ -262,8 +263,8 @@ class Rtpengines:
             return e.MediaReported(final=final, lost=not final)
         command = "delete" if final else "query"
         arguments: dict[str, Any] = {"call-id": action.session}
-        if final:
-            arguments["flags"] = ["fatal"]  # an unknown call is an error, not a warning
+        if isinstance(action, a.MediaDelete):  # the whole call, its ports free at once
+            arguments.update({"from-tag": action.from_tag, "delete-delay": 0, "flags": ["fatal"]})
         instance = session.instance
         try:
             async with session.lock:
@@ -271,7 +272,7 @@ class Rtpengines:
         except NgTimeout:
             return e.MediaReported(final=final, unreachable=True)
         except NgError as exc:
-            if UNKNOWN_CALL not in str(exc):
+            if not any(reason in str(exc) for reason in UNKNOWN_CALL):
                 log.warning(
                     "rtpengine %s: %s %s: %s", instance.address, command, action.session, exc
                 )
