@@ -23,6 +23,7 @@ Number = Annotated[str, Field(pattern=r"^\+?[0-9*#]{1,32}$")]
 # pjsua's own names (pjsua_100rel_use, pjsua_sip_timer_use), so its docs apply as written
 PrackUse = Literal["not_used", "optional", "mandatory"]
 TimerUse = Literal["inactive", "optional", "required", "always"]
+SrtpUse = Literal["off", "sdes", "dtls"]
 Progress = Literal[180, 183]
 
 RINGING: Final = 180
@@ -100,6 +101,11 @@ class Sim(Strict):
     )
     min_se_s: int = Field(
         default=MIN_SE_S, ge=MIN_SE_S, description="Min-SE: the shortest it accepts (seconds)"
+    )
+    srtp: SrtpUse = Field(
+        default="off",
+        description="its media: plain RTP, or SRTP only (pjsua's srtpUse mandatory) keyed by "
+        "SDES (RFC 4568, a=crypto, RTP/SAVP) or DTLS-SRTP (RFC 5764)",
     )
 
     @field_validator("sip", "trunk")
