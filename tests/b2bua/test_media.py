@@ -312,7 +312,7 @@ def test_a_blind_transfer_by_the_callee_anchors_the_new_leg() -> None:
     assert refer.statuses == [202]
     decision = pb.RouteDecision(
         result=pb.RouteDecision.ROUTED,
-        targets=[target("gw3", called="+14255550199", media="anchor")],
+        targets=[target("gw3", called="+14255550199", media="anchor", media_timeout_s=30)],
     )
     w.feed(w.call, e.RouteDecided(decision))
     w.settle()
@@ -327,6 +327,18 @@ def test_a_blind_transfer_by_the_callee_anchors_the_new_leg() -> None:
     assert join.method == "INVITE"
     only_rtpengine(join.body)
     assert new.state is LegState.ANSWERED
+    ok = make_response(join, 200, headers=[("Content-Type", "application/sdp")], body=SDP)
+    w.feed(w.call, e.InDialogResponse("join", ok))
+    w.settle()
+    answers = [ev for ev in w.call_events if ev.kind == pb.CallEvent.ANSWERED]
+    assert answers[-1].media == "anchored" and answers[-1].leg_id == new.id
+    # the caller and its new party: a silent new party is timed out as the first would be
+    w.rtpengine.packets = {"caller": 100, new.id: 0}
+    for _ in range(12):
+        w.rtpengine.packets["caller"] += 250
+        w.advance(5)
+    assert ended(w).end_reason == "media_timeout"
+    assert ended(w).reason == "no RTP from gw3 for 30 s"
 
 
 MEDIA_STEPS = st.lists(

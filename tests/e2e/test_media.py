@@ -188,9 +188,7 @@ def test_an_sdp_rtpengine_refuses_gets_488_with_its_reason(media: World) -> None
     """An INVITE from the PBX whose SDP has no connection line: rtpengine cannot anchor it."""
     edge = media.tandem.config["edges"][0]["sip"]
     host, port = edge.rsplit(":", 1)
-    body = (
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
-    )
+    body = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((HOSTS["hq"], 0))
         sock.settimeout(10)
@@ -226,4 +224,4 @@ def test_an_sdp_rtpengine_refuses_gets_488_with_its_reason(media: World) -> None
     assert "rtpengine refused the SDP: Incomplete SDP specification" in warning
     record = cdr_of(media, "bad-sdp-1@test")
     assert (record["final_status"], record["end_reason"]) == (488, "media_rejected")
-    assert media.gw1.calls() == [] or not any(c.called.endswith("5551405") for c in media.gw1.calls())
+    assert not any(c.called.endswith("5551405") for c in media.gw1.calls())  # never left

@@ -10,8 +10,13 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
 from tandem.b2bua import actions as a
@@ -19,6 +24,8 @@ from tandem.b2bua import events as e
 from tandem.edge.media import Rtpengines
 from tandem.sip.sdp import SessionDescription
 from tests.conftest import free_port
+from tests.edge.conftest import LOCAL, MakeSystem
+from tests.edge.phones import SDP
 from tests.rtpengine import Rtpengine
 
 OFFER = (
@@ -222,3 +229,60 @@ async def wait_for(condition: object, what: str, timeout_s: float = 10.0) -> Non
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, f"not {what} in {timeout_s} s"
         await asyncio.sleep(0.05)
+
+
+async def test_an_anchored_call_through_two_edges_carries_its_figures_into_its_spans(
+    make_system: MakeSystem, daemons: list[Rtpengine]
+) -> None:
+    """In process, two real edges and a real rtpengine: the gateway's trunk anchors; each
+    phone gets rtpengine's address, the end carries both parties' figures, and both leg
+    spans (the egress one on the other edge) have them as attributes."""
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    system = await make_system(
+        {"media": {"rtpengine": [daemons[0].address]}}, gw1={"media": "anchor", "srtp": "sdes"}
+    )
+    pbx, gw1 = system.pbx, system.gw1
+    invite = pbx.invite(system.a, LOCAL)
+    out, b_addr = await gw1.request("INVITE")
+    assert b"RTP/SAVP" in out.body and b"a=crypto:" in out.body  # SDES towards the gateway
+    assert b"c=IN IP4 127.0.0.1" in out.body and b"127.0.0.2" not in out.body
+    answer_sdp = (
+        SDP.replace(b"127.0.0.2", b"127.0.0.3").replace(b"RTP/AVP", b"RTP/SAVP").rstrip(b"\r\n")
+        + b"\r\n"
+        + next(line for line in out.body.split(b"\r\n") if line.startswith(b"a=crypto:"))
+        + b"\r\n"
+    )
+    gw1.answer(out, 200, b_addr, body=answer_sdp)
+    answer = await pbx.response(200)
+    assert b"RTP/AVP" in answer.body and b"a=crypto" not in answer.body  # plain to the PBX
+    assert b"c=IN IP4 127.0.0.1" in answer.body and b"127.0.0.3" not in answer.body
+    pbx.in_dialog(invite, answer, "ACK", system.a)
+    await gw1.request("ACK")
+    pbx.in_dialog(invite, answer, "BYE", system.a)
+    assert (await pbx.final("BYE")).status == 200
+    bye, addr = await gw1.request("BYE")
+    gw1.answer(bye, 200, addr)
+
+    events = await system.call_events()
+    end = events[-1]
+    assert end.media == "anchored"
+    assert [(q.leg_id == "", q.protocol) for q in end.quality] == [
+        (True, "RTP/AVP"),
+        (False, "RTP/SAVP"),
+    ]
+    trace_id = int(events[0].trace_id, 16)
+
+    def spans() -> dict[str, Any]:
+        found = [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
+        return {s.name: s for s in found}
+
+    await wait_for(lambda: "egress leg" in spans(), "the egress leg's span, with its figures")
+    egress, ingress, root = spans()["egress leg"], spans()["ingress leg"], spans()["call"]
+    assert egress.attributes["media.protocol"] == "RTP/SAVP"
+    assert egress.attributes["media.rtpengine"] == daemons[0].address
+    assert ingress.attributes["media.protocol"] == "RTP/AVP"
+    assert root.attributes["tandem.media"] == "anchored"
+    assert "media.packets_from" in egress.attributes and "media.mos" in ingress.attributes

@@ -248,7 +248,7 @@ class Call(Machine):
     def handle(self, event: Event, now: float) -> list[Action]:
         """As every machine does; but while rtpengine rewrites an SDP, what would cross
         behind it waits (and is replayed when the rewrite comes back)."""
-        if self.anchor.busy and isinstance(event, HELD):
+        if self.anchor.busy and self.state is not CallState.ENDED and isinstance(event, HELD):
             self.now = now
             self.anchor.held.append(event)
             return []
@@ -1341,10 +1341,11 @@ class Call(Machine):
             **self._leg_fields(referrer or self.bridged),
         )
         self.record, self.transfer = new, None
-        fields = self._leg_fields()
+        fields = {**self._leg_fields(), "media": self.anchor.mode(self._parties())}
         self._publish(Kind.LEG_ANSWERED, status=200, reason="OK", **fields)
         self._publish(Kind.ANSWERED, status=200, reason="OK", **fields)
         self.do(CallIds((new.id,)))
+        self._start_media_checks()  # the new pair's silence is timed from now
 
     def _transfer_failed(self, status: int, reason: str) -> None:
         """The transfer did not happen: the referrer hears why, the call goes on as it was."""

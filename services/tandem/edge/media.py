@@ -165,6 +165,8 @@ class Rtpengines:
         self.wanted = False  # some trunk anchors: ping the instances (else no one needs them)
         self._turn = 0
         self._pinger: asyncio.Task[None] | None = None
+        self._requests: dict[tuple[str, str, str], Any] = {}  # metric children, by labels
+        self._latency: dict[str, Any] = {}
 
     async def start(self) -> None:
         for instance in self.instances:
@@ -307,13 +309,23 @@ class Rtpengines:
         try:
             reply = await instance.client.request(command, **arguments)
         except NgTimeout:
-            REQUESTS.labels(self.edge, instance.address, command, "timeout").inc()
+            self._counted(instance, command, "timeout")
             log.warning("rtpengine %s did not answer %s", instance.address, command)
             self._health(instance, False, f"{command} unanswered")
             raise
         except NgError:
-            REQUESTS.labels(self.edge, instance.address, command, "error").inc()
+            self._counted(instance, command, "error")
             raise
-        REQUESTS.labels(self.edge, instance.address, command, "ok").inc()
-        LATENCY.labels(self.edge, command).observe(loop.time() - started)
+        self._counted(instance, command, "ok")
+        latency = self._latency.get(command)
+        if latency is None:
+            latency = self._latency[command] = LATENCY.labels(self.edge, command)
+        latency.observe(loop.time() - started)
         return reply
+
+    def _counted(self, instance: Instance, command: str, result: str) -> None:
+        key = (instance.address, command, result)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = REQUESTS.labels(self.edge, *key)
+        counter.inc()

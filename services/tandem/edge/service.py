@@ -163,6 +163,7 @@ class Service:
                 await sub.unsubscribe()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
+            await self.executor.outbox.flush()  # the ends of anchored calls, after rtpengine's
         self.transactions.stop()
         await self.transports.stop()
         await self.capture.stop()

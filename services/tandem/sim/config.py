@@ -105,7 +105,8 @@ class Sim(Strict):
     srtp: SrtpUse = Field(
         default="off",
         description="its media: plain RTP, or SRTP only (pjsua's srtpUse mandatory) keyed by "
-        "SDES (RFC 4568, a=crypto, RTP/SAVP) or DTLS-SRTP (RFC 5764)",
+        "SDES (RFC 4568, a=crypto, RTP/SAVP) or DTLS-SRTP (RFC 5764; needs a PJSIP built "
+        "with DTLS: the pjsua2-python wheel answers such offers 488)",
     )
 
     @field_validator("sip", "trunk")
