@@ -148,7 +148,10 @@ class NgClient(asyncio.DatagramProtocol):
         """Send `command` with its arguments (keys as NG names them); its reply dictionary,
         or NgError (an error result), or NgTimeout (no reply)."""
         if self.transport is None or self.transport.is_closing():
-            await self.open()
+            try:
+                await self.open()
+            except OSError as exc:  # its name does not resolve, no route: as good as silent
+                raise NgTimeout(f"cannot reach {self.address[0]}: {exc}") from None
         assert self.transport is not None
         cookie = next(self._cookies).encode()
         message = cookie + b" " + encode({"command": command, **arguments})

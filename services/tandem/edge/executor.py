@@ -259,13 +259,20 @@ class Executor:
     # ---- anchored media: rtpengine ---------------------------------------------------------
 
     def _media_rewrite(self, runner: Runner, action: a.MediaOffer | a.MediaAnswer) -> None:
-        self.spawn(self._media(runner, self.rtpengines.rewrite(action)))
+        failed = e.MediaRefused("rtpengine request failed", unreachable=True)
+        self.spawn(self._media(runner, self.rtpengines.rewrite(action), failed))
 
     def _media_report(self, runner: Runner, action: a.MediaQuery | a.MediaDelete) -> None:
-        self.spawn(self._media(runner, self.rtpengines.report(action)))
+        failed = e.MediaReported(final=isinstance(action, a.MediaDelete), unreachable=True)
+        self.spawn(self._media(runner, self.rtpengines.report(action), failed))
 
-    async def _media(self, runner: Runner, reply: Awaitable[e.Event]) -> None:
-        event = await reply
+    async def _media(self, runner: Runner, reply: Awaitable[e.Event], failed: e.Event) -> None:
+        """rtpengine's reply to the machine; whatever goes wrong, it gets one (it waits)."""
+        try:
+            event = await reply
+        except Exception:
+            log.exception("call %s: rtpengine request failed", runner.machine.id)
+            event = failed
         if isinstance(event, e.MediaRefused):
             kind = "unreachable" if event.unreachable else "refused"
             log.warning("call %s: rtpengine %s: %s", runner.machine.id, kind, event.reason)

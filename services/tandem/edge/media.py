@@ -170,7 +170,10 @@ class Rtpengines:
 
     async def start(self) -> None:
         for instance in self.instances:
-            await instance.client.open()
+            try:
+                await instance.client.open()
+            except OSError as exc:  # a name that does not resolve yet: its requests retry
+                log.warning("rtpengine %s: %s", instance.address, exc)
         self._pinger = asyncio.create_task(self._ping_forever())
 
     async def stop(self) -> None:
