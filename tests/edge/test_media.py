@@ -173,7 +173,7 @@ async def test_an_instance_that_does_not_answer_is_skipped_and_marked_down(
         # from then on a call goes to the live one first, at once
         started = loop.time()
         await anchored(pool, "call-next")
-        assert loop.time() - started < 1
+        assert loop.time() - started < 1.4  # not the dead one's 1.5 s of tries
         assert pool.sessions["call-next"].instance.address == daemons[0].address
     finally:
         await pool.stop()
