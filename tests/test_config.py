@@ -452,3 +452,83 @@ def test_check_config_command_checks_files_and_never_prints_secrets(tmp_path: Pa
     assert "edge-pbx: sip 127.0.0.1:5060, api 127.0.0.1:8091, tls 127.0.0.1:5061" in ok.stdout
     assert "auth pbx-hq (environment variable TANDEM_TEST_PBX_HQ_PASSWORD)" in ok.stdout
     assert "hunter2-secret" not in ok.stdout + ok.stderr
+
+
+# ---- media (issue 17): anchoring through rtpengine -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda c: c["trunks"][2].update(media="relay"), "trunks.2.media: Input should be"),
+        (
+            lambda c: c["trunks"][2].update(srtp="sdes"),
+            "srtp and ice apply to anchored media: set media: anchor",
+        ),
+        (lambda c: c["trunks"][2].update(media="anchor", srtp="zrtp"), "trunks.2.srtp: Input"),
+        (lambda c: c["trunks"][2].update(media="anchor", ice="lite"), "trunks.2.ice: Input"),
+        (lambda c: c["trunks"][2].update(media_timeout_s=-1), "trunks.2.media_timeout_s: Input"),
+        (lambda c: c["trunks"][2].update(media_fallback="drop"), "trunks.2.media_fallback"),
+        (lambda c: c.update(media={"rtpengine": []}), "media.rtpengine: List should have at least"),
+        (lambda c: c.update(media={"rtpengine": ["10.0.0.9:99999"]}), "bad port '99999'"),
+        (
+            lambda c: c.update(media={"rtpengine": ["10.0.0.9", "10.0.0.9:2223"]}),
+            "media.rtpengine: duplicate rtpengine instance",
+        ),
+        (lambda c: c.update(media={"interface": "eth0"}), "'eth0': an IP address, or IP!PUBLIC-IP"),
+        (lambda c: c.update(media={"port_min": 40000, "port_max": 40001}), "room for one call"),
+    ],
+)
+def test_media_mistakes_are_refused_with_path_and_reason(change: Any, expected: str) -> None:
+    data = example()
+    change(data)
+    assert expected in errors_of(data)
+
+
+def test_media_fields_are_accepted_with_their_defaults() -> None:
+    data = example()
+    data["trunks"][2].update(
+        media="anchor", srtp="dtls", ice="force", media_timeout_s=0, media_fallback="bypass"
+    )
+    data["media"] = {
+        "rtpengine": ["10.0.0.9", "10.0.0.10:22222"],
+        "interface": "10.0.0.9!203.0.113.9",
+    }
+    config = parse_config(data)
+    gw = config.trunks[2]
+    assert (gw.media, gw.srtp, gw.ice, gw.media_timeout_s, gw.media_fallback) == (
+        "anchor",
+        "dtls",
+        "force",
+        0,
+        "bypass",
+    )
+    hq = config.trunks[0]
+    assert (hq.media, hq.srtp, hq.ice, hq.media_timeout_s, hq.media_fallback) == (
+        "bypass",
+        "off",
+        "remove",
+        60.0,
+        "reject",
+    )
+    assert config.media.addresses == [("10.0.0.9", 2223), ("10.0.0.10", 22222)]
+    assert parse_config(example()).media.addresses == [("127.0.0.1", 2223)]
+
+
+def test_check_config_shows_anchored_trunks_and_rtpengine(tmp_path: Path) -> None:
+    data = example()
+    data["trunks"][2].update(media="anchor", srtp="sdes")
+    path = tmp_path / "anchored.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = subprocess.run(
+        [sys.executable, "-m", "tandem.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (
+        "pstn-gw1 on edge-pstn -> 127.0.0.3:5060/udp, usages [Internal], media anchored (srtp sdes, ice remove)"
+        in out.stdout
+    )
+    assert "rtpengine  127.0.0.1:2223" in out.stdout

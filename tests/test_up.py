@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from tandem import bus
 from tests.conftest import REPO, free_port, free_port_block
+from tests.rtpengine import ng_ping
 from tests.support import TandemUp, system_config
 
 
@@ -113,3 +115,37 @@ def test_a_bad_config_starts_nothing(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "trunks.0.peer: bad port '99999'" in result.stderr
     assert "trunks.0.sources: List should have at least 1 item" in result.stderr
+
+
+def rtpengines_listening_on(ng: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"--listen-ng={ng}".encode() in argv:
+                found.append(int(entry.name))
+    return found
+
+
+def test_up_runs_a_local_rtpengine_when_a_trunk_anchors(tmp_path: Path) -> None:
+    config = system_config(f"nats://127.0.0.1:{free_port()}")
+    config["trunks"][2]["media"] = "anchor"  # pstn-gw1
+    port = free_port(kind=socket.SOCK_DGRAM)
+    ng = f"127.0.0.1:{port}"
+    config["media"] = {"rtpengine": [ng], "port_min": 40000, "port_max": 40099}
+    up = TandemUp(config, tmp_path)
+    up.start()
+    try:
+        assert f"rtpengine  ng udp:{ng}, media on 127.0.0.1 (started here" in up.output()
+        assert ng_ping(port)
+        (pid,) = rtpengines_listening_on(ng)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--table=-1" in argv and b"--foreground" in argv  # user space, our child
+    finally:
+        code = up.stop()
+    assert code == 0, up.output()
+    time.sleep(0.2)
+    assert rtpengines_listening_on(ng) == [] and not ng_ping(port)

@@ -10,9 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
+from pydantic import ValidationError
 
 from tandem import __version__, bus, consolecli, telemetry
-from tandem.config import Config, ConfigError, check_files, load_config, parse_config
+from tandem.config import (
+    Config,
+    ConfigError,
+    Media,
+    check_files,
+    format_errors,
+    load_config,
+    parse_config,
+)
 from tandem.http import InsecureApiError
 
 DEFAULT_CONFIG = "examples/tandem.yaml"
@@ -73,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("TANDEM_EDGE_ADVERTISE"),
         help="the address trunks reach this edge at (env TANDEM_EDGE_ADVERTISE)",
     )
+    p.add_argument(
+        "--rtpengine",
+        default=os.environ.get("TANDEM_RTPENGINE"),
+        help="rtpengine NG addresses, host:port,... instead of media.rtpengine "
+        "(env TANDEM_RTPENGINE; on Kubernetes, the node's own)",
+    )
 
     p = sub.add_parser("sim", help="run a simulated trunk (PBX or PSTN gateway) on pjsua2")
     p.add_argument("kind", choices=["pbx", "gateway"])
@@ -125,8 +140,14 @@ def summary(config: Config) -> str:
             f"trunk      {t.id} on {t.edge} -> {t.peer}/{t.transport}, "
             f"usages [{', '.join(t.pstn_usages)}]"
             + (f", auth {t.auth.username} ({t.auth.password_source})" if t.auth else "")
+            + (f", media anchored (srtp {t.srtp}, ice {t.ice})" if t.media == "anchor" else "")
             + ("" if t.enabled else " (disabled)")
             for t in config.trunks
+        ),
+        *(
+            [f"rtpengine  {', '.join(config.media.rtpengine)}"]
+            if any(t.media == "anchor" for t in config.trunks)
+            else []
         ),
         *(
             f"route      {r.id}: {r.number_pattern} [{', '.join(r.pstn_usages)}] "
@@ -169,6 +190,16 @@ def _trace(config: Config, key: str) -> int:
     return 0
 
 
+def rtpengine_override(config: Config, addresses: str) -> Media:
+    """The media settings with these rtpengine instances (--rtpengine), validated."""
+    try:
+        return Media.model_validate(
+            {**config.media.model_dump(), "rtpengine": [a.strip() for a in addresses.split(",")]}
+        )
+    except ValidationError as exc:
+        raise ConfigError("--rtpengine", format_errors(exc)) from None
+
+
 def _run_service(args: argparse.Namespace, config: Config) -> int:
     from tandem import process
 
@@ -185,6 +216,8 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
             raise ConfigError(args.config, [f"  edges: no edge with id {args.id!r}"]) from None
         overrides = {"sip": args.sip, "api": args.api, "advertise": args.advertise}
         edge = edge.model_copy(update={k: v for k, v in overrides.items() if v})
+        if args.rtpengine:
+            config = config.model_copy(update={"media": rtpengine_override(config, args.rtpengine)})
         return uvloop.run(
             process.run(
                 f"edge:{edge.id}",

@@ -15,12 +15,13 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tandem.policy.model import Id, Policy, SecretError, Strict, host_port, unique
-from tandem.sip.uri import DEFAULT_PORT, split_host_port
+from tandem.sip.uri import DEFAULT_PORT, format_host_port, split_host_port
 from tandem.tls import TlsContexts, TlsError
 
 DEFAULT_TLS_PORT = 5061  # RFC 3261 26.2
 DNS_PORT = 53
 DNS_TIMEOUT_S = 2.0
+NG_PORT = 2223  # rtpengine's NG control port, as its packaging and Kamailio's examples use
 
 
 class ApiService(Strict):
@@ -155,6 +156,43 @@ class Capture(Strict):
         return value
 
 
+class Media(Strict):
+    """rtpengine, for the trunks that anchor media: the instances the edges control (NG over
+    UDP, host[:port]), and how `tandem up` runs a local one when none answers."""
+
+    rtpengine: list[str] = Field(default_factory=lambda: [f"127.0.0.1:{NG_PORT}"], min_length=1)
+    interface: str = "127.0.0.1"  # the local one's media address; `IP!PUBLIC` advertises another
+    port_min: int = Field(default=30000, ge=1024, le=65535)
+    port_max: int = Field(default=39999, ge=1024, le=65535)
+
+    @field_validator("rtpengine")
+    @classmethod
+    def _instances(cls, value: list[str]) -> list[str]:
+        addresses = [format_host_port(*split_host_port(text, NG_PORT)) for text in value]
+        unique(addresses, "rtpengine instance")
+        return value
+
+    @field_validator("interface")
+    @classmethod
+    def _interface(cls, value: str) -> str:
+        for part in value.split("!"):
+            try:
+                ipaddress.ip_address(part)
+            except ValueError:
+                raise ValueError(f"{value!r}: an IP address, or IP!PUBLIC-IP") from None
+        return value
+
+    @model_validator(mode="after")
+    def _ports(self) -> Media:
+        if self.port_max - self.port_min < 3:
+            raise ValueError("port_max must be above port_min, with room for one call (4 ports)")
+        return self
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [split_host_port(text, NG_PORT) for text in self.rtpengine]
+
+
 class Console(Strict):
     """The operator's console (/console on the callstate API)."""
 
@@ -189,6 +227,7 @@ class Config(Policy):
     dns: Dns = Dns()
     capture: Capture = Capture()
     console: Console = Console()
+    media: Media = Media()
 
     @field_validator("nats", mode="before")
     @classmethod

@@ -2,7 +2,8 @@
 
 Starts a local nats-server with JetStream when none answers (or, with `nats_cluster: 3`, a
 cluster of three, each with its own JetStream folder and routes to the others on loopback
-ports), stores the config's routing policy, then runs the router, callstate and every edge
+ports) and a local rtpengine when a trunk anchors media and none answers on a loopback NG
+address, stores the config's routing policy, then runs the router, callstate and every edge
 as child processes and prints where each listens. SIGINT or SIGTERM stops the children
 (edges drain first) and the servers. If a child dies, tandem up says which and how, stops
 the others and exits non-zero: a half system that looks alive is worse than none.
@@ -27,6 +28,7 @@ import httpx
 from tandem import bus, telemetry
 from tandem.config import Config
 from tandem.http import ApiServer, is_loopback
+from tandem.ng import NgClient, NgError, NgTimeout
 from tandem.policy.store import import_policy
 from tandem.sip.uri import format_host_port
 from tandem.traces import TraceStore, receiver_app
@@ -35,6 +37,8 @@ log = logging.getLogger("tandem.up")
 
 NATS_START_TIMEOUT_S = 10.0
 CLUSTER_NAME = "tandem"
+RTPENGINE_START_TIMEOUT_S = 10.0
+RTPENGINE_IDLE_TIMEOUT_S = 86400  # rtpengine's own RTP timeouts: tandem's media_timeout_s rules
 CHILD_READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 15.0
 _PR_SET_PDEATHSIG = 1
@@ -102,6 +106,43 @@ def node_command(node: NatsNode, nodes: Sequence[NatsNode], store_dir: Path) -> 
     )
 
 
+def rtpengine_binary() -> str:
+    found = shutil.which("rtpengine")
+    if found is None:
+        raise FileNotFoundError("rtpengine not found: install the rtpengine-daemon package")
+    return found
+
+
+def rtpengine_command(ng: str, interface: str, port_min: int, port_max: int) -> list[str]:
+    """rtpengine in the foreground, forwarding in user space (no kernel module: --table=-1),
+    its RTP timeouts left to tandem's media_timeout_s."""
+    return [
+        rtpengine_binary(),
+        "--config-file=none",
+        "--foreground",
+        "--log-stderr",
+        "--table=-1",
+        f"--interface={interface}",
+        f"--listen-ng={ng}",
+        f"--port-min={port_min}",
+        f"--port-max={port_max}",
+        f"--timeout={RTPENGINE_IDLE_TIMEOUT_S}",
+        f"--silent-timeout={RTPENGINE_IDLE_TIMEOUT_S}",
+        "--log-level=5",
+    ]
+
+
+async def ng_answers(host: str, port: int) -> bool:
+    client = NgClient(host, port, retransmit_s=0.2, tries=2)
+    try:
+        await client.request("ping")
+    except (NgTimeout, NgError, OSError):
+        return False
+    finally:
+        client.close()
+    return True
+
+
 async def port_answers(host: str, port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
@@ -166,6 +207,7 @@ class Up:
         self.log_format = log_format
         self.nats: list[Child] = []  # the local servers started here
         self.nodes: list[NatsNode] = []  # a local cluster's servers
+        self.rtpengines: dict[str, Child] = {}  # the local ones started here, by NG address
         self.collector: ApiServer | None = None
         self.children: list[Child] = []
 
@@ -224,6 +266,38 @@ class Up:
 
     def _nats_child(self, name: str, argv: list[str]) -> Child:
         return Child(name, argv, log_file=self.data_dir / f"{name}.log")
+
+    async def start_rtpengines(self) -> None:
+        """A local rtpengine on each loopback NG address where none answers, when a trunk
+        anchors media (the port range is shared out among them)."""
+        media = self.config.media
+        if not any(t.media == "anchor" for t in self.config.trunks):
+            return
+        missing: list[tuple[str, int]] = []
+        for host, port in media.addresses:
+            if await ng_answers(host, port):
+                log.info("using the rtpengine that answers at %s", format_host_port(host, port))
+            elif is_loopback(host):
+                missing.append((host, port))
+        if not missing:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        share = (media.port_max - media.port_min + 1) // len(missing) // 2 * 2
+        for n, (host, port) in enumerate(missing):
+            ng = format_host_port(host, port)
+            first = media.port_min + n * share
+            command = rtpengine_command(ng, media.interface, first, first + share - 1)
+            name = f"rtpengine {ng}" if len(missing) > 1 else "rtpengine"
+            child = Child(name, command, log_file=self.data_dir / f"rtpengine-{n + 1}.log")
+            self.rtpengines[ng] = child
+            await child.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RTPENGINE_START_TIMEOUT_S
+        for (host, port), (ng, child) in zip(missing, self.rtpengines.items(), strict=True):
+            while not await ng_answers(host, port):
+                if not child.running or loop.time() > deadline:
+                    raise RuntimeError(f"rtpengine did not start on {ng} (see {child.log_file})")
+                await asyncio.sleep(0.05)
 
     async def store_policy(self) -> None:
         nc = await bus.connect(self.nats_url, "tandem-up")
@@ -289,6 +363,11 @@ class Up:
         for e in c.edges:
             tls = f", sips:{e.sip_tls} (tls)" if e.sip_tls else ""
             lines.append(f"  {e.id:<10} sip:{e.sip} (udp, tcp){tls}  http://{e.api}")
+        for ng, child in self.rtpengines.items():
+            lines.append(
+                f"  rtpengine  ng udp:{ng}, media on {c.media.interface}"
+                f" (started here, log in {child.log_file})"
+            )
         if self.collector is not None:
             lines.append(
                 f"  traces     http://{c.telemetry.collector}  (tandem trace CALL-ID prints one)"
@@ -314,6 +393,7 @@ class Up:
         try:
             await self.start_collector()
             await self.start_nats()
+            await self.start_rtpengines()
             await self.store_policy()
             self.children = self.plan()
             for child in self.children:
@@ -325,7 +405,8 @@ class Up:
             return 1
         print(self.endpoints(), flush=True)
 
-        waits = {asyncio.ensure_future(c.proc.wait()): c for c in self.children if c.proc}
+        watched = [*self.children, *self.rtpengines.values()]
+        waits = {asyncio.ensure_future(c.proc.wait()): c for c in watched if c.proc}
         stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait([stopping, *waits], return_when=asyncio.FIRST_COMPLETED)
         code = 0
@@ -344,6 +425,7 @@ class Up:
         edges = [c for c in self.children if c.name.startswith("edge")]
         await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in edges))  # edges drain first
         await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in self.children if c not in edges))
+        await asyncio.gather(*(c.stop(STOP_GRACE_S) for c in self.rtpengines.values()))
         await asyncio.gather(*(node.stop(STOP_GRACE_S) for node in self.nats))
         if self.collector is not None:
             await self.collector.stop()

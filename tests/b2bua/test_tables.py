@@ -48,6 +48,9 @@ SAMPLES: dict[type, e.Event] = {
     e.ByeRequested: e.ByeRequested("test"),
     e.RelayRequested: e.RelayRequested(pb.LegRequest(method="INFO")),
     e.RelayAnswered: e.RelayAnswered(pb.LegResponse(request_id="r1", status=200)),
+    e.MediaRewritten: e.MediaRewritten(b"v=0\r\n", "127.0.0.1:2223"),
+    e.MediaRefused: e.MediaRefused("Failed to parse SDP"),
+    e.MediaReported: e.MediaReported(),
 }
 
 

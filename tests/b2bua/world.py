@@ -9,6 +9,7 @@ fire when the test moves the clock. No sockets, no NATS, no event loop: millisec
 from __future__ import annotations
 
 import heapq
+import typing
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,62 @@ from tandem.sip import Request, Response, make_response
 SDP = b"v=0\r\no=- 1 1 IN IP4 10.1.0.2\r\ns=-\r\nc=IN IP4 10.1.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 ANSWER_SDP = SDP.replace(b"10.1.0.2", b"10.2.0.2")
 CALLER = "10.1.0.2"
+RTPENGINE = "203.0.113.10"  # the fake rtpengine's media address
+
+
+class Rtpengine:
+    """rtpengine as the tests want it: every SDP it rewrites gets its address and a port of
+    its own; it can refuse, stay silent, hold its answers, forget the call, and report the
+    figures the test sets (`packets`: RTP received from each party, by tag)."""
+
+    def __init__(self) -> None:
+        self.requests: list[a.Action] = []
+        self.refuse = ""  # the error-reason of its next refusals
+        self.unreachable = False
+        self.lost = False  # it forgot every call (a restart)
+        self.holding = False  # answers wait in `held` until release()
+        self.held: list[tuple[Machine, e.Event]] = []
+        self.packets: dict[str, int] = {}
+        self.port = 30000
+        self.made = False  # it rewrote something: a session to delete at the end
+
+    def rewrite(self, sdp: bytes) -> bytes:
+        self.port += 2
+        text = sdp.decode()
+        for address in ("10.1.0.2", "10.2.0.2", "10.3.0.2"):
+            text = text.replace(address, RTPENGINE)
+        for old in ("4000", "5000", "6000"):
+            text = text.replace(f"m=audio {old} ", f"m=audio {self.port} ")
+        return text.encode()
+
+    def answer(self, action: a.Action) -> e.Event:
+        self.requests.append(action)
+        if isinstance(action, a.MediaOffer | a.MediaAnswer):
+            if self.unreachable:
+                return e.MediaRefused("no rtpengine answered", unreachable=True)
+            if self.refuse:
+                return e.MediaRefused(self.refuse)
+            self.made = True
+            return e.MediaRewritten(self.rewrite(action.sdp), "127.0.0.1:2223")
+        final = isinstance(action, a.MediaDelete)
+        if self.unreachable:
+            return e.MediaReported(final=final, unreachable=True)
+        if self.lost:
+            return e.MediaReported(final=final, lost=True)
+        quality = tuple(
+            pb.MediaQuality(leg_id=tag, packets_from=n, rtpengine="127.0.0.1:2223")
+            for tag, n in sorted(self.packets.items())
+        )
+        return e.MediaReported(quality, final=final)
+
+    def release(self, world: World) -> None:
+        """Deliver the answers held so far (later ones are held while `holding`)."""
+        world.bus.extend(self.held)
+        self.held.clear()
+        world.settle()
+
+    def of(self, kind: type) -> list[typing.Any]:
+        return [r for r in self.requests if isinstance(r, kind)]
 
 
 def target(trunk: str, edge: str = "edge-b", timer_s: float = 2.0, **more: Any) -> pb.RouteTarget:
@@ -98,6 +155,8 @@ class World:
         self.named: dict[str, str] = {}  # trunk -> its peer's name, which its legs resolve
         self.resolves: list[tuple[Leg, a.Resolve]] = []  # what the legs asked for
         self.invite_to: dict[int, list[e.Hop | None]] = {}  # by leg: where each INVITE went
+        self.rtpengine = Rtpengine()
+        self.qualities: dict[str, pb.MediaQuality] = {}  # what legs were told of their RTP
 
     # ---- driving ------------------------------------------------------------------------
 
@@ -285,9 +344,16 @@ class World:
 
     def _command_leg(self, machine: Machine, action: a.CommandLeg) -> None:
         command = action.command
+        if command.HasField("quality"):
+            self.qualities[command.leg_id] = command.quality
+            return
         event = e.from_leg_command(command)
         if event is not None:
             self.bus.append((_Deferred(lambda: self._to_leg(command.leg_id, event)), e.Start()))
+
+    def _media(self, machine: Machine, action: a.Action) -> None:
+        reply = (machine, self.rtpengine.answer(action))
+        (self.rtpengine.held if self.rtpengine.holding else self.bus).append(reply)
 
     def _to_leg(self, leg_id: str, event: e.Event) -> None:
         leg = next((g for g in self.legs if g.id == leg_id), None)
@@ -365,6 +431,10 @@ HANDLERS: dict[type, Callable[[World, Machine, Any], None]] = {
     a.CallIds: World._call_ids,
     a.FindDialog: World._find_dialog,
     a.Publish: World._publish,
+    a.MediaOffer: World._media,
+    a.MediaAnswer: World._media,
+    a.MediaQuery: World._media,
+    a.MediaDelete: World._media,
     a.StartTimer: World._start_timer,
     a.StopTimer: World._stop_timer,
     a.Failover: World._failover,

@@ -7,7 +7,9 @@ and the last one ends within 2 s of the trial's length (the rate was held, not
 queued). The rate rises step by step until a trial fails, then the gap is bisected.
 
 - tandem: SIPp caller (trunk pbx-hq) -> edge-pbx -> NATS -> router, callstate -> edge-pstn
-  -> SIPp callee (trunk pstn-gw1), all started by `tandem up`.
+  -> SIPp callee (trunk pstn-gw1), all started by `tandem up`; media bypassed.
+- anchored: the same with pstn-gw1 anchoring its media: each call's offer, answer and end
+  also go to the local rtpengine `tandem up` starts (NG over UDP: three requests a call).
 - kamailio: the same SIPp pair through tests/bench/kamailio.cfg (tm, sl, rr), a stateful
   proxy forwarding to the callee.
 
@@ -15,7 +17,7 @@ Both run on this machine in the same run; the callers and callees share its core
 system under test, as in the DESIGN.md targets. A failed trial restarts the system, so
 retransmissions left over from it cannot fail the next one.
 
-Run: .venv/bin/python -m tests.bench.bench_calls [--quick] [--only kamailio|tandem]
+Run: .venv/bin/python -m tests.bench.bench_calls [--quick] [--only kamailio|tandem|anchored]
 (`make bench` runs it with the other benchmarks)
 """
 
@@ -133,6 +135,7 @@ class Kamailio(Target):
 
 class Tandem(Target):
     name = "tandem"
+    anchored = False
 
     def __init__(self, workdir: Path, callee_port: int) -> None:
         self.workdir = workdir
@@ -149,6 +152,11 @@ class Tandem(Target):
             if trunk["id"] == "pstn-gw1":
                 trunk["peer"] = f"{CALLEE_IP}:{self.callee_port}"
                 trunk["sources"] = [CALLEE_IP]
+                if self.anchored:
+                    trunk["media"] = "anchor"
+        if self.anchored:  # a local rtpengine of its own, on ports nothing else uses here
+            ng = f"127.0.0.1:{free_port(kind=socket.SOCK_DGRAM)}"
+            config["media"] = {"rtpengine": [ng], "port_min": 50000, "port_max": 59999}
         self.runs += 1
         workdir = self.workdir / f"tandem-{self.runs}"
         workdir.mkdir()
@@ -159,6 +167,11 @@ class Tandem(Target):
     def stop(self) -> None:
         if self.up is not None:
             self.up.stop()
+
+
+class Anchored(Tandem):
+    name = "anchored"
+    anchored = True
 
 
 def trial(target: Target, rate: int, workdir: Path, callee_port: int) -> Trial:
@@ -254,11 +267,12 @@ def measure(make: Callable[[Path, int], Target], rates: list[int], workdir: Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="first two rates only")
-    parser.add_argument("--only", choices=["kamailio", "tandem"])
+    parser.add_argument("--only", choices=["kamailio", "tandem", "anchored"])
     args = parser.parse_args()
     plans: list[tuple[str, Callable[[Path, int], Target], list[int]]] = [
         ("kamailio", Kamailio, KAMAILIO_RATES),
         ("tandem", Tandem, TANDEM_RATES),
+        ("anchored", Anchored, TANDEM_RATES),
     ]
     results: dict[str, Trial | None] = {}
     with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp:

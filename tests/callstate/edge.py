@@ -72,12 +72,15 @@ class FakeEdge:
         talk_ms: int = 60_000,
         end: bool = True,
         t0: int = T0,
+        quality: tuple[pb.MediaQuality, pb.MediaQuality] | None = None,
     ) -> list[pb.CallEvent]:
         """A realistic call: each failure fails one attempt over to the next trunk.
 
         The default: started, routed, leg_attempt gw1, leg_failed 503, leg_attempt gw2,
         leg_progress 180, leg_answered, answered, ended (caller hangs up after `talk_ms`).
+        With `quality` (the caller's and the callee's RTP) the media was anchored.
         """
+        media = "anchored" if quality else ""
         sent = [
             await self.event(
                 call_id,
@@ -139,10 +142,24 @@ class FakeEdge:
             t += 1000
             sent.append(
                 await self.event(
-                    call_id, "leg_answered", time_unix_ms=t, leg_id=leg, trunk=trunk, status=200
+                    call_id,
+                    "leg_answered",
+                    time_unix_ms=t,
+                    leg_id=leg,
+                    trunk=trunk,
+                    status=200,
+                    media=media,
                 )
             )
-            sent.append(await self.event(call_id, "answered", time_unix_ms=t, leg_id=leg))
+            sent.append(
+                await self.event(call_id, "answered", time_unix_ms=t, leg_id=leg, media=media)
+            )
+            if quality:
+                caller, callee = (pb.MediaQuality(), pb.MediaQuality())
+                caller.CopyFrom(quality[0])
+                callee.CopyFrom(quality[1])
+                caller.leg_id, callee.leg_id = "", leg
+                quality = (caller, callee)
             answered, t = True, t + talk_ms
             break
         if end:
@@ -153,6 +170,8 @@ class FakeEdge:
                 ended_by="caller" if answered else "system",
                 status=0 if answered else final,
                 reason="" if answered else REASONS.get(final, "Failed"),
+                media=media,
+                quality=list(quality or ()) if answered else [],
             )
             sent.append(ended)
         return sent

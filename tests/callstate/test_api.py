@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from tandem.callstate import api as callstate_api
 from tandem.callstate.service import Service
 from tandem.http import ApiServer
+from tandem.pb import tandem_pb2 as pb
 from tests.callstate.conftest import Callstates, cdrs, eventually, settled
 from tests.callstate.edge import T0, FakeEdge
 from tests.conftest import free_port
@@ -95,6 +96,7 @@ async def test_stats_and_metrics_with_known_figures(
         "ner": 0.6,
         "acd_s": 45.0,
         "failures": {"486": 1, "503": 1},
+        "media": None,  # no call was anchored
     }
     assert (stats["pbx"]["active_in"], stats["pbx"]["peak"]) == (1, 1)
     # gw1: a, b (503), c (486), d (503), e (ringing)
@@ -233,3 +235,68 @@ async def test_openapi_lists_every_operation(api: httpx.AsyncClient) -> None:
         ("GET", "/v1/calls/{call_id}/sip"),  # the console's: captured SIP, trunks
         ("GET", "/v1/trunks"),
     }
+
+
+def rtp(packets: int, lost: int, mos: float, jitter_ms: float) -> pb.MediaQuality:
+    return pb.MediaQuality(
+        rtpengine="127.0.0.1:2223",
+        protocol="RTP/AVP",
+        packets_from=packets,
+        bytes_from=packets * 172,
+        packets_to=packets,
+        packets_lost=lost,
+        loss_percent=100 * lost / (packets + lost),
+        jitter_ms=jitter_ms,
+        mos=mos,
+    )
+
+
+async def test_an_anchored_calls_rtp_in_its_cdr_stats_and_metrics(
+    api: httpx.AsyncClient, callstate: Service, edge: FakeEdge
+) -> None:
+    """Two anchored calls pbx -> gw2 (after gw1's 503) and a bypassed one: each leg's RTP in
+    the CDR, the JSON and the CSV, and summed per trunk in /v1/stats and Prometheus."""
+    await edge.call("m1", quality=(rtp(1000, 0, 4.4, 1.0), rtp(990, 10, 4.0, 3.0)))
+    await edge.call("m2", quality=(rtp(500, 0, 4.2, 2.0), rtp(500, 0, 4.4, 1.0)), t0=T0 + 1)
+    await edge.call("m3", t0=T0 + 2)
+    await eventually(lambda: callstate.cdrs_written == 3)
+    by_id = {c["call_id"]: c for c in (await api.get("/v1/cdrs")).json()["cdrs"]}
+    m1 = by_id["m1"]
+    assert m1["media"] == "anchored" and m1["media_note"] is None
+    assert (m1["ingress_media"]["packets_from"], m1["ingress_media"]["mos"]) == (1000, 4.4)
+    failed, answered = m1["attempts"]
+    assert failed["media"] is None  # gw1's 503: no RTP
+    assert (answered["media"]["packets_lost"], answered["media"]["loss_percent"]) == (10, 1.0)
+    assert by_id["m3"]["media"] == "bypassed" and by_id["m3"]["ingress_media"] is None
+
+    stats = {t["trunk"]: t for t in (await api.get("/v1/stats")).json()["trunks"]}
+    assert stats["pbx"]["inbound"]["media"] == {
+        "anchored_legs": 2,
+        "packets": 1500,
+        "packets_lost": 0,
+        "loss_percent": 0.0,
+        "mos": 4.3,
+        "jitter_ms": 1.5,
+    }
+    gw2 = stats["gw2"]["outbound"]["media"]
+    assert (gw2["packets"], gw2["packets_lost"], gw2["loss_percent"]) == (1490, 10, 0.667)
+    assert (gw2["mos"], gw2["jitter_ms"]) == (4.2, 2.0)
+    assert stats["gw1"]["outbound"]["media"] is None
+
+    def metric(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    assert metric("tandem_trunk_media_packets_total", trunk="gw2", direction="out") == 1490
+    assert metric("tandem_trunk_media_packets_lost_total", trunk="gw2", direction="out") == 10
+    assert metric("tandem_trunk_media_mos", trunk="pbx", direction="in") == 4.3
+    assert metric("tandem_trunk_media_jitter_seconds", trunk="gw2", direction="out") == 0.002
+
+    rows = {
+        r["call_id"]: r for r in csv.DictReader(io.StringIO((await api.get("/v1/cdrs.csv")).text))
+    }
+    assert (rows["m1"]["media"], rows["m1"]["caller_packets"], rows["m1"]["callee_lost"]) == (
+        "anchored",
+        "1000",
+        "10",
+    )
+    assert (rows["m3"]["media"], rows["m3"]["caller_mos"]) == ("bypassed", "")

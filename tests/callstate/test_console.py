@@ -156,3 +156,26 @@ async def test_trunks_show_health_load_and_figures_and_the_policy_its_routes(
     policy = (await api.get("/console/policy")).text
     assert 'id="trunk-pbx"' in policy and "^\\+1425\\d{7}$" in policy
     assert "gw1, gw2" in policy  # the route pbx's calls take, and its trunks
+
+
+async def test_an_anchored_calls_page_shows_each_legs_rtp(
+    api: httpx.AsyncClient, callstate: Service, edge: FakeEdge
+) -> None:
+    caller = pb.MediaQuality(rtpengine="10.9.0.1:2223", protocol="RTP/AVP", packets_from=1500)
+    caller.packets_to, caller.mos, caller.jitter_ms = 1480, 4.4, 1.2
+    callee = pb.MediaQuality(rtpengine="10.9.0.1:2223", protocol="RTP/SAVP", packets_from=1480)
+    callee.crypto, callee.packets_lost, callee.loss_percent, callee.mos = (
+        "AES_CM_128_HMAC_SHA1_80",
+        20,
+        1.33,
+        3.4,
+    )
+    await edge.call("q1", quality=(caller, callee))
+    await eventually(lambda: callstate.cdrs_written == 1)
+    page = (await api.get("/console/calls/q1", params={"since_ms": 1_699_999_999_000})).text
+    assert "Media quality" in page and 'id="media"' in page
+    rows = page.split('id="media"')[1].split("</table>")[0]
+    assert "pbx (caller)" in rows and "gw2 (attempt 2)" in rows
+    assert "AES_CM_128_HMAC_SHA1_80" in rows and "20 (1.33 %)" in rows and "4.4" in rows
+    assert 'class="failed"' in rows  # MOS 3.4: a bad leg stands out
+    assert 'id="media-mode">anchored' in page

@@ -135,6 +135,12 @@ def test_schema_describes_every_value() -> None:
         ({"bus": {"url": "http://nats:4222"}}, "not a NATS URL"),
         ({"bus": {"replicas": 0}}, "no copy of the streams at all"),
         ({"policy": {"trunks": [{"id": "t1"}]}}, "a trunk without edge and peer"),
+        (
+            {"policy": {"trunks": [{**ONE_TRUNK["policy"]["trunks"][0], "srtp": "zrtp"}]}},
+            "an srtp tandem does not know",
+        ),
+        ({"media": {"rtpengine": {"enabled": "yes"}}}, "not a boolean"),
+        ({"media": {"rtpengine": {"advertise": "node-1"}}}, "advertise is an address"),
     ],
 )
 def test_schema_refuses_bad_values(override: dict[str, Any], why: str) -> None:
@@ -451,6 +457,11 @@ def test_every_container_is_probed_limited_and_locked_down(values_file: Path | N
             assert c["resources"]["requests"]["memory"]
             assert c["resources"]["limits"]["memory"]
         main = spec["containers"][0]
+        if workload["metadata"]["labels"]["app.kubernetes.io/component"] == "rtpengine":
+            # no HTTP API (its CLI must not face the node's network): its TCP NG port
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert main[probe]["tcpSocket"] == {"port": "ng-tcp"}
+            continue
         assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
         assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
         assert "api" in {p["name"] for p in main["ports"]}
@@ -669,3 +680,76 @@ def test_the_schema_takes_every_field_of_the_policy_models() -> None:
     for model, key in ((Trunk, "trunks"), (Route, "routes")):
         fields = {f.alias or name for name, f in model.model_fields.items()}
         assert fields == set(policy[key]["items"]["properties"]), key
+
+
+# --- anchored media: rtpengine ---
+
+
+@pytest.fixture(scope="module")
+def media() -> list[Manifest]:
+    return render_chart(CHART / "ci" / "media-values.yaml")
+
+
+def test_no_rtpengine_unless_asked(default: list[Manifest]) -> None:
+    assert DEFAULTS["media"]["rtpengine"]["enabled"] is False
+    assert not [w for w in workloads(default) if "rtpengine" in w["metadata"]["name"]]
+    for edge in find(default, "DaemonSet"):
+        assert "TANDEM_RTPENGINE" not in env_of(pod_spec(edge)["containers"][0])
+
+
+def test_rtpengine_runs_on_the_edge_nodes_host_network_in_user_space(
+    media: list[Manifest],
+) -> None:
+    rtpengine = one(media, "DaemonSet", "tandem-rtpengine")
+    spec = pod_spec(rtpengine)
+    assert spec["hostNetwork"] is True
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert term["matchExpressions"] == [{"key": "tandem.io/edge", "operator": "Exists"}]
+    (container,) = spec["containers"]
+    args = container["args"]
+    assert "--table=-1" in args and "--foreground" in args
+    assert "--interface=$(NODE_IP)!198.51.100.20" in args  # the advertised address in SDP
+    assert {"--listen-ng=$(NODE_IP):22223", "--port-min=40000", "--port-max=49999"} <= set(args)
+    assert env_of(container)["NODE_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    ports = {(p["name"], p["protocol"]): p["hostPort"] for p in container["ports"]}
+    assert ports == {("ng", "UDP"): 22223, ("ng-tcp", "TCP"): 22223}
+    assert spec["tolerations"][0]["key"] == "dedicated"
+    assert rtpengine["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 1
+
+
+def test_each_edge_controls_its_own_nodes_rtpengine_first(media: list[Manifest]) -> None:
+    edge = one(media, "DaemonSet", "tandem-edge-1")
+    env = env_of(pod_spec(edge)["containers"][0])
+    assert env["TANDEM_NODE_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    assert env["TANDEM_RTPENGINE"] == "$(TANDEM_NODE_IP):22223,10.9.0.5:2223"
+    names = [e["name"] for e in pod_spec(edge)["containers"][0]["env"]]
+    assert names.index("TANDEM_NODE_IP") < names.index("TANDEM_RTPENGINE")  # expands in order
+    (config_map,) = find(media, "ConfigMap")
+    config = parse_config(yaml.safe_load(config_map["data"]["tandem.yaml"]), "chart")
+    assert config.media.rtpengine == ["10.9.0.5:2223"]
+    assert next(t for t in config.trunks if t.id == "pstn-gw1").srtp == "sdes"
+
+
+def test_rtpengine_off_the_host_network_edges_runs_on_every_node() -> None:
+    values = {
+        "media": {"rtpengine": {"enabled": True}},
+        "edges": {
+            "mode": "loadBalancer",
+            "instances": [
+                {"id": "e1", "sipPort": 5060, "apiPort": 8091, "advertise": "203.0.113.9"}
+            ],
+        },
+    }
+    manifests = render_chart(values=values)
+    spec = pod_spec(one(manifests, "DaemonSet", "tandem-rtpengine"))
+    assert "affinity" not in spec and "nodeSelector" not in spec
+    assert validation_errors(manifests) == []
+
+
+def test_the_chart_refuses_an_empty_port_range() -> None:
+    result = helm_template(
+        values={"media": {"rtpengine": {"enabled": True, "portMin": 40000, "portMax": 40000}}}
+    )
+    assert result.returncode != 0 and "portMax must be above portMin" in result.stderr

@@ -126,3 +126,17 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
         "services/tandem/__pycache__/x.pyc",
     ):
         assert _ignored(path, patterns), path
+
+
+def test_the_rtpengine_image_is_debians_daemon_run_as_a_user() -> None:
+    text = (DEPLOY / "rtpengine.Dockerfile").read_text()
+    instructions = _instructions(text)
+    froms = [rest for word, rest in instructions if word == "FROM"]
+    assert froms == ["${DEBIAN_IMAGE}"] and "DEBIAN_IMAGE=debian:bookworm-slim" in text
+    run = " ".join(rest for word, rest in instructions if word == "RUN")
+    assert "apt-get install -y --no-install-recommends rtpengine-daemon" in run
+    assert "rm -rf /var/lib/apt/lists/*" in run
+    assert ("USER", "10001:10001") in instructions
+    assert ("ENTRYPOINT", '["rtpengine"]') in instructions
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["media"]["rtpengine"]["image"]["tag"] == "10.5"  # Debian bookworm's

@@ -13,7 +13,7 @@ import contextlib
 import random
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,12 @@ def tandem_config(
     nats_url: str, sips: dict[str, str], tweaks: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     config = system_config(nats_url)
+    first = random.randrange(30000, 60000, 100)  # a local rtpengine's ports, if one runs
+    config["media"] = {
+        "rtpengine": [f"127.0.0.1:{free_port(kind=socket.SOCK_DGRAM)}"],
+        "port_min": first,
+        "port_max": first + 99,
+    }
     trunks = {t["id"]: t for t in config["trunks"]}
     for trunk_id, name in (("pbx-hq", "hq"), ("pbx-branch", "branch"), ("pstn-gw1", "gw1")):
         trunks[trunk_id].update(peer=sips[name], sources=[HOSTS[name]])
@@ -88,6 +94,7 @@ class World:
     gw1: SimClient
     gw2: SimClient
     tandem: TandemUp
+    processes: dict[str, SimProcess] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -129,6 +136,7 @@ def running_world(
             processes["gw1"].client,
             processes["gw2"].client,
             tandem,
+            processes,
         )
     finally:
         if tandem.proc is not None:

@@ -146,6 +146,9 @@ every pod, edges on the host network included, resolves it in its own namespace)
 {{- $_ = set $config "pstn_usages" .Values.policy.pstnUsages -}}
 {{- $_ = set $config "trunks" .Values.policy.trunks -}}
 {{- $_ = set $config "routes" .Values.policy.routes -}}
+{{- with .Values.media.rtpengine.extra -}}
+{{- $_ = set $config "media" (dict "rtpengine" .) -}}
+{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
 

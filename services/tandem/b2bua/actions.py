@@ -120,6 +120,57 @@ class Publish:
     message: pb.CallEvent | pb.LegEvent
 
 
+# ---- anchored media (rtpengine's NG protocol) --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Towards:
+    """What the party an SDP is sent to speaks, by its trunk: SRTP and ICE."""
+
+    srtp: str = "off"  # off, sdes, dtls, optional
+    ice: str = "remove"  # remove, force
+
+
+@dataclass(frozen=True, slots=True)
+class MediaOffer:
+    """Have rtpengine rewrite an offer from `from_tag`'s party for `to_tag`'s ("" before that
+    party is known to it); the rewrite comes back as MediaRewritten, or MediaRefused."""
+
+    session: str  # the NG call-id: the call's, for its whole life
+    sdp: bytes
+    from_tag: str
+    to_tag: str
+    towards: Towards
+
+
+@dataclass(frozen=True, slots=True)
+class MediaAnswer:
+    """Have rtpengine rewrite `to_tag`'s answer to the offer `from_tag` made (NG names the
+    offerer from-tag); towards the offerer. Comes back as MediaRewritten or MediaRefused."""
+
+    session: str
+    sdp: bytes
+    from_tag: str
+    to_tag: str
+    towards: Towards
+
+
+@dataclass(frozen=True, slots=True)
+class MediaQuery:
+    """Ask rtpengine for the call's figures; they come back as MediaReported."""
+
+    session: str
+
+
+@dataclass(frozen=True, slots=True)
+class MediaDelete:
+    """End the call's rtpengine session (`from_tag`: a party it knows, as NG wants one); its
+    last figures come back as MediaReported(final)."""
+
+    session: str
+    from_tag: str
+
+
 # ---- time and life -------------------------------------------------------------------
 
 
@@ -173,6 +224,10 @@ Action = (
     | FindDialog
     | CallIds
     | Publish
+    | MediaOffer
+    | MediaAnswer
+    | MediaQuery
+    | MediaDelete
     | StartTimer
     | StopTimer
     | Failover

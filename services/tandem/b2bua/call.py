@@ -62,15 +62,32 @@ once a 2xx did, ENDED. The transitions, each checkable against RFC 3261:
     ENDED    late answers           a leg created after the end is cancelled; a challenge to
                                     our BYE is answered (RFC 3261 22.2); others dropped
 
+Anchored media (`tandem.b2bua.media`): every SDP that crosses goes through `_cross`, which
+decides whether rtpengine rewrites it; while a rewrite is out, the events that would cross
+behind it wait, and are replayed in order when it comes back:
+
+    any      MediaRewritten         the crossing goes on with rtpengine's SDP
+    any      MediaRefused           the crossing fails: the offer 488 (refused) or 503
+                                    (unreachable; bypassed instead when the trunks allow), a
+                                    relayed request answered so, an answer's call ended
+    ANSWERED TimerFired(media)      query rtpengine for the call's figures
+    ANSWERED MediaReported          a party silent for its media_timeout_s: BYE both ways
+    ENDED    MediaReported(final)   the session's last figures: ended, with them (the end
+                                    of an anchored call waits for rtpengine's delete)
+
 ("early" is ROUTING, TRYING and RINGING.) Every other pair raises `ProtocolError`.
 """
 
 from __future__ import annotations
 
+import functools
+from collections import deque
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
 from tandem.b2bua.actions import (
+    Action,
     AskRoute,
     CallIds,
     CommandLeg,
@@ -79,6 +96,10 @@ from tandem.b2bua.actions import (
     Failover,
     FindDialog,
     Finished,
+    MediaAnswer,
+    MediaDelete,
+    MediaOffer,
+    MediaQuery,
     Publish,
     Release,
     Respond,
@@ -90,6 +111,7 @@ from tandem.b2bua.events import (
     AckTimedOut,
     CallerCancelled,
     DialogFound,
+    Event,
     HangupRequested,
     InDialogRequest,
     InDialogResponse,
@@ -103,6 +125,9 @@ from tandem.b2bua.events import (
     LegResponded,
     LegRetrying,
     LegTransferRequested,
+    MediaRefused,
+    MediaReported,
+    MediaRewritten,
     RouteDecided,
     RouteFailed,
     TimerFired,
@@ -110,6 +135,16 @@ from tandem.b2bua.events import (
 )
 from tandem.b2bua.local import ALLOW, RETRY_AFTER_S, USER_AGENT, Local, new_id, new_tag
 from tandem.b2bua.machine import Handler, Machine, ProtocolError
+from tandem.b2bua.media import (
+    ANCHORED,
+    SDP,
+    Anchor,
+    Crossing,
+    Silence,
+    TrunkMedia,
+    direction,
+    is_sdp,
+)
 from tandem.b2bua.profile import DEFAULT_FAILOVER_CODES, DEFAULT_FAILOVER_TIMER_S, Profile
 from tandem.b2bua.records import Attempt, Record
 from tandem.b2bua.relay import Relay, body_headers, respond, sip_body
@@ -143,6 +178,21 @@ class CallState(Enum):
 
 
 EARLY = (CallState.ROUTING, CallState.TRYING, CallState.RINGING)
+# what would cross behind an SDP rtpengine is rewriting waits for it, in order
+HELD = (
+    LegProgress,
+    LegAnswered,
+    LegFailed,
+    LegEnded,
+    LegRequested,
+    LegResponded,
+    LegTransferRequested,
+    InDialogRequest,
+    InDialogResponse,
+    AckReceived,
+)
+Then = Callable[[pb.SipBody], None]
+Refused = Callable[[MediaRefused], None]
 
 
 def number_of(uri_text: str) -> str:
@@ -206,6 +256,17 @@ class Call(Machine):
         self.relay = Relay()
         self.bridged: Attempt | None = None  # the leg in the caller's place, after a transfer
         self.transfer: Transfer | None = None
+        self.anchor = Anchor(self.record.id)  # the rtpengine session, if the media is anchored
+        self.ending: tuple[dict[str, Any], Finished] | None = None  # waits for its figures
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """As every machine does; but while rtpengine rewrites an SDP, what would cross
+        behind it waits (and is replayed when the rewrite comes back)."""
+        if self.anchor.busy and self.state is not CallState.ENDED and isinstance(event, HELD):
+            self.now = now
+            self.anchor.held.append(event)
+            return []
+        return super().handle(event, now)
 
     @property
     def id(self) -> str:
@@ -276,6 +337,175 @@ class Call(Machine):
             if status < 300:
                 self.side.confirmed()
 
+    # ---- SDP across the call: bypassed, or anchored through rtpengine ---------------------
+
+    def _cross(
+        self,
+        sender: str,
+        receiver: str,
+        body: pb.SipBody,
+        *,
+        offer: bool,
+        then: Then,
+        refused: Refused,
+    ) -> None:
+        """Every session description that crosses the call comes through here, from one
+        party to the other (CALLER or a leg id). Bypassed, `then` sends it on at once;
+        anchored, rtpengine rewrites it first (an offer, or the answer to the receiver's
+        offer) and `then` sends its rewrite, or `refused` says why there is none."""
+        anchor = self.anchor
+        if anchor.busy:  # another rewrite is out: this one waits its turn
+            anchor.held.append(
+                functools.partial(
+                    self._cross, sender, receiver, body, offer=offer, then=then, refused=refused
+                )
+            )
+            return
+        if not is_sdp(body) or not self._anchored(sender, receiver):
+            then(body)
+            return
+        anchor.directions[sender] = direction(body.body)
+        towards = self._side(receiver).towards
+        if offer:
+            to_tag = receiver if receiver in anchor.known else ""
+            request: Action = MediaOffer(anchor.session, body.body, sender, to_tag, towards)
+        else:
+            request = MediaAnswer(anchor.session, body.body, receiver, sender, towards)
+        anchor.pending = Crossing(sender, receiver, body.content_type, then, refused)
+        self.do(request)
+
+    def _anchored(self, sender: str, receiver: str) -> bool:
+        """The one place that decides whether an SDP goes through rtpengine: when either
+        party talks to rtpengine already, or either party's trunk anchors its media (and no
+        earlier offer found rtpengine unreachable and let the call bypass it)."""
+        anchor = self.anchor
+        if sender in anchor.parties or receiver in anchor.parties:
+            return True
+        return not anchor.fallback and (self._side(sender).anchors or self._side(receiver).anchors)
+
+    def _side(self, party: str) -> TrunkMedia:
+        """The media settings of a party's trunk."""
+        if party == CALLER:
+            p = self.profile
+            return TrunkMedia(p.media, p.srtp, p.ice, p.media_timeout_s, p.media_fallback)
+        leg = self.attempts.get(party)
+        return TrunkMedia.of(leg.target) if leg is not None else TrunkMedia()
+
+    def _may_bypass(self, *parties: str) -> bool:
+        """rtpengine is unreachable: bypass it only if every trunk that anchors allows it."""
+        sides = [self._side(p) for p in parties]
+        return all(side.fallback == "bypass" for side in sides if side.anchors)
+
+    def _rewritten(self, event: MediaRewritten) -> None:
+        anchor, crossing = self.anchor, self.anchor.pending
+        if crossing is None:
+            return
+        anchor.pending = None
+        anchor.opened, anchor.rtpengine = True, event.rtpengine
+        anchor.known.add(crossing.sender)
+        anchor.parties.add(crossing.receiver)
+        anchor.heard(self.now)
+        crossing.then(pb.SipBody(content_type=crossing.content_type or SDP, body=event.sdp))
+        self._replay()
+
+    def _refused(self, event: MediaRefused) -> None:
+        crossing, self.anchor.pending = self.anchor.pending, None
+        if crossing is not None:
+            crossing.refused(event)
+        self._replay()
+
+    def _replay(self) -> None:
+        """What waited behind a rewrite, in order, until the next rewrite goes out."""
+        anchor = self.anchor
+        while anchor.held and not anchor.busy:
+            item = anchor.held.popleft()
+            if callable(item):
+                item()  # a crossing that waited its turn
+                continue
+            handler = self.TRANSITIONS.get((self.state, type(item)))
+            if handler is not None:
+                handler(self, item)
+            elif isinstance(item, InDialogRequest):  # what the edge does with a ProtocolError
+                self.do(Respond(item.txn, respond(item.request, ProtocolError.status)))
+
+    def _media_refusal(self, event: MediaRefused) -> tuple[int, str, str]:
+        """The SIP status, reason and CDR end reason for a rewrite rtpengine did not do."""
+        if event.unreachable:
+            return 503, f"media relay unavailable ({event.reason})", "media_unavailable"
+        return 488, f"rtpengine refused the SDP: {event.reason}", "media_rejected"
+
+    def _refusal_headers(self, status: int, reason: str) -> list[tuple[str, str]]:
+        text = reason.replace('"', "'")
+        headers = [("Reason", f'SIP;cause={status};text="{text}"')]
+        headers.append(("Warning", f'399 {self.local.host} "{text}"'))
+        if status == 503:
+            headers.append(("Retry-After", str(RETRY_AFTER_S)))
+        return headers
+
+    def _media_failed(self, event: MediaRefused) -> None:
+        """An answer rtpengine did not take in an answered call: the call cannot go on."""
+        status, reason, end = self._media_refusal(event)
+        self._bye_both("media failed", "system", status, reason, end)
+
+    def _refuse_request(self, txn: Txn, event: MediaRefused) -> None:
+        """A request of the caller's whose offer rtpengine did not take: answered here."""
+        status, reason, _ = self._media_refusal(event)
+        headers = self._refusal_headers(status, reason)
+        self.side.respond(txn, respond(txn.request, status, headers=headers))
+
+    def _refuse_leg_request(self, leg: Attempt, request_id: str, event: MediaRefused) -> None:
+        status, reason, _ = self._media_refusal(event)
+        headers = [pb.Header(name=n, value=v) for n, v in self._refusal_headers(status, reason)]
+        refusal = pb.LegResponse(
+            request_id=request_id, status=status, reason=reason, headers=headers
+        )
+        self._command(leg, response=refusal)
+
+    def _caller_offered(self) -> bool:
+        """The caller's INVITE carried the offer (else the callee's answer offers)."""
+        return self.invite is not None and is_sdp(sip_body(self.invite))
+
+    # ---- the anchored call's figures and its media timeout ---------------------------------
+
+    def _pair(self) -> tuple[str, str] | None:
+        """The two parties talking now."""
+        attempt = self.attempt
+        if attempt is None or not attempt.live:
+            return None
+        return (self.bridged.id if self.bridged is not None else CALLER), attempt.id
+
+    def _start_media_checks(self) -> None:
+        pair = self._pair()
+        if pair is None or not self.anchor.parties & set(pair):
+            return
+        for party in pair:
+            self.anchor.silence[party] = Silence(0, self.now)
+        timeouts = [self._side(p).timeout_s for p in pair]
+        self.do(StartTimer("media", Anchor.check_every(timeouts)))
+
+    def _media_check(self) -> None:
+        pair = self._pair()
+        if pair is None:
+            return
+        timeouts = [self._side(p).timeout_s for p in pair]
+        self.do(MediaQuery(self.anchor.session), StartTimer("media", Anchor.check_every(timeouts)))
+
+    def _media_reported(self, event: MediaReported) -> None:
+        """A query's figures: a party silent for its trunk's media_timeout_s ends the call."""
+        anchor = self.anchor
+        anchor.lost = anchor.lost or event.lost
+        anchor.report(event.quality, self.now)
+        pair = self._pair()
+        if pair is None:
+            return
+        silent = anchor.silent(pair, {p: self._side(p) for p in pair}, self.now)
+        if silent is None:
+            return
+        trunk = self.trunk if silent == CALLER else self.attempts[silent].target.trunk
+        timeout = self._side(silent).timeout_s
+        reason = f"no RTP from {trunk} for {timeout:g} s"
+        self._bye_both("media timeout", "system", 200, reason, "media_timeout")
+
     # ---- routing and attempts ------------------------------------------------------------
 
     def _invite(self, event: InviteReceived) -> None:
@@ -345,7 +575,6 @@ class Call(Machine):
         attempt = Attempt(new_id(), target, len(self.attempts) + 1, new_id())
         self.attempts[attempt.id] = self.attempt = attempt
         self._publish(Kind.LEG_ATTEMPT, **self._leg_fields())
-        self.do(StartTimer("failover", target.failover_timer_s or DEFAULT_FAILOVER_TIMER_S))
         invite = self.invite
         headers = [pb.Header(name="P-Asserted-Identity", value=v) for v in self.identity]
         headers += [
@@ -366,7 +595,22 @@ class Call(Machine):
             privacy=self.privacy,
         )
         command = pb.LegCommand(leg_id=attempt.id, call_id=self.id, create=create)
-        self.do(CreateLeg(target.edge, command))
+
+        def create_leg(body: pb.SipBody) -> None:
+            command.create.body.CopyFrom(body)
+            command.create.anchored = attempt.id in self.anchor.parties
+            self.do(StartTimer("failover", target.failover_timer_s or DEFAULT_FAILOVER_TIMER_S))
+            self.do(CreateLeg(target.edge, command))
+
+        def refused(event: MediaRefused) -> None:
+            if event.unreachable and self._may_bypass(CALLER, attempt.id):
+                self.anchor.fallback = True  # the call goes on, its media bypassed
+                create_leg(create.body)
+                return
+            status, reason, end = self._media_refusal(event)
+            self._reject(status, None, reason, end, retry_after=status == 503, diagnostic=True)
+
+        self._cross(CALLER, attempt.id, create.body, offer=True, then=create_leg, refused=refused)
 
     def _drop_leg(self) -> None:
         """The current attempt's events are no longer wanted (nor its failover timer)."""
@@ -474,9 +718,15 @@ class Call(Machine):
             self.do(StartTimer("ring", self.attempt.target.max_ring_s))
         self.state = CallState.RINGING
         self.attempt.sdp = event.body.body or self.attempt.sdp
-        self._relay_answer(event.status, event.reason, event.body)
-        self._publish(
-            Kind.LEG_PROGRESS, status=event.status, reason=event.reason, **self._leg_fields()
+
+        def relay(body: pb.SipBody) -> None:
+            self._relay_answer(event.status, event.reason, body)
+            fields = self._leg_fields()
+            self._publish(Kind.LEG_PROGRESS, status=event.status, reason=event.reason, **fields)
+
+        offer = not self._caller_offered()  # an INVITE without SDP: the callee offers
+        self._cross(
+            event.leg_id, CALLER, event.body, offer=offer, then=relay, refused=self._answer_refused
         )
 
     def _answered(self, event: LegAnswered) -> None:
@@ -484,16 +734,36 @@ class Call(Machine):
             self._stale_answer(event)
             return
         self.do(StopTimer("failover"), StopTimer("ring"))
+        offer = not self._caller_offered()
+        self._cross(
+            event.leg_id,
+            CALLER,
+            event.body,
+            offer=offer,
+            then=lambda body: self._answer_caller(event, body),
+            refused=self._answer_refused,
+        )
+
+    def _answer_caller(self, event: LegAnswered, body: pb.SipBody) -> None:
+        """The callee's 2xx (its SDP as rtpengine rewrote it, if anchored) to the caller."""
+        assert self.attempt is not None
         self.state = CallState.ANSWERED
         self.answered_ms = self.now_ms
         self._connected(self.attempt, event)
         limits = [s for s in (self.profile.max_call_s, self.attempt.target.max_call_s) if s]
         if limits:
             self.do(StartTimer("call_limit", min(limits)))
-        self._relay_answer(event.status, event.reason, event.body)
-        fields = self._leg_fields()
+        self._relay_answer(event.status, event.reason, body)
+        fields = {**self._leg_fields(), "media": self.anchor.mode(self._parties())}
         self._publish(Kind.LEG_ANSWERED, status=event.status, reason=event.reason, **fields)
         self._publish(Kind.ANSWERED, status=event.status, reason=event.reason, **fields)
+        self._start_media_checks()
+
+    def _answer_refused(self, event: MediaRefused) -> None:
+        """rtpengine did not take the callee's early or final answer: the attempt is over."""
+        self._cancel_leg("media refused")
+        status, reason, end = self._media_refusal(event)
+        self._reject(status, None, reason, end, retry_after=status == 503, diagnostic=True)
 
     def _stale_answer(self, event: LegAnswered) -> None:
         """An answer from a leg this call no longer wants: hang it up."""
@@ -552,21 +822,41 @@ class Call(Machine):
         """A request the callee sent in its dialog: the same request in the other party's."""
         request, dialog = event.request, self.dialog
         other = self._other(event.leg_id)
-        if isinstance(other, Attempt):  # two legs bridged: it crosses as it came
-            if request.method == "ACK":
-                self._command(other, ack=pb.LegAck(body=request.body))
-            else:
-                self._command(other, request=request)
+        leg = self.attempts.get(event.leg_id)
+        if other is None or leg is None or (dialog is None and other == CALLER):
             return
-        if other is None or dialog is None:
+        receiver = other.id if isinstance(other, Attempt) else CALLER
+        if request.method == "ACK":  # its answer to the offer in the 2xx of its re-INVITE
+            then = lambda body: self._ack_party(other, body)  # noqa: E731
+            failed = self._media_failed
+            self._cross(leg.id, receiver, request.body, offer=False, then=then, refused=failed)
             return
-        body = request.body
-        if request.method == "ACK":
-            self.side.ack(dialog.create_ack(body_headers(body), body.body))
-            return
-        out = dialog.create_request(request.method, Relay.inbound_headers(request), body.body)
-        self.relay.sent[request.request_id] = False
-        self.side.send(out, request.request_id)
+        self.anchor.offers[request.request_id] = is_sdp(request.body)
+
+        def send(body: pb.SipBody) -> None:
+            if isinstance(other, Attempt):  # two legs bridged: it crosses as it came
+                relayed = pb.LegRequest()
+                relayed.CopyFrom(request)
+                relayed.body.CopyFrom(body)
+                self._command(other, request=relayed)
+                return
+            assert dialog is not None
+            headers = Relay.inbound_headers(request)
+            out = dialog.create_request(request.method, headers, body.body)
+            self.relay.sent[request.request_id] = False
+            self.side.send(out, request.request_id)
+
+        def refused(media: MediaRefused) -> None:
+            self._refuse_leg_request(leg, request.request_id, media)
+
+        self._cross(leg.id, receiver, request.body, offer=True, then=send, refused=refused)
+
+    def _ack_party(self, party: Attempt | str, body: pb.SipBody) -> None:
+        """The ACK of a re-INVITE's 2xx, with its body, in a party's dialog."""
+        if isinstance(party, Attempt):
+            self._command(party, ack=pb.LegAck(body=body))
+        elif self.dialog is not None:
+            self.side.ack(self.dialog.create_ack(body_headers(body), body.body))
 
     def _caller_answered(self, event: InDialogResponse) -> None:
         """The caller's answer to a request we sent: our refresh's, or the callee's request's
@@ -587,21 +877,61 @@ class Call(Machine):
                     self.side.ack(self.dialog.create_ack())
                 self._joined(status)
             return
-        crossing = self.side.crossing(self.relay, event.request_id, response)
-        if crossing is not None and self.attempt is not None:
-            self._command(self.attempt, response=crossing)
+        answer = self.side.crossing(self.relay, event.request_id, response)
+        if answer is None or self.attempt is None:
+            return
+        leg = self.attempt
+        offered = self.anchor.offers.pop(event.request_id, False)
+
+        def send(body: pb.SipBody) -> None:
+            answer.body.CopyFrom(body)
+            self._command(leg, response=answer)
+
+        if not 200 <= answer.status < 300:
+            send(answer.body)
+            return
+        self._cross(
+            CALLER, leg.id, answer.body, offer=not offered, then=send, refused=self._media_failed
+        )
 
     def _leg_responded(self, event: LegResponded) -> None:
-        if event.response.request_id == JOIN:
-            self._joined(event.response.status)
-            return
-        answer = self.relay.answer(event.response, self.local.contact)
-        if answer is not None:
-            self.side.respond(*answer)
+        response = event.response
+        if response.request_id == JOIN:
+            self._joined(response.status)
             return
         other = self._other(event.leg_id)
-        if isinstance(other, Attempt):  # two legs bridged: the answer goes back as it came
-            self._command(other, response=event.response)
+        if response.request_id in self.relay.waiting:
+            receiver = CALLER  # the answer to the caller's request
+        elif isinstance(other, Attempt):
+            receiver = other.id  # two legs bridged: the answer goes back as it came
+        else:
+            return
+        offered = self.anchor.offers.get(response.request_id, False)
+        if response.status >= 200:
+            self.anchor.offers.pop(response.request_id, None)
+
+        def deliver(body: pb.SipBody) -> None:
+            answer = pb.LegResponse()
+            answer.CopyFrom(response)
+            answer.body.CopyFrom(body)
+            if receiver != CALLER:
+                self._command(self.attempts[receiver], response=answer)
+                return
+            to_caller = self.relay.answer(answer, self.local.contact)
+            if to_caller is not None:
+                self.side.respond(*to_caller)
+
+        if not 200 <= response.status < 300:
+            deliver(response.body)
+            return
+        self._cross(
+            event.leg_id,
+            receiver,
+            response.body,
+            offer=not offered,
+            then=deliver,
+            refused=self._media_failed,
+        )
 
     # ---- the parties of an answered call -------------------------------------------------
 
@@ -648,7 +978,7 @@ class Call(Machine):
             self.side.respond(event.txn, respond(request, 200))
             self._cancelled(CallerCancelled())
         elif method == "UPDATE" and self.state is CallState.RINGING and self.attempt is not None:
-            self._command(self.attempt, request=self.relay.outbound(event.txn))  # RFC 3311
+            self._relay_request(event.txn, self.attempt)  # RFC 3311
         else:
             status = 491 if method in ("INVITE", "UPDATE") else 481
             self.side.respond(event.txn, respond(request, status))
@@ -673,7 +1003,23 @@ class Call(Machine):
             return
         if request.method == "INVITE":  # the far end may be slow: say so at once
             self.do(Respond(event.txn, respond(request, 100)))
-        self._command(self.attempt, request=self.relay.outbound(event.txn))
+        self._relay_request(event.txn, self.attempt)
+
+    def _relay_request(self, txn: Txn, leg: Attempt) -> None:
+        """The caller's request in the leg's dialog, its offer (if any) through `_cross`."""
+        outbound = self.relay.outbound(txn)
+        self.anchor.offers[outbound.request_id] = is_sdp(outbound.body)
+
+        def send(body: pb.SipBody) -> None:
+            outbound.body.CopyFrom(body)
+            self._command(leg, request=outbound)
+
+        def refused(event: MediaRefused) -> None:
+            self.relay.waiting.pop(outbound.request_id, None)
+            self.anchor.offers.pop(outbound.request_id, None)
+            self._refuse_request(txn, event)
+
+        self._cross(CALLER, leg.id, outbound.body, offer=True, then=send, refused=refused)
 
     def _checked(self, event: InDialogRequest) -> bool:
         """The dialog's CSeq check (RFC 3261 12.2.2); False when it answered the request."""
@@ -683,8 +1029,13 @@ class Call(Machine):
         return error is None
 
     def _ack(self, event: AckReceived) -> None:
-        if self.attempt is not None:
-            self._command(self.attempt, ack=pb.LegAck(body=sip_body(event.request)))
+        """The caller's ACK to the leg; a body in it is its answer to an offer in our 2xx."""
+        leg = self.attempt
+        if leg is None:
+            return
+        then = lambda body: self._command(leg, ack=pb.LegAck(body=body))  # noqa: E731
+        body = sip_body(event.request)
+        self._cross(CALLER, leg.id, body, offer=False, then=then, refused=self._media_failed)
 
     def _ack_timed_out(self, event: AckTimedOut) -> None:
         """The caller never ACKed our 2xx: the call is over on both sides."""
@@ -873,7 +1224,21 @@ class Call(Machine):
             privacy=self.privacy,
         )
         command = pb.LegCommand(leg_id=leg.id, call_id=transfer.record.id, create=create)
-        self.do(CreateLeg(target.edge, command))
+
+        def create_leg(body: pb.SipBody) -> None:
+            if self.transfer is transfer and transfer.leg is leg:
+                command.create.body.CopyFrom(body)
+                command.create.anchored = leg.id in self.anchor.parties
+                self.do(CreateLeg(target.edge, command))
+
+        def refused(event: MediaRefused) -> None:
+            if self.transfer is transfer and transfer.leg is leg:
+                status, reason, _ = self._media_refusal(event)
+                self._transfer_failed(status, reason)
+
+        self._cross(
+            transfer.transferee, leg.id, create.body, offer=True, then=create_leg, refused=refused
+        )
 
     def _is_transfer_leg(self, leg_id: str) -> Transfer | None:
         transfer = self.transfer
@@ -932,16 +1297,28 @@ class Call(Machine):
             return
         self.do(StopTimer("transfer"))
         self._connected(transfer.leg, event)
-        body = transfer.leg.sdp
         moving = self.attempts.get(transfer.transferee)
-        if moving is not None:
-            offer = pb.SipBody(content_type="application/sdp", body=body)
-            self._command(
-                moving, request=pb.LegRequest(request_id=JOIN, method="INVITE", body=offer)
-            )
-        elif self.dialog is not None:
-            headers = [("User-Agent", USER_AGENT), ("Content-Type", "application/sdp")]
-            self.side.send(self.dialog.create_request("INVITE", headers, body), JOIN)
+
+        def join(offer: pb.SipBody) -> None:
+            if self.transfer is not transfer:
+                return
+            if moving is not None:
+                request = pb.LegRequest(request_id=JOIN, method="INVITE", body=offer)
+                self._command(moving, request=request)
+            elif self.dialog is not None:
+                headers = [("User-Agent", USER_AGENT), ("Content-Type", SDP)]
+                self.side.send(self.dialog.create_request("INVITE", headers, offer.body), JOIN)
+
+        def refused(media: MediaRefused) -> None:
+            if self.transfer is transfer and transfer.leg is not None:
+                self._command(transfer.leg, bye=pb.LegBye(reason="transfer failed"))
+                self._transfer_failed(*self._media_refusal(media)[:2])
+
+        # the target's answer to the transferee's offer, which the transferee gets in a
+        # re-INVITE of its own (its answer to that is not needed: its media did not move)
+        body = pb.SipBody(content_type=SDP, body=transfer.leg.sdp)
+        receiver = transfer.transferee
+        self._cross(transfer.leg.id, receiver, body, offer=False, then=join, refused=refused)
 
     def _joined(self, status: int) -> None:
         """The transferee's answer to the re-INVITE that points it at the target."""
@@ -978,10 +1355,11 @@ class Call(Machine):
             **self._leg_fields(referrer or self.bridged),
         )
         self.record, self.transfer = new, None
-        fields = self._leg_fields()
+        fields = {**self._leg_fields(), "media": self.anchor.mode(self._parties())}
         self._publish(Kind.LEG_ANSWERED, status=200, reason="OK", **fields)
         self._publish(Kind.ANSWERED, status=200, reason="OK", **fields)
         self.do(CallIds((new.id,)))
+        self._start_media_checks()  # the new pair's silence is timed from now
 
     def _transfer_failed(self, status: int, reason: str) -> None:
         """The transfer did not happen: the referrer hears why, the call goes on as it was."""
@@ -1055,20 +1433,85 @@ class Call(Machine):
         self._end("system", status, reason, end)
 
     def _end(self, ended_by: str, status: int, reason: str, end: str) -> None:
+        """The call is over. An anchored call's record waits for rtpengine's last figures
+        (its session's delete); any other ends at once."""
         self.state = CallState.ENDED
         self._drop_leg()
+        self.do(StopTimer("media"))
         attempt = self.attempt
-        self._publish(
-            Kind.ENDED,
-            status=status,
-            reason=reason,
-            ended_by=ended_by,
-            end_reason=end,
-            leg_id=attempt.id if attempt else "",
-            trunk=attempt.target.trunk if attempt else "",
-            attempt=attempt.number if attempt else 0,
-        )
-        self.do(Finished(status, reason), Release())
+        fields = {
+            "status": status,
+            "reason": reason,
+            "ended_by": ended_by,
+            "end_reason": end,
+            "leg_id": attempt.id if attempt else "",
+            "trunk": attempt.target.trunk if attempt else "",
+            "attempt": attempt.number if attempt else 0,
+        }
+        self.ending = (fields, Finished(status, reason))
+        self._answer_held()
+        if self.anchor.pending is not None:
+            return  # the rewrite out decides: a session to delete, or none
+        if self.anchor.opened:
+            self._delete_session()
+            return
+        self._finish()
+
+    def _answer_held(self) -> None:
+        """What waited behind a rewrite when the call ended: requests get their answer."""
+        held, self.anchor.held = self.anchor.held, deque()
+        for item in held:
+            if isinstance(item, InDialogRequest):
+                status = 200 if item.request.method == "BYE" else 481
+                self.do(Respond(item.txn, respond(item.request, status)))
+
+    def _delete_session(self) -> None:
+        anchor = self.anchor
+        if not anchor.deleting:
+            anchor.deleting = True
+            tag = CALLER if CALLER in anchor.known or not anchor.known else min(anchor.known)
+            self.do(MediaDelete(anchor.session, tag))
+
+    def _finish(self, final: tuple[pb.MediaQuality, ...] = ()) -> None:
+        """Publish the end, with the parties' figures when the media was anchored."""
+        if self.ending is None:
+            return  # published already
+        (fields, finished), self.ending = self.ending, None
+        anchor, parties = self.anchor, self._parties()
+        mode = anchor.mode(parties)
+        quality = anchor.figures(parties, final) if mode == ANCHORED else []
+        note = "rtpengine lost the session mid-call (restarted?)" if anchor.lost else ""
+        self._publish(Kind.ENDED, quality=quality, media=mode, media_note=note, **fields)
+        for figures in quality:  # the legs' spans, on their edges, carry them too
+            leg = self.attempts.get(figures.leg_id)
+            if leg is not None:
+                self._command(leg, quality=figures)
+        self.do(finished, Release())
+
+    def _parties(self) -> set[str]:
+        """Who the call's record is of: the caller (or the leg in its place) and the leg."""
+        parties = {self.bridged.id if self.bridged is not None else CALLER}
+        if self.attempt is not None:
+            parties.add(self.attempt.id)
+        return parties
+
+    def _rewritten_after_end(self, event: MediaRewritten) -> None:
+        self.anchor.pending = None
+        self.anchor.opened = True
+        self.anchor.rtpengine = self.anchor.rtpengine or event.rtpengine
+        self._delete_session()
+
+    def _refused_after_end(self, event: MediaRefused) -> None:
+        self.anchor.pending = None
+        if self.anchor.opened:
+            self._delete_session()
+        else:
+            self._finish()
+
+    def _reported_after_end(self, event: MediaReported) -> None:
+        if event.final:
+            self.anchor.lost = self.anchor.lost or event.lost
+            self._finish(event.quality)
 
     def _late_answer(self, event: InDialogResponse) -> None:
         self.side.challenged(event.request_id, event.response)
@@ -1087,6 +1530,7 @@ TIMERS: dict[tuple[CallState, str], Any] = {
     (S.ANSWERED, "refresh"): Call._refresh,
     (S.ANSWERED, "retry"): Call._refresh,
     (S.ANSWERED, "expiry"): Call._expiry,
+    (S.ANSWERED, "media"): Call._media_check,
     **{(state, "prack"): Call._prack_timer for state in (*EARLY, S.ANSWERED)},
 }
 
@@ -1120,7 +1564,14 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         (S.ENDED, LegCreateAnswered): Call._created_after_end,
         (S.ENDED, LegAnswered): Call._stale_answer,
         (S.ENDED, InDialogResponse): Call._late_answer,
+        (S.ANSWERED, MediaReported): Call._media_reported,
+        (S.ENDED, MediaRewritten): Call._rewritten_after_end,
+        (S.ENDED, MediaRefused): Call._refused_after_end,
+        (S.ENDED, MediaReported): Call._reported_after_end,
     }
+    for state in (*EARLY, S.ANSWERED):
+        table[state, MediaRewritten] = Call._rewritten
+        table[state, MediaRefused] = Call._refused
     for state in (*EARLY, S.ANSWERED):
         table[state, TimerFired] = Call._timer
     for state in EARLY:

@@ -231,6 +231,42 @@ def from_leg_event(event: pb.LegEvent) -> LegEvent | None:
     return None if convert is None else convert(event)
 
 
+# ---- the call's anchored media (rtpengine) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRewritten:
+    """rtpengine's rewrite of the offer or answer the call asked it for (MediaOffer or
+    MediaAnswer), by the instance that holds the call's session."""
+
+    sdp: bytes
+    rtpengine: str
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRefused:
+    """rtpengine did not rewrite it: it refused the SDP (`reason` is its error), or no
+    instance answered in time (`unreachable`)."""
+
+    reason: str
+    unreachable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MediaReported:
+    """rtpengine's figures of the call, one per party its session knows (`leg_id` is the
+    party's tag): a query's, or the delete's that ended the session (`final`). `lost`: it no
+    longer knows the call (it restarted); `unreachable`: it did not answer."""
+
+    quality: tuple[pb.MediaQuality, ...] = ()
+    final: bool = False
+    lost: bool = False
+    unreachable: bool = False
+
+
+MediaEvent = MediaRewritten | MediaRefused | MediaReported
+
+
 # ---- the leg (egress) --------------------------------------------------------------------
 
 
@@ -320,6 +356,7 @@ Event = (
     | AckTimedOut
     | HangupRequested
     | LegEvent
+    | MediaEvent
     | Start
     | InviteResponse
     | Resolved

@@ -24,6 +24,11 @@ class Profile:
     response_map: tuple[tuple[int, int], ...] = ()  # its final codes, translated
     auth: bool = False  # the trunk has digest credentials configured, readable or not
     credentials: Credentials | None = None  # what answers its challenges (None: unreadable)
+    media: str = "bypass"  # anchor: the call's media goes through rtpengine
+    srtp: str = "off"  # this side of an anchored call: off, sdes, dtls, optional
+    ice: str = "remove"  # remove or force
+    media_timeout_s: float = 60.0  # no RTP from this side of an anchored call: BYE; 0: never
+    media_fallback: str = "reject"  # rtpengine unreachable at offer time: reject (503) or bypass
 
     def mapped(self, status: int) -> int:
         """A final response code as this trunk's response map translates it."""

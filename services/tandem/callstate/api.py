@@ -52,7 +52,35 @@ CSV_COLUMNS = [
     "route",
     "edge",
     "trace_id",
+    "media",
+    "caller_packets",
+    "caller_lost",
+    "caller_mos",
+    "callee_packets",
+    "callee_lost",
+    "callee_mos",
 ]
+
+
+def quality_json(q: pb.MediaQuality) -> dict[str, Any]:
+    """One party's RTP through rtpengine (packets from it, to it, lost, jitter, MOS)."""
+    return {
+        "rtpengine": q.rtpengine,
+        "protocol": q.protocol,
+        "crypto": q.crypto or None,
+        "packets_from": q.packets_from,
+        "bytes_from": q.bytes_from,
+        "packets_to": q.packets_to,
+        "bytes_to": q.bytes_to,
+        "packets_lost": q.packets_lost,
+        "loss_percent": round(q.loss_percent, 2),
+        "jitter_ms": round(q.jitter_ms, 2),
+        "rtt_ms": round(q.rtt_ms, 2),
+        "mos": q.mos or None,
+        "mos_min": q.mos_min or None,
+        "errors": q.errors,
+        "lost": q.lost,
+    }
 
 
 def attempt_json(a: pb.Attempt) -> dict[str, Any]:
@@ -69,6 +97,7 @@ def attempt_json(a: pb.Attempt) -> dict[str, Any]:
         "start_unix_ms": a.start_unix_ms,
         "answer_unix_ms": a.answer_unix_ms or None,
         "end_unix_ms": a.end_unix_ms or None,
+        "media": quality_json(a.media) if a.HasField("media") else None,
     }
 
 
@@ -96,6 +125,7 @@ def call_json(call: pb.ActiveCall, timeline: bool = False) -> dict[str, Any]:
         "invite_unix_ms": call.invite_unix_ms,
         "answer_unix_ms": call.answer_unix_ms or None,
         "trace_id": call.trace_id,
+        "media": call.media or "bypassed",
         "legs": [attempt_json(a) for a in call.attempts],
     }
     if timeline:
@@ -129,6 +159,9 @@ def cdr_json(cdr: pb.Cdr) -> dict[str, Any]:
         "failover_count": cdr.failover_count,
         "attempts": [attempt_json(a) for a in cdr.attempts],
         "trace_id": cdr.trace_id,
+        "media": cdr.media or "bypassed",
+        "media_note": cdr.media_note or None,
+        "ingress_media": quality_json(cdr.ingress_media) if cdr.HasField("ingress_media") else None,
     }
 
 
@@ -141,6 +174,13 @@ def _iso(ms: int) -> str:
 
 
 def cdr_row(cdr: pb.Cdr) -> list[Any]:
+    callee = next((a.media for a in cdr.attempts if a.HasField("media")), None)
+    parties = [cdr.ingress_media if cdr.HasField("ingress_media") else None, callee]
+    quality = [
+        value
+        for q in parties
+        for value in ((q.packets_from, q.packets_lost, q.mos or "") if q else ("", "", ""))
+    ]
     return [
         cdr.call_id,
         _iso(cdr.invite_unix_ms),
@@ -164,6 +204,8 @@ def cdr_row(cdr: pb.Cdr) -> list[Any]:
         cdr.route,
         cdr.edge,
         cdr.trace_id,
+        cdr.media or "bypassed",
+        *quality,
     ]
 
 

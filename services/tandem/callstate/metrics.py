@@ -66,6 +66,31 @@ class TrunkCollector(Collector):
         acd = GaugeMetricFamily(
             "tandem_trunk_acd_seconds", "Average call duration", labels=["trunk"]
         )
+        media_legs = CounterMetricFamily(
+            "tandem_trunk_media_legs",
+            "Anchored legs ended (RTP through rtpengine)",
+            labels=["trunk", "direction"],
+        )
+        media_packets = CounterMetricFamily(
+            "tandem_trunk_media_packets",
+            "RTP packets from the trunk in anchored legs",
+            labels=["trunk", "direction"],
+        )
+        media_lost = CounterMetricFamily(
+            "tandem_trunk_media_packets_lost",
+            "RTP packets from the trunk lost on the way (RTCP) in anchored legs",
+            labels=["trunk", "direction"],
+        )
+        mos = GaugeMetricFamily(
+            "tandem_trunk_media_mos",
+            "Average MOS of the trunk's anchored legs (from RTCP)",
+            labels=["trunk", "direction"],
+        )
+        jitter = GaugeMetricFamily(
+            "tandem_trunk_media_jitter_seconds",
+            "Average jitter of the trunk's anchored legs (from RTCP)",
+            labels=["trunk", "direction"],
+        )
         calls = GaugeMetricFamily("tandem_callstate_active_calls", "Calls in progress")
         cdrs = CounterMetricFamily("tandem_callstate_cdrs", "CDRs written by this process")
         if service is not None:
@@ -77,6 +102,15 @@ class TrunkCollector(Collector):
                     answered.add_metric([trunk, direction], figures.answered)
                     for code, n in sorted(figures.failures.items()):
                         failures.add_metric([trunk, direction, str(code)], n)
+                    media = figures.media_summary()
+                    if media is not None:
+                        labels = [trunk, direction]
+                        media_legs.add_metric(labels, media["anchored_legs"])
+                        media_packets.add_metric(labels, media["packets"])
+                        media_lost.add_metric(labels, media["packets_lost"])
+                        if media["mos"] is not None:
+                            mos.add_metric(labels, media["mos"])
+                            jitter.add_metric(labels, media["jitter_ms"] / 1000)
                 for direction, n in zip(("in", "out"), service.active(trunk), strict=True):
                     active.add_metric([trunk, direction], n)
                 stats = service.trunk_stats(trunk)
@@ -85,6 +119,7 @@ class TrunkCollector(Collector):
                     if stats[name] is not None:
                         family.add_metric([trunk], stats[name])
         yield from (attempts, answered, failures, active, peak, asr, ner, acd, calls, cdrs)
+        yield from (media_legs, media_packets, media_lost, mos, jitter)
 
 
 _collector = TrunkCollector()

@@ -85,6 +85,7 @@ def _leg_answered(call: pb.ActiveCall, event: pb.CallEvent) -> None:
     attempt = _attempt(call, event)
     attempt.status, attempt.reason = event.status or 200, event.reason or "OK"
     attempt.answer_unix_ms = event.time_unix_ms
+    call.media = event.media or call.media
 
 
 def _leg_failed(call: pb.ActiveCall, event: pb.CallEvent) -> None:
@@ -97,6 +98,7 @@ def _leg_failed(call: pb.ActiveCall, event: pb.CallEvent) -> None:
 def _answered(call: pb.ActiveCall, event: pb.CallEvent) -> None:
     call.state = State.ANSWERED
     call.answer_unix_ms = event.time_unix_ms
+    call.media = event.media or call.media
     leg = _attempt(call, event) if event.leg_id else _pending(call)
     if leg is not None:
         leg.answer_unix_ms = leg.answer_unix_ms or event.time_unix_ms
@@ -105,6 +107,8 @@ def _answered(call: pb.ActiveCall, event: pb.CallEvent) -> None:
 
 def _ended(call: pb.ActiveCall, event: pb.CallEvent) -> None:
     call.state = State.ENDED
+    call.media = event.media or call.media
+    call.media_note = event.media_note
 
 
 APPLY: dict[int, Callable[[pb.ActiveCall, pb.CallEvent], None]] = {
@@ -150,6 +154,16 @@ def ended_event(call: pb.ActiveCall, time_unix_ms: int, ended_by: str, reason: s
     )
 
 
+def _quality(record: pb.Cdr, end: pb.CallEvent) -> None:
+    """An anchored call's RTP figures: the caller's on the CDR, each leg's on its attempt."""
+    legs = {a.leg_id: a for a in record.attempts}
+    for quality in end.quality:
+        if not quality.leg_id:
+            record.ingress_media.CopyFrom(quality)
+        elif quality.leg_id in legs:
+            legs[quality.leg_id].media.CopyFrom(quality)
+
+
 def cdr(call: pb.ActiveCall, end: pb.CallEvent) -> pb.Cdr:
     """The finished-call record, after Lync's VoipDetails/SessionDetails and Teams' report."""
     end_ms = end.time_unix_ms
@@ -181,7 +195,10 @@ def cdr(call: pb.ActiveCall, end: pb.CallEvent) -> pb.Cdr:
         route=call.route,
         transferred_from=call.transferred_from,
         transferred_to=end.transferred_to,
+        media=end.media or call.media,
+        media_note=end.media_note,
     )
+    _quality(record, end)
     if call.answer_unix_ms:
         record.duration_s = max(0, end_ms - call.answer_unix_ms) / 1000
         record.final_status, record.final_reason = 200, "OK"

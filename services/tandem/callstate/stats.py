@@ -1,4 +1,5 @@
-"""Per-trunk traffic figures (attempts, answers, ASR, NER, ACD, failures by SIP code) as sums.
+"""Per-trunk traffic figures (attempts, answers, ASR, NER, ACD, failures by SIP code, and the
+RTP quality of anchored calls) as sums.
 
 Every figure is a sum of per-call contributions, so the totals can always be rebuilt from
 the records alone: finished calls from their CDRs, calls in progress from their active
@@ -39,6 +40,14 @@ class Figures:
     completed: int = 0  # answered calls that have ended: the ACD denominator
     duration_s: float = 0.0
     failures: dict[int, int] = field(default_factory=dict)
+    # anchored legs (their CDR's figures): RTP packets from the trunk, lost on the way, and
+    # MOS and jitter of the legs that had RTCP
+    media_legs: int = 0
+    media_packets: int = 0
+    media_lost: int = 0
+    rtcp_legs: int = 0
+    mos_sum: float = 0.0
+    jitter_ms_sum: float = 0.0
 
     def add(self, other: Figures, sign: int = 1) -> None:
         self.attempts += sign * other.attempts
@@ -47,6 +56,12 @@ class Figures:
         self.active += sign * other.active
         self.completed += sign * other.completed
         self.duration_s += sign * other.duration_s
+        self.media_legs += sign * other.media_legs
+        self.media_packets += sign * other.media_packets
+        self.media_lost += sign * other.media_lost
+        self.rtcp_legs += sign * other.rtcp_legs
+        self.mos_sum += sign * other.mos_sum
+        self.jitter_ms_sum += sign * other.jitter_ms_sum
         for code, n in other.failures.items():
             total = self.failures.get(code, 0) + sign * n
             if total:
@@ -62,6 +77,14 @@ class Figures:
             "completed": self.completed,
             "duration_s": self.duration_s,
             "failures": {str(code): n for code, n in sorted(self.failures.items())},
+            "media": [
+                self.media_legs,
+                self.media_packets,
+                self.media_lost,
+                self.rtcp_legs,
+                self.mos_sum,
+                self.jitter_ms_sum,
+            ],
         }
 
     @classmethod
@@ -73,6 +96,7 @@ class Figures:
             completed=int(data["completed"]),
             duration_s=float(data["duration_s"]),
             failures={int(code): int(n) for code, n in data["failures"].items()},
+            **_media_from_json(data.get("media") or [0, 0, 0, 0, 0.0, 0.0]),  # older: none
         )
 
     def summary(self) -> dict[str, Any]:
@@ -83,7 +107,47 @@ class Figures:
             "ner": ratio(self.effective, self.attempts),
             "acd_s": round(self.duration_s / self.completed, 3) if self.completed else None,
             "failures": {str(code): n for code, n in sorted(self.failures.items())},
+            "media": self.media_summary(),
         }
+
+    def media_summary(self) -> dict[str, Any] | None:
+        """The RTP of its anchored legs: packets, loss, average MOS and jitter."""
+        if not self.media_legs:
+            return None
+        sent = self.media_packets + self.media_lost
+        rtcp = self.rtcp_legs
+        return {
+            "anchored_legs": self.media_legs,
+            "packets": self.media_packets,
+            "packets_lost": self.media_lost,
+            "loss_percent": round(100 * self.media_lost / sent, 3) if sent else 0.0,
+            "mos": round(self.mos_sum / rtcp, 2) if rtcp else None,
+            "jitter_ms": round(self.jitter_ms_sum / rtcp, 2) if rtcp else None,
+        }
+
+
+def _media_from_json(values: list[Any]) -> dict[str, Any]:
+    legs, packets, lost, rtcp, mos, jitter = values
+    return {
+        "media_legs": int(legs),
+        "media_packets": int(packets),
+        "media_lost": int(lost),
+        "rtcp_legs": int(rtcp),
+        "mos_sum": float(mos),
+        "jitter_ms_sum": float(jitter),
+    }
+
+
+def _media(figures: Figures, quality: pb.MediaQuality) -> None:
+    figures.media_legs = 1
+    figures.media_packets = quality.packets_from
+    figures.media_lost = quality.packets_lost
+    if quality.mos:
+        figures.rtcp_legs, figures.mos_sum, figures.jitter_ms_sum = (
+            1,
+            quality.mos,
+            quality.jitter_ms,
+        )
 
 
 def ratio(part: int, whole: int) -> float | None:
@@ -115,6 +179,8 @@ def contribution(call: pb.ActiveCall | pb.Cdr) -> Iterator[tuple[Key, Figures]]:
     inbound.active = 0 if finished else 1
     if finished and answered:
         inbound.completed, inbound.duration_s = 1, duration
+    if isinstance(call, pb.Cdr) and call.HasField("ingress_media"):
+        _media(inbound, call.ingress_media)
     yield (call.ingress_trunk, "in"), inbound
     for leg in call.attempts:
         leg_answered = leg.answer_unix_ms > 0
@@ -123,6 +189,8 @@ def contribution(call: pb.ActiveCall | pb.Cdr) -> Iterator[tuple[Key, Figures]]:
             outbound.active = 1
         if finished and leg_answered:
             outbound.completed, outbound.duration_s = 1, duration
+        if finished and leg.HasField("media"):
+            _media(outbound, leg.media)
         yield (leg.trunk, "out"), outbound
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from nats.aio.client import Client
@@ -25,6 +25,7 @@ from tandem.b2bua import events as e
 from tandem.b2bua.local import Local
 from tandem.b2bua.profile import Profile
 from tandem.b2bua.relay import respond
+from tandem.edge.media import Rtpengines
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.peers import Peers, domain, is_address
 from tandem.edge.registrar import Registrar
@@ -49,6 +50,7 @@ ROUTE_TIMEOUT_S = 2.0
 CREATE_TIMEOUT_S = 2.0
 # failures of a leg that say the trunk's configuration or its network is wrong: logged
 TRUNK_FAILURES = ("dns", "auth", "transport_error")
+QUALITY_WAIT_S = 5.0  # an anchored leg's span waits this long for its figures, at most
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
 
@@ -65,12 +67,14 @@ class Executor:
         tracer: Tracer,
         sent_by: tuple[str, int],
         spawn: Spawn,
+        rtpengines: Rtpengines,
         mask: bool = False,
         *,
         peers: Peers,
         tls_port: int | None = None,
     ) -> None:
         self.edge = edge
+        self.rtpengines = rtpengines
         self.nc = nc
         self.outbox = bus.Outbox(nc)
         self.transactions = transactions
@@ -94,6 +98,7 @@ class Executor:
         # why the last connection to a peer failed (the transports'), for a leg's reason
         self.transport_failure: Callable[[Peer], str | None] = lambda peer: None
         self.registrar: Registrar | None = None  # the bindings of registrar trunks: set later
+        self.awaiting_quality: dict[str, LegTrace] = {}  # ended anchored legs, by leg id
 
     # ---- new machines ------------------------------------------------------------------
 
@@ -354,11 +359,46 @@ class Executor:
     async def _feed_later(self, runner: Runner, event: e.Event) -> None:
         self.feed(runner, event)
 
+    # ---- anchored media: rtpengine ---------------------------------------------------------
+
+    def _media_rewrite(self, runner: Runner, action: a.MediaOffer | a.MediaAnswer) -> None:
+        failed = e.MediaRefused("rtpengine request failed", unreachable=True)
+        self.spawn(self._media(runner, self.rtpengines.rewrite(action), failed))
+
+    def _media_report(self, runner: Runner, action: a.MediaQuery | a.MediaDelete) -> None:
+        failed = e.MediaReported(final=isinstance(action, a.MediaDelete), unreachable=True)
+        self.spawn(self._media(runner, self.rtpengines.report(action), failed))
+
+    async def _media(self, runner: Runner, reply: Awaitable[e.Event], failed: e.Event) -> None:
+        """rtpengine's reply to the machine; whatever goes wrong, it gets one (it waits)."""
+        try:
+            event = await reply
+        except Exception:
+            log.exception("call %s: rtpengine request failed", runner.machine.id)
+            event = failed
+        if isinstance(event, e.MediaRefused):
+            kind = "unreachable" if event.unreachable else "refused"
+            log.warning("call %s: rtpengine %s: %s", runner.machine.id, kind, event.reason)
+            self.metrics.media_failure(kind)
+        self.feed(runner, event)
+
+    def leg_quality(self, command: pb.LegCommand) -> None:
+        """An anchored leg's figures, from its call's owner once rtpengine gave them: on
+        its span, which its end left open for them."""
+        trace = self.awaiting_quality.pop(command.leg_id, None)
+        runner = self.registry.legs.get(command.leg_id)
+        if trace is None and runner is not None and isinstance(runner.trace, LegTrace):
+            trace = runner.trace  # still winding down: its end will close the span
+        if trace is not None:
+            trace.quality(command.quality)
+
     def _publish(self, runner: Runner, action: a.Publish) -> None:
         message = action.message
         if isinstance(message, pb.CallEvent):
             assert isinstance(runner.trace, CallTrace)
             runner.trace.event(message)
+            if message.kind == pb.CallEvent.ANSWERED:
+                self.metrics.media_call(message.media)
             subject = bus.call_event(message.call_id, message.kind)
             headers = {**runner.headers, "Nats-Msg-Id": f"{message.call_id}.{message.seq}"}
         else:
@@ -388,24 +428,38 @@ class Executor:
         self.metrics.failover(action.failure)
 
     def _finished(self, runner: Runner, action: a.Finished) -> None:
-        runner.trace.finish(action)
+        trace = runner.trace
+        trace.finish(action)
         if isinstance(runner.machine, Call):
             self.metrics.call_ended(action.status)
-        elif action.failure in TRUNK_FAILURES:
-            peer = runner.peer
-            where = (
-                peer.host
-                if action.failure == "dns"
-                else f"{peer.transport}:{peer.host}:{peer.port}"
-            )
-            log.warning(
-                "leg %s to trunk %s failed (%s): %s (%s)",
-                runner.machine.id,
-                runner.trunk,
-                action.failure,
-                action.reason,
-                where,
-            )
+            return
+        if action.failure in TRUNK_FAILURES:
+            self._trunk_failed(runner, action)
+        if isinstance(trace, LegTrace) and not trace.ended:  # waits for its figures
+            leg_id = runner.machine.id
+            self.awaiting_quality[leg_id] = trace
+            loop = asyncio.get_running_loop()
+            loop.call_later(QUALITY_WAIT_S, self._quality_late, leg_id)
+
+    @staticmethod
+    def _trunk_failed(runner: Runner, action: a.Finished) -> None:
+        peer = runner.peer
+        where = (
+            peer.host if action.failure == "dns" else f"{peer.transport}:{peer.host}:{peer.port}"
+        )
+        log.warning(
+            "leg %s to trunk %s failed (%s): %s (%s)",
+            runner.machine.id,
+            runner.trunk,
+            action.failure,
+            action.reason,
+            where,
+        )
+
+    def _quality_late(self, leg_id: str) -> None:
+        trace = self.awaiting_quality.pop(leg_id, None)
+        if trace is not None:
+            trace.end()
 
     def _release(self, runner: Runner, action: a.Release) -> None:
         for handle in runner.timers.values():
@@ -431,6 +485,11 @@ def profile_of(trunk: Trunk, peers: Peers) -> Profile:
         response_map=tuple(sorted(trunk.response_map.items())),
         auth=trunk.auth is not None,
         credentials=peers.credentials(trunk),
+        media=trunk.media,
+        srtp=trunk.srtp,
+        ice=trunk.ice,
+        media_timeout_s=trunk.media_timeout_s,
+        media_fallback=trunk.media_fallback,
     )
 
 
@@ -448,6 +507,10 @@ ACTIONS: dict[type, Callable[[Executor, Runner, Any], None]] = {
     a.CallIds: Executor._call_ids,
     a.FindDialog: Executor._find_dialog,
     a.Publish: Executor._publish,
+    a.MediaOffer: Executor._media_rewrite,
+    a.MediaAnswer: Executor._media_rewrite,
+    a.MediaQuery: Executor._media_report,
+    a.MediaDelete: Executor._media_report,
     a.StartTimer: Executor._start_timer,
     a.StopTimer: Executor._stop_timer,
     a.Failover: Executor._failover,

@@ -29,6 +29,17 @@ PROTOCOL_ERRORS = Counter(
     "Events a call or leg machine could not take in its state (logged, answered 500)",
     ["edge", "machine", "state", "event"],
 )
+MEDIA_FAILURES = Counter(
+    "tandem_edge_media_failures_total",
+    "SDP rewrites rtpengine did not do: refused (488 or the request refused) or unreachable "
+    "(503, or the call bypassed with media_fallback: bypass)",
+    ["edge", "reason"],
+)
+MEDIA_CALLS = Counter(
+    "tandem_edge_media_calls_total",
+    "Answered calls by media: anchored, fallback (rtpengine unreachable: bypassed), bypassed",
+    ["edge", "media"],
+)
 TRUNK_UP = Gauge("tandem_edge_trunk_up", "Trunk health by OPTIONS probes (1 up)", ["edge", "trunk"])
 
 
@@ -71,6 +82,12 @@ class EdgeMetrics:
 
     def call_ended(self, status: int) -> None:
         CALLS.labels(self.edge, str(status)).inc()
+
+    def media_failure(self, reason: str) -> None:
+        MEDIA_FAILURES.labels(self.edge, reason).inc()
+
+    def media_call(self, media: str) -> None:
+        MEDIA_CALLS.labels(self.edge, media or "bypassed").inc()
 
     def trunk_up(self, trunk: str, up: bool) -> None:
         TRUNK_UP.labels(self.edge, trunk).set(1 if up else 0)

@@ -27,6 +27,7 @@ from tandem.edge.capture import Capture
 from tandem.edge.executor import Executor
 from tandem.edge.health import Probe, Prober
 from tandem.edge.inbound import Inbound
+from tandem.edge.media import Rtpengines
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.peers import Peers
 from tandem.edge.register import Registering, aor_user
@@ -77,6 +78,7 @@ class Service:
         self.peers = Peers(Resolver.from_config(ctx.config.dns))
         self.nonce_key = nonce_key(ctx.config, ctx.token)
         self.registry = Registry()
+        self.rtpengines = Rtpengines(edge.id, ctx.config.media.addresses)
         self.capture = Capture(
             edge.id,
             ctx.config.capture,
@@ -95,6 +97,7 @@ class Service:
             telemetry.tracer("tandem.edge"),
             sent_by,
             self.spawn,
+            self.rtpengines,
             ctx.config.telemetry.mask_numbers,
             peers=self.peers,
             tls_port=tls_port,
@@ -139,6 +142,7 @@ class Service:
         await self.policy.caught_up.wait()
         if not self.policy.commit:  # no policy stored yet: the config file's
             self.apply_policy(self.ctx.config.policy)
+        await self.rtpengines.start()
         self.transactions.start()
         await self.capture.start()
         await self.transports.start()
@@ -193,9 +197,11 @@ class Service:
                 await sub.unsubscribe()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
+            await self.executor.outbox.flush()  # the ends of anchored calls, after rtpengine's
         self.transactions.stop()
         await self.transports.stop()
         await self.capture.stop()
+        await self.rtpengines.stop()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -214,6 +220,8 @@ class Service:
         edited trunk keeps the health its probes found, unless its peer changed."""
         served = {t.id: t for t in policy.trunks if t.edge == self.edge_id}
         self.trunks = self.executor.trunks = served
+        # a call this edge owns is anchored if its trunk or its target's anchors: any trunk
+        self.rtpengines.wanted = any(t.media == "anchor" for t in policy.trunks)
         self.inbound.admission = Admission(served.values())
         found: dict[str, Probe] = {}
         self.inbound.challengers = {
@@ -317,8 +325,11 @@ class Service:
         reply = pb.CommandReply(ok=True)
         try:
             command = pb.LegCommand.FromString(msg.data)
-            if command.WhichOneof("command") == "create":
+            which = command.WhichOneof("command")
+            if which == "create":
                 reply = self._create_leg(command, msg.headers)
+            elif which == "quality":
+                self.executor.leg_quality(command)
             else:
                 runner = self.registry.legs.get(command.leg_id)
                 event = e.from_leg_command(command)
@@ -473,6 +484,7 @@ class Service:
             ],
             "calls": [call_status(runner, mask) for runner in self.registry.calls.values()],
             "legs": len(self.registry.legs),
+            "rtpengine": self.rtpengines.status() if self.rtpengines.wanted else [],
         }
 
 

@@ -18,6 +18,21 @@ from tandem.pb import tandem_pb2 as pb
 from tandem.telemetry import mask_number
 
 
+def quality_attributes(quality: pb.MediaQuality) -> dict[str, str | int | float | bool]:
+    """An anchored leg's RTP figures as span attributes (`media.*`)."""
+    return {
+        "media.rtpengine": quality.rtpengine,
+        "media.protocol": quality.protocol,
+        "media.packets_from": quality.packets_from,
+        "media.packets_to": quality.packets_to,
+        "media.packets_lost": quality.packets_lost,
+        "media.loss_percent": quality.loss_percent,
+        "media.jitter_ms": quality.jitter_ms,
+        "media.mos": quality.mos,
+        "media.lost": quality.lost,
+    }
+
+
 class CallTrace:
     """The root span of a call and its ingress leg; `headers` carry the context on NATS."""
 
@@ -62,6 +77,11 @@ class CallTrace:
                 "attempt failed",
                 {"sip.status": event.status, "tandem.failover_reason": event.failure},
             )
+        elif event.kind == pb.CallEvent.ENDED and event.media:
+            self.span.set_attribute("tandem.media", event.media)
+            for quality in event.quality:
+                if not quality.leg_id:  # the caller's: the ingress leg's figures
+                    self.leg_span.set_attributes(quality_attributes(quality))
 
     def finish(self, finished: Finished) -> None:
         for span in (self.leg_span, self.span):
@@ -75,7 +95,7 @@ class CallTrace:
 class LegTrace:
     """The span of one egress leg, a child of its call's span on whichever edge owns it."""
 
-    __slots__ = ("headers", "span")
+    __slots__ = ("anchored", "ended", "finished", "headers", "span")
 
     def __init__(
         self,
@@ -105,6 +125,8 @@ class LegTrace:
         )
         # the leg's events carry its span, so the owner's handling of them joins the trace
         self.headers = telemetry.inject({}, trace.set_span_in_context(self.span))
+        self.anchored = create.anchored  # its end waits for its RTP figures (`quality`)
+        self.finished = self.ended = False
 
     def event(self, event: pb.LegEvent) -> None:
         if event.kind == pb.LegEvent.ANSWERED:
@@ -121,4 +143,19 @@ class LegTrace:
         span.set_attribute("sip.status", finished.status)
         if finished.status >= 400 and not finished.cancelled:
             span.set_status(Status(StatusCode.ERROR, finished.reason))
-        span.end()
+        self.finished = True
+        if not self.anchored:
+            self.end()
+
+    def quality(self, quality: pb.MediaQuality) -> None:
+        """The figures of an anchored leg, from its call's owner: they close its span (once
+        the leg has finished)."""
+        self.span.set_attributes(quality_attributes(quality))
+        self.anchored = False
+        if self.finished:
+            self.end()
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.span.end()

@@ -43,7 +43,7 @@ class RouteRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ...) -> None: ...
 
 class RouteTarget(_message.Message):
-    __slots__ = ("trunk", "edge", "called", "calling", "usage", "route", "suppress_caller_id", "failover_timer_s", "failover_response_codes", "forward_pai", "forward_call_history", "trunk_down", "max_ring_s", "max_call_s", "redirect")
+    __slots__ = ("trunk", "edge", "called", "calling", "usage", "route", "suppress_caller_id", "failover_timer_s", "failover_response_codes", "forward_pai", "forward_call_history", "trunk_down", "max_ring_s", "max_call_s", "redirect", "media", "srtp", "ice", "media_timeout_s", "media_fallback")
     TRUNK_FIELD_NUMBER: _ClassVar[int]
     EDGE_FIELD_NUMBER: _ClassVar[int]
     CALLED_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,11 @@ class RouteTarget(_message.Message):
     MAX_RING_S_FIELD_NUMBER: _ClassVar[int]
     MAX_CALL_S_FIELD_NUMBER: _ClassVar[int]
     REDIRECT_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_FIELD_NUMBER: _ClassVar[int]
+    SRTP_FIELD_NUMBER: _ClassVar[int]
+    ICE_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     trunk: str
     edge: str
     called: str
@@ -74,7 +79,12 @@ class RouteTarget(_message.Message):
     max_ring_s: float
     max_call_s: float
     redirect: str
-    def __init__(self, trunk: _Optional[str] = ..., edge: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., suppress_caller_id: _Optional[bool] = ..., failover_timer_s: _Optional[float] = ..., failover_response_codes: _Optional[_Iterable[int]] = ..., forward_pai: _Optional[bool] = ..., forward_call_history: _Optional[bool] = ..., trunk_down: _Optional[bool] = ..., max_ring_s: _Optional[float] = ..., max_call_s: _Optional[float] = ..., redirect: _Optional[str] = ...) -> None: ...
+    media: str
+    srtp: str
+    ice: str
+    media_timeout_s: float
+    media_fallback: str
+    def __init__(self, trunk: _Optional[str] = ..., edge: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., suppress_caller_id: _Optional[bool] = ..., failover_timer_s: _Optional[float] = ..., failover_response_codes: _Optional[_Iterable[int]] = ..., forward_pai: _Optional[bool] = ..., forward_call_history: _Optional[bool] = ..., trunk_down: _Optional[bool] = ..., max_ring_s: _Optional[float] = ..., max_call_s: _Optional[float] = ..., redirect: _Optional[str] = ..., media: _Optional[str] = ..., srtp: _Optional[str] = ..., ice: _Optional[str] = ..., media_timeout_s: _Optional[float] = ..., media_fallback: _Optional[str] = ...) -> None: ...
 
 class RouteDecision(_message.Message):
     __slots__ = ("result", "status", "reason", "normalized_called", "normalized_calling", "usage", "route", "targets", "explain")
@@ -117,7 +127,7 @@ class SipBody(_message.Message):
     def __init__(self, content_type: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class LegCreate(_message.Message):
-    __slots__ = ("target", "calling_display", "headers", "body", "max_forwards", "attempt", "sip_call_id", "owner_edge", "privacy")
+    __slots__ = ("target", "calling_display", "headers", "body", "max_forwards", "attempt", "sip_call_id", "owner_edge", "privacy", "anchored")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CALLING_DISPLAY_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +137,7 @@ class LegCreate(_message.Message):
     SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_EDGE_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    ANCHORED_FIELD_NUMBER: _ClassVar[int]
     target: RouteTarget
     calling_display: str
     headers: _containers.RepeatedCompositeFieldContainer[Header]
@@ -136,7 +147,8 @@ class LegCreate(_message.Message):
     sip_call_id: str
     owner_edge: str
     privacy: str
-    def __init__(self, target: _Optional[_Union[RouteTarget, _Mapping]] = ..., calling_display: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., max_forwards: _Optional[int] = ..., attempt: _Optional[int] = ..., sip_call_id: _Optional[str] = ..., owner_edge: _Optional[str] = ..., privacy: _Optional[str] = ...) -> None: ...
+    anchored: bool
+    def __init__(self, target: _Optional[_Union[RouteTarget, _Mapping]] = ..., calling_display: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., max_forwards: _Optional[int] = ..., attempt: _Optional[int] = ..., sip_call_id: _Optional[str] = ..., owner_edge: _Optional[str] = ..., privacy: _Optional[str] = ..., anchored: _Optional[bool] = ...) -> None: ...
 
 class LegCancel(_message.Message):
     __slots__ = ("reason",)
@@ -183,7 +195,7 @@ class LegResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ...) -> None: ...
 
 class LegCommand(_message.Message):
-    __slots__ = ("leg_id", "call_id", "create", "cancel", "ack", "bye", "request", "response")
+    __slots__ = ("leg_id", "call_id", "create", "cancel", "ack", "bye", "request", "response", "quality")
     LEG_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +204,7 @@ class LegCommand(_message.Message):
     BYE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     call_id: str
     create: LegCreate
@@ -200,7 +213,8 @@ class LegCommand(_message.Message):
     bye: LegBye
     request: LegRequest
     response: LegResponse
-    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., create: _Optional[_Union[LegCreate, _Mapping]] = ..., cancel: _Optional[_Union[LegCancel, _Mapping]] = ..., ack: _Optional[_Union[LegAck, _Mapping]] = ..., bye: _Optional[_Union[LegBye, _Mapping]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ...) -> None: ...
+    quality: MediaQuality
+    def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., create: _Optional[_Union[LegCreate, _Mapping]] = ..., cancel: _Optional[_Union[LegCancel, _Mapping]] = ..., ack: _Optional[_Union[LegAck, _Mapping]] = ..., bye: _Optional[_Union[LegBye, _Mapping]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., quality: _Optional[_Union[MediaQuality, _Mapping]] = ...) -> None: ...
 
 class CommandReply(_message.Message):
     __slots__ = ("ok", "error")
@@ -275,7 +289,7 @@ class LegEvent(_message.Message):
     def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ..., received_status: _Optional[int] = ..., remote_tag: _Optional[str] = ..., local_tag: _Optional[str] = ..., transfer_target: _Optional[_Union[RouteTarget, _Mapping]] = ..., replaces: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt", "failure", "end_reason", "received_status", "transferred_from", "transferred_to")
+    __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt", "failure", "end_reason", "received_status", "transferred_from", "transferred_to", "quality", "media", "media_note")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[CallEvent.Kind]
@@ -320,6 +334,9 @@ class CallEvent(_message.Message):
     RECEIVED_STATUS_FIELD_NUMBER: _ClassVar[int]
     TRANSFERRED_FROM_FIELD_NUMBER: _ClassVar[int]
     TRANSFERRED_TO_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_NOTE_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     kind: CallEvent.Kind
     seq: int
@@ -344,7 +361,46 @@ class CallEvent(_message.Message):
     received_status: int
     transferred_from: str
     transferred_to: str
-    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[_Union[CallEvent.Kind, str]] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ..., failure: _Optional[str] = ..., end_reason: _Optional[str] = ..., received_status: _Optional[int] = ..., transferred_from: _Optional[str] = ..., transferred_to: _Optional[str] = ...) -> None: ...
+    quality: _containers.RepeatedCompositeFieldContainer[MediaQuality]
+    media: str
+    media_note: str
+    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[_Union[CallEvent.Kind, str]] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ..., failure: _Optional[str] = ..., end_reason: _Optional[str] = ..., received_status: _Optional[int] = ..., transferred_from: _Optional[str] = ..., transferred_to: _Optional[str] = ..., quality: _Optional[_Iterable[_Union[MediaQuality, _Mapping]]] = ..., media: _Optional[str] = ..., media_note: _Optional[str] = ...) -> None: ...
+
+class MediaQuality(_message.Message):
+    __slots__ = ("leg_id", "rtpengine", "protocol", "crypto", "packets_from", "bytes_from", "packets_to", "bytes_to", "packets_lost", "loss_percent", "jitter_ms", "rtt_ms", "mos", "mos_min", "errors", "lost")
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    RTPENGINE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CRYPTO_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FROM_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FROM_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_TO_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TO_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_LOST_FIELD_NUMBER: _ClassVar[int]
+    LOSS_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    JITTER_MS_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    MOS_FIELD_NUMBER: _ClassVar[int]
+    MOS_MIN_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    leg_id: str
+    rtpengine: str
+    protocol: str
+    crypto: str
+    packets_from: int
+    bytes_from: int
+    packets_to: int
+    bytes_to: int
+    packets_lost: int
+    loss_percent: float
+    jitter_ms: float
+    rtt_ms: float
+    mos: float
+    mos_min: float
+    errors: int
+    lost: bool
+    def __init__(self, leg_id: _Optional[str] = ..., rtpengine: _Optional[str] = ..., protocol: _Optional[str] = ..., crypto: _Optional[str] = ..., packets_from: _Optional[int] = ..., bytes_from: _Optional[int] = ..., packets_to: _Optional[int] = ..., bytes_to: _Optional[int] = ..., packets_lost: _Optional[int] = ..., loss_percent: _Optional[float] = ..., jitter_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., mos: _Optional[float] = ..., mos_min: _Optional[float] = ..., errors: _Optional[int] = ..., lost: _Optional[bool] = ...) -> None: ...
 
 class Hangup(_message.Message):
     __slots__ = ("call_id", "reason")
@@ -412,7 +468,7 @@ class TrunkCounters(_message.Message):
     def __init__(self, trunk: _Optional[str] = ..., active_in: _Optional[int] = ..., active_out: _Optional[int] = ..., attempts: _Optional[int] = ..., answered: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., failures: _Optional[_Mapping[int, int]] = ..., peak_active: _Optional[int] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("leg_id", "trunk", "sip_call_id", "called", "calling", "status", "reason", "start_unix_ms", "end_unix_ms", "answer_unix_ms", "attempt", "received_status")
+    __slots__ = ("leg_id", "trunk", "sip_call_id", "called", "calling", "status", "reason", "start_unix_ms", "end_unix_ms", "answer_unix_ms", "attempt", "received_status", "media")
     LEG_ID_FIELD_NUMBER: _ClassVar[int]
     TRUNK_FIELD_NUMBER: _ClassVar[int]
     SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -425,6 +481,7 @@ class Attempt(_message.Message):
     ANSWER_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_STATUS_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     trunk: str
     sip_call_id: str
@@ -437,10 +494,11 @@ class Attempt(_message.Message):
     answer_unix_ms: int
     attempt: int
     received_status: int
-    def __init__(self, leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., received_status: _Optional[int] = ...) -> None: ...
+    media: MediaQuality
+    def __init__(self, leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., received_status: _Optional[int] = ..., media: _Optional[_Union[MediaQuality, _Mapping]] = ...) -> None: ...
 
 class ActiveCall(_message.Message):
-    __slots__ = ("call_id", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "state", "invite_unix_ms", "answer_unix_ms", "attempts", "trace_id", "last_seq", "timeline", "normalized_called", "usage", "route", "transferred_from")
+    __slots__ = ("call_id", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "state", "invite_unix_ms", "answer_unix_ms", "attempts", "trace_id", "last_seq", "timeline", "normalized_called", "usage", "route", "transferred_from", "media", "media_note")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     EDGE_FIELD_NUMBER: _ClassVar[int]
     INGRESS_TRUNK_FIELD_NUMBER: _ClassVar[int]
@@ -458,6 +516,8 @@ class ActiveCall(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     TRANSFERRED_FROM_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_NOTE_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     edge: str
     ingress_trunk: str
@@ -475,10 +535,12 @@ class ActiveCall(_message.Message):
     usage: str
     route: str
     transferred_from: str
-    def __init__(self, call_id: _Optional[str] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., state: _Optional[_Union[CallState, str]] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., trace_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., timeline: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ..., normalized_called: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., transferred_from: _Optional[str] = ...) -> None: ...
+    media: str
+    media_note: str
+    def __init__(self, call_id: _Optional[str] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., state: _Optional[_Union[CallState, str]] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., trace_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., timeline: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ..., normalized_called: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., transferred_from: _Optional[str] = ..., media: _Optional[str] = ..., media_note: _Optional[str] = ...) -> None: ...
 
 class Cdr(_message.Message):
-    __slots__ = ("call_id", "sip_call_ids", "ingress_trunk", "egress_trunk", "attempts", "called_received", "calling_received", "called_sent", "calling_sent", "invite_unix_ms", "answer_unix_ms", "end_unix_ms", "duration_s", "final_status", "final_reason", "ended_by", "failover_count", "trace_id", "edge", "usage", "route", "end_reason", "transferred_from", "transferred_to")
+    __slots__ = ("call_id", "sip_call_ids", "ingress_trunk", "egress_trunk", "attempts", "called_received", "calling_received", "called_sent", "calling_sent", "invite_unix_ms", "answer_unix_ms", "end_unix_ms", "duration_s", "final_status", "final_reason", "ended_by", "failover_count", "trace_id", "edge", "usage", "route", "end_reason", "transferred_from", "transferred_to", "ingress_media", "media", "media_note")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SIP_CALL_IDS_FIELD_NUMBER: _ClassVar[int]
     INGRESS_TRUNK_FIELD_NUMBER: _ClassVar[int]
@@ -503,6 +565,9 @@ class Cdr(_message.Message):
     END_REASON_FIELD_NUMBER: _ClassVar[int]
     TRANSFERRED_FROM_FIELD_NUMBER: _ClassVar[int]
     TRANSFERRED_TO_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_MEDIA_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_NOTE_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     sip_call_ids: _containers.RepeatedScalarFieldContainer[str]
     ingress_trunk: str
@@ -527,7 +592,10 @@ class Cdr(_message.Message):
     end_reason: str
     transferred_from: str
     transferred_to: str
-    def __init__(self, call_id: _Optional[str] = ..., sip_call_ids: _Optional[_Iterable[str]] = ..., ingress_trunk: _Optional[str] = ..., egress_trunk: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., called_received: _Optional[str] = ..., calling_received: _Optional[str] = ..., called_sent: _Optional[str] = ..., calling_sent: _Optional[str] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., duration_s: _Optional[float] = ..., final_status: _Optional[int] = ..., final_reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., failover_count: _Optional[int] = ..., trace_id: _Optional[str] = ..., edge: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., end_reason: _Optional[str] = ..., transferred_from: _Optional[str] = ..., transferred_to: _Optional[str] = ...) -> None: ...
+    ingress_media: MediaQuality
+    media: str
+    media_note: str
+    def __init__(self, call_id: _Optional[str] = ..., sip_call_ids: _Optional[_Iterable[str]] = ..., ingress_trunk: _Optional[str] = ..., egress_trunk: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., called_received: _Optional[str] = ..., calling_received: _Optional[str] = ..., called_sent: _Optional[str] = ..., calling_sent: _Optional[str] = ..., invite_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., duration_s: _Optional[float] = ..., final_status: _Optional[int] = ..., final_reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., failover_count: _Optional[int] = ..., trace_id: _Optional[str] = ..., edge: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., end_reason: _Optional[str] = ..., transferred_from: _Optional[str] = ..., transferred_to: _Optional[str] = ..., ingress_media: _Optional[_Union[MediaQuality, _Mapping]] = ..., media: _Optional[str] = ..., media_note: _Optional[str] = ...) -> None: ...
 
 class SipMessage(_message.Message):
     __slots__ = ("call_id", "leg_id", "edge", "trunk", "direction", "transport", "src", "dst", "time_unix_us", "sip_call_id", "method", "status", "reason", "cseq", "data")

@@ -201,6 +201,14 @@ class Trunk(Strict):
     # tandem registers to this trunk; `register` in the config, a name BaseModel (an ABC) owns
     registration: Registration | None = Field(default=None, alias="register")
     registrar: bool = False  # this trunk (a PBX) registers to tandem
+    # media: passed through as the trunks send it (bypass), or through rtpengine (anchor);
+    # a call is anchored when either of its trunks anchors, and then this trunk's side of
+    # it gets SRTP and ICE as below
+    media: Literal["bypass", "anchor"] = "bypass"
+    srtp: Literal["off", "sdes", "dtls", "optional"] = "off"
+    ice: Literal["remove", "force"] = "remove"
+    media_timeout_s: float = Field(default=60.0, ge=0, le=3600)  # no RTP from it: BYE; 0: never
+    media_fallback: Literal["reject", "bypass"] = "reject"  # rtpengine unreachable: 503, or bypass
 
     @field_validator("peer")
     @classmethod
@@ -265,6 +273,10 @@ class Trunk(Strict):
             raise ValueError("a trunk either registers to its peer (register) or is a registrar")
         if self.registrar and (self.auth is None or not self.auth.challenge):
             raise ValueError("registrar: true needs auth with challenge: true")
+        if self.media == "bypass" and (self.srtp != "off" or self.ice != "remove"):
+            raise ValueError(
+                "srtp and ice apply to anchored media: set media: anchor (rtpengine does them)"
+            )
         return self
 
     @field_validator("pstn_usages")

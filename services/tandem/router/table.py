@@ -66,6 +66,11 @@ class CompiledTrunk:
                 max_ring_s=trunk.max_ring_s,
                 max_call_s=trunk.max_call_s,
                 redirect=trunk.redirect,
+                media=trunk.media,
+                srtp=trunk.srtp,
+                ice=trunk.ice,
+                media_timeout_s=trunk.media_timeout_s,
+                media_fallback=trunk.media_fallback,
             ),
         )
 

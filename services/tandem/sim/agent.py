@@ -100,6 +100,19 @@ _TIMER = {
     "required": pj.PJSUA_SIP_TIMER_REQUIRED,
     "always": pj.PJSUA_SIP_TIMER_ALWAYS,
 }
+_SRTP = {
+    "off": (pj.PJMEDIA_SRTP_DISABLED, ()),
+    "sdes": (pj.PJMEDIA_SRTP_MANDATORY, (pj.PJMEDIA_SRTP_KEYING_SDES,)),
+    "dtls": (pj.PJMEDIA_SRTP_MANDATORY, (pj.PJMEDIA_SRTP_KEYING_DTLS_SRTP,)),
+}
+_TRANSPORTS = {
+    pj.PJMEDIA_TP_PROTO_RTP_AVP: "RTP/AVP",
+    pj.PJMEDIA_TP_PROTO_RTP_SAVP: "RTP/SAVP",
+    pj.PJMEDIA_TP_PROTO_RTP_AVPF: "RTP/AVPF",
+    pj.PJMEDIA_TP_PROTO_RTP_SAVPF: "RTP/SAVPF",
+    pj.PJMEDIA_TP_PROTO_DTLS_SRTP: "UDP/TLS/RTP/SAVP",
+    pj.PJMEDIA_TP_PROTO_DTLS_SRTPF: "UDP/TLS/RTP/SAVPF",
+}
 _REQUEST_URI_USER = re.compile(r"^INVITE\s+(?:sips?|tel):([^@;>\s]+)", re.IGNORECASE)
 _URI_USER = re.compile(r"(?:sips?|tel):([^@;>\s]+)", re.IGNORECASE)
 ANONYMOUS_URI = '"Anonymous" <sip:anonymous@anonymous.invalid>'  # RFC 3323 section 4.1.1.3
@@ -128,6 +141,8 @@ class _Record:
     reason: str = ""
     media: MediaStatus = "none"
     media_direction: Direction = "inactive"
+    media_transport: str = ""
+    remote_rtp: str = ""
     closed_rtp: RtpStats = field(default_factory=RtpStats)  # streams already destroyed
     live_rtp: RtpStats = field(default_factory=RtpStats)  # the current stream, last polled
     early_rtp: RtpStats | None = None  # the RTP count when it left the early state
@@ -185,6 +200,8 @@ class _Record:
             reason=self.reason,
             media=self.media,
             media_direction=self.media_direction,
+            media_transport=self.media_transport,
+            remote_rtp=self.remote_rtp,
             rtp=rtp,
             early_rtp=early or RtpStats(),
             dtmf_received=list(self.dtmf),
@@ -214,6 +231,7 @@ def _stream_rtp(call: pj.Call, index: int) -> RtpStats | None:
         tx_bytes=stat.txStat.bytes,
         rx_packets=stat.rxStat.pkt,
         rx_bytes=stat.rxStat.bytes,
+        rx_lost=stat.rxStat.loss,
     )
 
 
@@ -291,6 +309,10 @@ class _Call(pj.Call):  # type: ignore[misc]  # pjsua2 is untyped
                 continue
             self.record.media = _MEDIA.get(media.status, "error")
             self.record.media_direction = _DIRECTIONS.get(media.dir, "inactive")
+            with contextlib.suppress(pj.Error):  # no stream (inactive): nothing to say
+                stream = self.getStreamInfo(media.index)
+                self.record.media_transport = _TRANSPORTS.get(stream.proto, str(stream.proto))
+                self.record.remote_rtp = str(stream.remoteRtpAddress)
             if media.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 # the stream may be new after a re-INVITE: (re)connect the audio source
                 self.agent.tone.startTransmit(self.getAudioMedia(media.index))
@@ -634,6 +656,11 @@ class UserAgent:
         cfg.mediaConfig.transportConfig.port = first
         cfg.mediaConfig.transportConfig.portRange = last - first
         cfg.mediaConfig.lockCodecEnabled = False  # no extra re-INVITE to settle codecs
+        use, keyings = _SRTP[self.sim.srtp]
+        cfg.mediaConfig.srtpUse = use
+        cfg.mediaConfig.srtpSecureSignaling = 0  # SRTP over plain SIP/UDP, as trunks do
+        if keyings:
+            cfg.mediaConfig.srtpOpt.keyings = pj.IntVector(list(keyings))
         cfg.callConfig.prackUse = _PRACK[self.sim.prack]
         cfg.callConfig.timerUse = _TIMER[self.sim.session_timer]
         cfg.callConfig.timerSessExpiresSec = self.sim.session_expires_s

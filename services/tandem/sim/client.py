@@ -203,9 +203,19 @@ class SimProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def freeze(self) -> None:
+        """SIGSTOP: the box hangs, nothing in or out, SIP nor RTP, until `thaw`."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
     def terminate(self) -> None:
         """SIGTERM without waiting: several sims then stop side by side."""
         if self.proc is not None and self.proc.poll() is None:
+            self.thaw()
             self.proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> int | None:
@@ -213,6 +223,7 @@ class SimProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            self.thaw()  # a frozen process never gets to handle its SIGTERM
             self.proc.send_signal(signal.SIGTERM)
             try:
                 return self.proc.wait(STOP_TIMEOUT_S)

@@ -23,6 +23,7 @@ Number = Annotated[str, Field(pattern=r"^\+?[0-9*#]{1,32}$")]
 # pjsua's own names (pjsua_100rel_use, pjsua_sip_timer_use), so its docs apply as written
 PrackUse = Literal["not_used", "optional", "mandatory"]
 TimerUse = Literal["inactive", "optional", "required", "always"]
+SrtpUse = Literal["off", "sdes", "dtls"]
 Progress = Literal[180, 183]
 
 RINGING: Final = 180
@@ -114,6 +115,12 @@ class Sim(Strict):
         default=MIN_SE_S, ge=MIN_SE_S, description="Min-SE: the shortest it accepts (seconds)"
     )
     tls: SimTls | None = Field(default=None, description="SIP over TLS too, and for its calls")
+    srtp: SrtpUse = Field(
+        default="off",
+        description="its media: plain RTP, or SRTP only (pjsua's srtpUse mandatory) keyed by "
+        "SDES (RFC 4568, a=crypto, RTP/SAVP) or DTLS-SRTP (RFC 5764; needs a PJSIP built "
+        "with DTLS: the pjsua2-python wheel answers such offers 488)",
+    )
 
     @field_validator("sip", "trunk")
     @classmethod

@@ -35,6 +35,7 @@ class RtpStats(BaseModel):
     tx_bytes: int = 0
     rx_packets: int = 0
     rx_bytes: int = 0
+    rx_lost: int = 0  # packets missing from what it received (sequence gaps)
 
     def __add__(self, other: RtpStats) -> RtpStats:
         return RtpStats(
@@ -42,6 +43,7 @@ class RtpStats(BaseModel):
             tx_bytes=self.tx_bytes + other.tx_bytes,
             rx_packets=self.rx_packets + other.rx_packets,
             rx_bytes=self.rx_bytes + other.rx_bytes,
+            rx_lost=self.rx_lost + other.rx_lost,
         )
 
 
@@ -75,6 +77,12 @@ class CallView(BaseModel):
     reason: str = Field(description="pjsua's text for last_status ('Normal call clearing')")
     media: MediaStatus
     media_direction: Direction
+    media_transport: str = Field(
+        default="", description="its audio stream's transport: RTP/AVP, RTP/SAVP (SRTP) ..."
+    )
+    remote_rtp: str = Field(
+        default="", description="where its audio stream sends RTP: the far end's SDP address"
+    )
     rtp: RtpStats
     early_rtp: RtpStats = Field(
         default_factory=RtpStats,

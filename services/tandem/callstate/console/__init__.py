@@ -330,7 +330,19 @@ async def call(
         trace_id=trace_id,
         trace_link=trace_url.replace("{trace_id}", trace_id) if trace_url and trace_id else "",
         hangup=request.query_params.get("hangup", ""),
+        media=media_rows(record) if cdr else [],
     )
+
+
+def media_rows(cdr: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """An anchored call's legs with their RTP figures, the caller's first."""
+    rows = []
+    if cdr.get("ingress_media"):
+        rows.append((f"{cdr['ingress_trunk']} (caller)", cdr["ingress_media"]))
+    for attempt in cdr.get("attempts", []):
+        if attempt.get("media"):
+            rows.append((f"{attempt['trunk']} (attempt {attempt['attempt']})", attempt["media"]))
+    return rows
 
 
 # ---- CDRs ----------------------------------------------------------------------------------
