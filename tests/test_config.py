@@ -84,6 +84,21 @@ routes:
         (lambda c: c["trunks"][0].update(colour="red"), "trunks.0.colour: Extra inputs"),
         (lambda c: c["trunks"][1].update(id="pbx-hq"), "duplicate trunk id: ['pbx-hq']"),
         (lambda c: c["trunks"][0].update(edge="nowhere"), "names unknown edge 'nowhere'"),
+        (
+            lambda c: c["trunks"][0].update(edge=["edge-pbx", "nowhere"]),
+            "names unknown edge 'nowhere'",
+        ),
+        (lambda c: c["trunks"][0].update(edge=[]), "trunks.0.edge: names no edge"),
+        (
+            lambda c: c["trunks"][0].update(edge=["edge-pbx", "edge-pbx"]),
+            "duplicate edge: ['edge-pbx']",
+        ),
+        (
+            lambda c: c["trunks"][0].update(
+                edge=["edge-pbx", "edge-pstn"], register={"aor": "sip:acme@carrier.example"}
+            ),
+            "a trunk that registers (register, registrar) has one edge",
+        ),
         (lambda c: c["routes"][0].update(trunks=["ghost"]), "names unknown trunks ['ghost']"),
         (lambda c: c["routes"][0].update(pstn_usages=["Mars"]), "unknown PSTN usages ['Mars']"),
         (lambda c: c["routes"][0].update(number_pattern="^(+1"), "routes.0.number_pattern:"),

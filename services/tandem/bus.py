@@ -95,6 +95,8 @@ TRUNK_HEALTH_BUCKET = "TANDEM_TRUNK_HEALTH"
 TRUNK_COUNTERS_BUCKET = "TANDEM_TRUNK_COUNTERS"
 SIP_STREAM = "TANDEM_SIP"
 ROUTERS_BUCKET = "TANDEM_ROUTERS"  # each router replica: the policy revision it has in force
+TRUNK_CALLS_BUCKET = "TANDEM_TRUNK_CALLS"  # a limited trunk's calls now, by edge (edge/limits.py)
+LEASES_BUCKET = "TANDEM_LEASES"  # which edge probes a trunk served by several (key: trunk)
 ROUTER_ENTRY_TTL_S = 10.0  # a replica's entry outlives it this long at most
 
 DAY_S = 86400.0
@@ -121,6 +123,8 @@ BUCKETS = (
     KeyValueConfig(bucket=TRUNK_HEALTH_BUCKET, storage=StorageType.FILE),
     KeyValueConfig(bucket=TRUNK_COUNTERS_BUCKET, storage=StorageType.FILE),
     KeyValueConfig(bucket=ROUTERS_BUCKET, storage=StorageType.FILE, ttl=ROUTER_ENTRY_TTL_S),
+    KeyValueConfig(bucket=TRUNK_CALLS_BUCKET, storage=StorageType.FILE),
+    KeyValueConfig(bucket=LEASES_BUCKET, storage=StorageType.FILE),
 )
 
 

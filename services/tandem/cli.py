@@ -137,7 +137,7 @@ def summary(config: Config) -> str:
         ),
         f"usages     {', '.join(sorted(config.usages)) or '(none)'}",
         *(
-            f"trunk      {t.id} on {t.edge} -> {t.peer}/{t.transport}, "
+            f"trunk      {t.id} on {', '.join(t.edges)} -> {t.peer}/{t.transport}, "
             f"usages [{', '.join(t.pstn_usages)}]"
             + (f", auth {t.auth.username} ({t.auth.password_source})" if t.auth else "")
             + (f", media anchored (srtp {t.srtp}, ice {t.ice})" if t.media == "anchor" else "")

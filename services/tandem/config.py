@@ -256,13 +256,14 @@ class Config(Policy):
         if self.edges:
             edges = {e.id: e for e in self.edges}
             for trunk in self.trunks:
-                edge = edges.get(trunk.edge)
-                if edge is None:
-                    raise ValueError(f"trunk {trunk.id!r} names unknown edge {trunk.edge!r}")
-                if trunk.tls_names and edge.sip_tls is None:
-                    raise ValueError(
-                        f"trunk {trunk.id!r} has tls_names but edge {edge.id!r} has no sip_tls"
-                    )
+                for edge_id in trunk.edges:
+                    edge = edges.get(edge_id)
+                    if edge is None:
+                        raise ValueError(f"trunk {trunk.id!r} names unknown edge {edge_id!r}")
+                    if trunk.tls_names and edge.sip_tls is None:
+                        raise ValueError(
+                            f"trunk {trunk.id!r} has tls_names but edge {edge.id!r} has no sip_tls"
+                        )
         return self
 
     @property

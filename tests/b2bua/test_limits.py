@@ -1,5 +1,6 @@
-"""Calls always end (ring and call limits), a trunk's codes are translated before the
-failover decision, and redirects are relayed with their Contacts or followed."""
+"""Calls always end (ring and call limits), a full trunk is refused or skipped, a trunk's
+codes are translated before the failover decision, and redirects are relayed with their
+Contacts or followed."""
 
 from __future__ import annotations
 
@@ -45,6 +46,27 @@ def test_a_call_past_max_call_s_is_ended_both_ways() -> None:
     assert w.methods_to(w.call) == ["BYE"]
     assert w.methods_to(w.leg())[-1] == "BYE"
     assert w.call_events[-1].end_reason == "max_call"
+
+
+def test_a_call_from_a_full_trunk_gets_503_before_it_is_routed() -> None:
+    w = World()
+    w.start(route=False)
+    w.feed(w.call, e.AtLimit("trunk pbx is at its limit of 50 calls"))
+    final = w.invite_txn.responses[-1]
+    assert final.status == 503 and final.headers.get("retry-after") == "5"
+    assert "at its limit of 50 calls" in (final.headers.get("reason") or "")
+    assert not w.legs and w.call.state is CallState.ENDED
+    assert w.call_events[-1].end_reason == "trunk_limit"
+
+
+def test_a_full_egress_trunk_gives_the_call_to_the_next_target() -> None:
+    w = World(target("gw1"), target("gw2"))
+    w.full.add("gw1")
+    w.start()
+    assert len(w.legs) == 1 and w.legs[0].profile.trunk == "gw2"
+    failed = next(ev for ev in w.call_events if ev.kind == pb.CallEvent.LEG_FAILED)
+    assert (failed.trunk, failed.failure, failed.status) == ("gw1", "trunk_limit", 503)
+    assert w.failovers == ["trunk_limit"]
 
 
 def test_a_translated_code_decides_the_failover_and_the_event_keeps_both() -> None:

@@ -27,6 +27,7 @@ SAMPLES: dict[type, e.Event] = {
     e.InviteReceived: e.InviteReceived(INVITE, TXN),
     e.RouteDecided: e.RouteDecided(pb.RouteDecision()),
     e.RouteFailed: e.RouteFailed("timeout"),
+    e.AtLimit: e.AtLimit("trunk pbx-hq is at its limit of 1 calls"),
     e.LegCreateAnswered: e.LegCreateAnswered("leg", ""),
     e.CallerCancelled: e.CallerCancelled(),
     e.AckTimedOut: e.AckTimedOut(),

@@ -149,6 +149,7 @@ class World:
         self.invite_txn = Txn(caller_invite())
         self.leg_created: dict[str, bool] = {}  # leg id -> created on its edge
         self.refuse_create: set[str] = set()  # trunks whose edge refuses the leg
+        self.full: set[str] = set()  # trunks at their max_concurrent_calls
         self.call_ids: tuple[str, ...] = ()  # the records the call carries, as the edge knows
         self.dialogs: dict[tuple[str, str, str], e.DialogFound] = {}  # what FindDialog finds
         self.hops: dict[str, list[e.Hop]] = {}  # trunk -> the targets its legs are given
@@ -328,6 +329,10 @@ class World:
         def create() -> None:
             if trunk in self.refuse_create:
                 self.bus.append((machine, e.LegCreateAnswered(command.leg_id, "refused")))
+                return
+            if trunk in self.full:
+                refusal = e.LegCreateAnswered(command.leg_id, "at its limit", "trunk_limit")
+                self.bus.append((machine, refusal))
                 return
             profile = self.profiles.get(trunk, Profile(trunk=trunk, session_expires_s=0))
             local = Local("10.0.0.2", 5060, "udp")

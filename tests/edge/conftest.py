@@ -48,6 +48,7 @@ class System:
     router: RouterService
     stranger: Phone
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    edge_c: EdgeService | None = None  # with make_system(edge_c=True): a third edge
 
     @property
     def a(self) -> tuple[str, int]:
@@ -87,13 +88,15 @@ MakeSystem = Callable[..., Awaitable[System]]
 async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSystem]:
     """Build the system; keyword arguments override trunk settings: gw1={...}, pbx={...};
     `settings` adds top-level config (capture, telemetry, dns), `edges` edge settings by id
-    ({"edge-b": {"sip_tls": ..., "tls": ...}})."""
+    ({"edge-b": {"sip_tls": ..., "tls": ...}}); `edge_c` adds a third edge, edge-c, that
+    serves no trunk unless one names it."""
     telemetry.setup_tracing("edge-test")
     systems: list[System] = []
 
     async def make(
         settings: dict[str, Any] | None = None,
         edges: dict[str, dict[str, Any]] | None = None,
+        edge_c: bool = False,
         **overrides: dict[str, Any],
     ) -> System:
         phones = [await Phone.open(f"127.0.0.{n}") for n in (2, 3, 4, 5, 9)]
@@ -107,10 +110,9 @@ async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSys
         config = parse_config(
             {
                 "edges": [
-                    {"id": "edge-a", "sip": f"127.0.0.1:{_sip_port()}"}
-                    | (edges or {}).get("edge-a", {}),
-                    {"id": "edge-b", "sip": f"127.0.0.1:{_sip_port()}"}
-                    | (edges or {}).get("edge-b", {}),
+                    {"id": edge_id, "sip": f"127.0.0.1:{_sip_port()}"}
+                    | (edges or {}).get(edge_id, {})
+                    for edge_id in ("edge-a", "edge-b", "edge-c")[: 3 if edge_c else 2]
                 ],
                 "trunks": [
                     trunk("pbx", "edge-a", pbx, pstn_usages=["Local"]),
@@ -153,7 +155,8 @@ async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSys
         for edge in edges:
             await edge.start()
         system = System(config, nc, js, pbx, gw1, gw2, gw3, edges[0], edges[1], router, stranger)
-        system.closers = [edges[0].stop, edges[1].stop, router.stop]
+        system.edge_c = edges[2] if edge_c else None
+        system.closers = [*(edge.stop for edge in edges), router.stop]
         for phone in phones:
             system.closers.append(_closer(phone))
         systems.append(system)

@@ -20,6 +20,8 @@ once a 2xx did, ENDED. The transitions, each checkable against RFC 3261:
     ROUTING  RouteDecided           refused: 403/503 with Reason and Warning -> ENDED
                                     routed: create the leg of target 1, failover timer -> TRYING
     ROUTING  RouteFailed            503 with Retry-After -> ENDED
+    ROUTING  AtLimit                the caller's trunk is full (max_concurrent_calls across
+                                    its edges): 503 with Retry-After -> ENDED
     TRYING   LegProgress            the 18x to the caller (reliable when it supports 100rel),
                                     no failover timer any more, ring timer -> RINGING
     TRYING   TimerFired(failover)   CANCEL the leg, next target
@@ -27,7 +29,8 @@ once a 2xx did, ENDED. The transitions, each checkable against RFC 3261:
                                     3xx: relayed with its Contacts, or each Contact routed
                                     (the trunk's `redirect: follow`); other finals: that final
                                     to the caller -> ENDED
-    TRYING   LegCreateAnswered      the edge refused the leg: next target
+    TRYING   LegCreateAnswered      the edge refused the leg (or the trunk is full): next
+                                    target
     TRYING   LegRetrying            the leg walks its trunk's targets (RFC 3263): the failover
                                     timer covers those left (a transfer's leg: its timer)
     TRYING   RouteDecided           a followed redirect's targets, tried next
@@ -109,6 +112,7 @@ from tandem.b2bua.actions import (
 from tandem.b2bua.events import (
     AckReceived,
     AckTimedOut,
+    AtLimit,
     CallerCancelled,
     DialogFound,
     Event,
@@ -308,6 +312,7 @@ class Call(Machine):
             "called": target.called,
             "calling": target.calling,
             "attempt": attempt.number,
+            "leg_edge": attempt.edge,
         }
 
     def _command(self, leg: Attempt, **command: Any) -> None:
@@ -565,6 +570,9 @@ class Call(Machine):
             503, "Router Unavailable", "no route decision", "router_unavailable", retry_after=True
         )
 
+    def _at_limit(self, event: AtLimit) -> None:
+        self._reject(503, None, event.reason, "trunk_limit", retry_after=True)
+
     def _next_attempt(self) -> None:
         """Create the leg of the next target, or give the caller the final answer."""
         if len(self.attempts) >= len(self.targets):
@@ -650,9 +658,16 @@ class Call(Machine):
     def _is_current(self, leg_id: str) -> bool:
         return self.attempt is not None and self.attempt.id == leg_id and self.attempt.live
 
+    def _note_edge(self, event: LegCreateAnswered) -> None:
+        """Which edge took the leg: its later events say so (for its record)."""
+        leg = self.attempts.get(event.leg_id)
+        if leg is not None and not event.error:
+            leg.edge = event.edge
+
     def _create_answered(self, event: LegCreateAnswered) -> None:
+        self._note_edge(event)
         if event.error and self._is_current(event.leg_id) and self.state is CallState.TRYING:
-            self._failed(503, event.error, "transport_error", timed_out=False)
+            self._failed(503, event.error, event.failure or "transport_error", timed_out=False)
             self._next_attempt()
 
     def _leg_retrying(self, event: LegRetrying) -> None:
@@ -1276,6 +1291,7 @@ class Call(Machine):
             self._transfer_failed(event.status, event.reason)
 
     def _transfer_created(self, event: LegCreateAnswered) -> None:
+        self._note_edge(event)
         transfer = self._is_transfer_leg(event.leg_id)
         if transfer is not None and event.error:
             transfer.last = (503, event.error)
@@ -1540,6 +1556,7 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         (S.ROUTING, InviteReceived): Call._invite,
         (S.ROUTING, RouteDecided): Call._routed,
         (S.ROUTING, RouteFailed): Call._route_failed,
+        (S.ROUTING, AtLimit): Call._at_limit,
         (S.TRYING, RouteDecided): Call._redirect_routed,
         (S.TRYING, RouteFailed): Call._redirect_unrouted,
         (S.ANSWERED, AckReceived): Call._ack,
@@ -1592,6 +1609,7 @@ def _table() -> dict[tuple[CallState, type], Handler]:
         (S.RINGING, RouteFailed),
         (S.ENDED, RouteDecided),
         (S.ENDED, RouteFailed),
+        (S.ENDED, AtLimit),
         (S.ENDED, LegProgress),
         (S.ENDED, LegRetrying),
         (S.ENDED, LegFailed),

@@ -75,11 +75,22 @@ class RouteFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class AtLimit:
+    """The caller's trunk has no place left under its max_concurrent_calls (every edge's
+    calls counted): the call is refused before it is routed."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class LegCreateAnswered:
-    """The serving edge's reply to a leg's create command ("" error: created)."""
+    """The serving edge's reply to a leg's create command ("" error: created, by `edge`),
+    and the leg failure a refusal is ("trunk_limit"; "" for transport_error)."""
 
     leg_id: str
     error: str
+    failure: str = ""
+    edge: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +361,7 @@ Event = (
     | InviteReceived
     | RouteDecided
     | RouteFailed
+    | AtLimit
     | LegCreateAnswered
     | DialogFound
     | CallerCancelled

@@ -28,3 +28,4 @@ class Attempt:
     local_tag: str = ""  # the tags of its dialog, once it answered (what a Replaces names)
     remote_tag: str = ""
     sdp: bytes = b""  # the callee's last session description
+    edge: str = ""  # the edge that runs it, once one took it (several may serve its trunk)

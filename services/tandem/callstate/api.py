@@ -88,6 +88,7 @@ def attempt_json(a: pb.Attempt) -> dict[str, Any]:
         "attempt": a.attempt,
         "leg_id": a.leg_id,
         "trunk": a.trunk,
+        "edge": a.edge or None,
         "sip_call_id": a.sip_call_id,
         "called": a.called,
         "calling": a.calling,

@@ -45,6 +45,8 @@ def _attempt(call: pb.ActiveCall, event: pb.CallEvent) -> pb.Attempt:
         attempt.trunk = event.trunk
     if event.sip_call_id:
         attempt.sip_call_id = event.sip_call_id
+    if event.leg_edge:
+        attempt.edge = event.leg_edge
     return attempt
 
 

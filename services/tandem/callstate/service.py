@@ -32,6 +32,7 @@ from tandem.callstate.metrics import EVENTS, register
 from tandem.callstate.stats import Figures, Ledger
 from tandem.callstate.store import Checkpoint, Store
 from tandem.http import create_app
+from tandem.lease import Lease
 from tandem.pb import tandem_pb2 as pb
 from tandem.process import Context
 
@@ -68,7 +69,7 @@ class Service:
         self.edge_lost_s = ctx.config.callstate.edge_lost_s
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.store = Store(ctx.nc, ctx.js, ctx.config.replicas)
-        self.lease: lease.Lease | None = None
+        self.lease: Lease | None = None
         self.calls: dict[str, pb.ActiveCall] = {}
         self.live = Ledger()  # calls in progress
         self.checkpoint = Checkpoint(0, Ledger(), {})  # finished calls
@@ -95,7 +96,7 @@ class Service:
 
     async def start(self) -> None:
         await self.store.open()
-        self.lease = lease.Lease(self.store.state, self.replica, lease.LEASE_TTL_S)
+        self.lease = Lease(self.store.state, self.replica, lease.LEASE_KEY, lease.LEASE_TTL_S)
         self._heartbeats = await self.ctx.nc.subscribe(
             bus.edge_heartbeat("*"), cb=self._on_heartbeat
         )

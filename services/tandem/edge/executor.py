@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Tracer
 
@@ -25,6 +26,7 @@ from tandem.b2bua import events as e
 from tandem.b2bua.local import Local
 from tandem.b2bua.profile import Profile
 from tandem.b2bua.relay import respond
+from tandem.edge.limits import Limits
 from tandem.edge.media import Rtpengines
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.peers import Peers, domain, is_address
@@ -50,6 +52,8 @@ ROUTE_TIMEOUT_S = 2.0
 CREATE_TIMEOUT_S = 2.0
 # failures of a leg that say the trunk's configuration or its network is wrong: logged
 TRUNK_FAILURES = ("dns", "auth", "transport_error")
+# a create refused by an edge that cannot take the leg, though another of its trunk's may
+EDGE_REFUSED = "edge"
 QUALITY_WAIT_S = 5.0  # an anchored leg's span waits this long for its figures, at most
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
@@ -99,6 +103,10 @@ class Executor:
         self.transport_failure: Callable[[Peer], str | None] = lambda peer: None
         self.registrar: Registrar | None = None  # the bindings of registrar trunks: set later
         self.awaiting_quality: dict[str, LegTrace] = {}  # ended anchored legs, by leg id
+        # the edges to create a leg on, in the order to try them, of those serving its
+        # trunk (the live ones first, spread): the edge's heartbeats, set later
+        self.edge_order: Callable[[Sequence[str]], list[str]] = list
+        self.limits: Limits | None = None  # the trunks' max_concurrent_calls: set later
 
     # ---- new machines ------------------------------------------------------------------
 
@@ -114,9 +122,16 @@ class Executor:
         self.feed(runner, e.InviteReceived(invite, txn))
         trace.numbers(call.called, call.calling)
 
-    def start_leg(self, command: pb.LegCommand, trunk: Trunk, parent: otel_context.Context) -> None:
+    def start_leg(
+        self,
+        command: pb.LegCommand,
+        trunk: Trunk,
+        parent: otel_context.Context,
+        limited: bool = False,
+    ) -> None:
         """A leg towards `trunk`: its INVITE goes to the peer's address, or to the targets
-        its name resolves to (the leg asks, Resolve, and is told, Resolved)."""
+        its name resolves to (the leg asks, Resolve, and is told, Resolved). `limited`: it
+        holds a place under the trunk's max_concurrent_calls, freed when it ends."""
         host, port = domain(trunk)
         targets = self.peers.fixed(trunk)
         local = self.locals[trunk.transport]
@@ -138,6 +153,7 @@ class Executor:
         trace = LegTrace(self.tracer, parent, self.edge, command, leg.sip_call_id, self.mask)
         peer = targets[0] if targets else Peer(trunk.transport, host, port)
         runner = Runner(leg, peer, trunk.id, trace, (leg.sip_call_id, leg.local_tag))
+        runner.limited = limited
         self.registry.add_leg(runner)
         self.metrics.legs_active.inc()
         self.feed(runner, e.Start())
@@ -288,6 +304,8 @@ class Executor:
         self.spawn(self._route(runner, action.request))
 
     async def _route(self, runner: Runner, request: pb.RouteRequest) -> None:
+        if not await self._within_limit(runner):
+            return
         event: e.RouteDecided | e.RouteFailed
         try:
             reply = await self.nc.request(
@@ -303,27 +321,65 @@ class Executor:
         self.registry.routing.pop(runner, None)
         self.feed(runner, event)
 
+    async def _within_limit(self, runner: Runner) -> bool:
+        """A new call takes a place under its trunk's max_concurrent_calls, across edges,
+        before it is routed; without one it is refused (False: nothing more to do)."""
+        trunk = self.trunks.get(runner.trunk)
+        limit = trunk.max_concurrent_calls if trunk is not None else None
+        if not limit or runner.limited or self.limits is None:
+            return True
+        placed = await self.limits.reserve(runner.trunk, limit)
+        if self.registry.calls.get(runner.machine.id) is not runner:  # over meanwhile
+            if placed:
+                self.limits.release(runner.trunk)
+            return False
+        if placed:
+            runner.limited = True
+            return True
+        self.registry.routing.pop(runner, None)
+        self.metrics.reject("trunk_limit")
+        self.feed(runner, e.AtLimit(f"trunk {runner.trunk} is at its limit of {limit} calls"))
+        return False
+
     def _create_leg(self, runner: Runner, action: a.CreateLeg) -> None:
         self.registry.owned_legs[action.command.leg_id] = runner
         self.spawn(self._create(runner, action.edge, action.command))
 
-    async def _create(self, runner: Runner, edge: str, command: pb.LegCommand) -> None:
-        try:
-            reply = await self.nc.request(
-                bus.edge_cmd(edge),
-                command.SerializeToString(),
-                timeout=CREATE_TIMEOUT_S,
-                headers=runner.headers,
-            )
+    async def _create(self, runner: Runner, first: str, command: pb.LegCommand) -> None:
+        """Ask an edge of the trunk to run the leg: the next one when an edge is gone (no
+        responder) or cannot take it ("edge": draining, not serving it yet, no binding)."""
+        edges = command.create.target.edges
+        error, failure = "", ""
+        for edge in self.edge_order(edges) if len(edges) > 1 else [first]:
+            self.registry.leg_edges[command.leg_id] = edge
+            try:
+                reply = await self.nc.request(
+                    bus.edge_cmd(edge),
+                    command.SerializeToString(),
+                    timeout=CREATE_TIMEOUT_S,
+                    headers=runner.headers,
+                )
+            except NoRespondersError:
+                error, failure = f"edge {edge} unreachable: no responders", ""
+                continue
+            except Exception as exc:  # it may have the leg: no second INVITE elsewhere
+                error, failure = f"edge {edge} unreachable: {type(exc).__name__}", ""
+                break
             answer = pb.CommandReply.FromString(reply.data)
-            error = "" if answer.ok else answer.error or "refused"
-        except Exception as exc:
-            error = f"edge {edge} unreachable: {type(exc).__name__}"
-        self.feed(runner, e.LegCreateAnswered(command.leg_id, error))
+            if answer.ok:
+                error, failure = "", ""
+                break
+            error, failure = answer.error or "refused", answer.failure
+            if failure != EDGE_REFUSED:
+                break
+        if failure == EDGE_REFUSED:
+            failure = ""
+        self.feed(runner, e.LegCreateAnswered(command.leg_id, error, failure, edge))
 
     def _command_leg(self, runner: Runner, action: a.CommandLeg) -> None:
         data = action.command.SerializeToString()
-        self.outbox.publish(bus.edge_cmd(action.edge), data, runner.headers)
+        edge = self.registry.leg_edges.get(action.command.leg_id, action.edge)
+        self.outbox.publish(bus.edge_cmd(edge), data, runner.headers)
 
     def _drop_leg(self, runner: Runner, action: a.DropLeg) -> None:
         self.registry.owned_legs.pop(action.leg_id, None)
@@ -466,6 +522,9 @@ class Executor:
             handle.cancel()
         runner.timers.clear()
         self.registry.remove(runner)
+        if runner.limited and self.limits is not None:
+            runner.limited = False
+            self.limits.release(runner.trunk)
         if isinstance(runner.machine, Call):
             self.metrics.calls_active.dec()
         else:

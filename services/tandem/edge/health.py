@@ -13,7 +13,10 @@ lapses; while bound, its probes go where it registered from (keeping a NAT bindi
 
 Every result is put in KV TANDEM_TRUNK_HEALTH (its time, failed count and reason move with
 each probe, so the record is never stale); the first result and each up/down change are
-also published on `tandem.trunk.<trunk>.health`.
+also published on `tandem.trunk.<trunk>.health`. A trunk served by several edges is probed
+by one of them at a time, the holder of its lease in KV TANDEM_LEASES (renewed at each
+probe; when its holder dies, another edge takes it after three probe intervals): one
+record per trunk, whichever edge writes it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from tandem import bus
@@ -36,6 +40,7 @@ from tandem.edge.peers import Peers, domain
 from tandem.edge.resolver import ResolveError
 from tandem.edge.transactions import TRANSPORT_ERROR, Transactions
 from tandem.edge.transport import Peer
+from tandem.lease import Lease
 from tandem.pb import tandem_pb2 as pb
 from tandem.policy import Trunk
 from tandem.sip import Request, Response
@@ -46,6 +51,10 @@ log = logging.getLogger("tandem.edge.health")
 DOWN_AFTER = 3
 FAILED_CODES = (408, 503)
 PROBE_TIMEOUT_S = 32.0  # timer F; a shorter probe interval gives up sooner
+# the lease on probing a trunk several edges serve: it lapses after this many probe
+# intervals without a renewal (its holder died), and another edge probes
+LEASE_PROBES = 3
+LEASE_MIN_S = 6.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class Probe:
         self.reason = "not probed yet"
         self.task: asyncio.Task[None] | None = None
         self._kv: KeyValue | None = None
+        self.lease: Lease | None = None  # of a trunk several edges serve: who probes it
         self._writing = asyncio.Lock()  # the records are put in the order of the probes
 
     def start(self) -> None:
@@ -91,15 +101,47 @@ class Probe:
     def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        if self.lease is not None and self.lease.revision:
+            self.prober.spawn(self.lease.release())  # another edge probes from its next round
 
     async def _run(self) -> None:
         interval = self.trunk.options_interval_s
         while True:
             try:
-                self.record(*await self.probe(min(interval, PROBE_TIMEOUT_S)))
+                if await self._probing():
+                    self.record(*await self.probe(min(interval, PROBE_TIMEOUT_S)))
             except Exception:
                 log.exception("probe of trunk %s failed", self.trunk.id)
             await asyncio.sleep(interval)
+
+    async def _probing(self) -> bool:
+        """Whether this edge probes the trunk now: always when it alone serves it; of several,
+        the one holding the trunk's lease (the others show what its probes found)."""
+        if len(self.trunk.edges) == 1:
+            return True
+        if self.lease is None:
+            kv = await self.prober.js.key_value(bus.LEASES_BUCKET)
+            ttl_s = max(LEASE_MIN_S, LEASE_PROBES * self.trunk.options_interval_s)
+            self.lease = Lease(kv, self.prober.edge, self.trunk.id, ttl_s)
+        if await (self.lease.renew() if self.lease.held else self.lease.try_acquire()):
+            return True
+        await self._follow()
+        return False
+
+    async def _follow(self) -> None:
+        """The health the probing edge found, as this edge's view of the trunk."""
+        if self._kv is None:
+            self._kv = await self.prober.js.key_value(bus.TRUNK_HEALTH_BUCKET)
+        try:
+            entry = await self._kv.get(self.trunk.id)
+        except KeyNotFoundError:
+            return
+        health = pb.TrunkHealth.FromString(entry.value or b"")
+        if health.edge != self.prober.edge:
+            self.up, self.failed = health.up, health.failed_probes
+            self.reason = f"{health.reason} (probed by {health.edge})"
+            self.last_probe_ms = health.last_probe_unix_ms
+            self.prober.metrics.trunk_up(self.trunk.id, self.up)
 
     async def probe(self, wait_s: float) -> tuple[Response | None, str | None]:
         """One probe: the answer of the first target that gives one (None: none did), or

@@ -22,6 +22,7 @@ class Runner:
         "call_ids",
         "dialog",
         "invite",
+        "limited",
         "machine",
         "peer",
         "setup",
@@ -48,6 +49,7 @@ class Runner:
         self.invite: ServerTransaction | ClientTransaction | None = None
         self.setup = isinstance(machine, Call)  # a call not yet answered nor rejected
         self.call_ids: tuple[str, ...] = (machine.id,) if isinstance(machine, Call) else ()
+        self.limited = False  # holds a place under its trunk's max_concurrent_calls
 
     @property
     def headers(self) -> dict[str, str]:
@@ -61,6 +63,8 @@ class Registry:
         self.calls: dict[str, Runner] = {}  # by tandem call id
         self.legs: dict[str, Runner] = {}  # legs run here, by leg id
         self.owned_legs: dict[str, Runner] = {}  # the call a leg's events are for, by leg id
+        self.leg_edges: dict[str, str] = {}  # the edge each leg of our calls runs on (several
+        # may serve its trunk), by leg id
         self.dialogs: dict[DialogKey, Runner] = {}
         self.invites: dict[TransactionKey, Runner] = {}  # calls by INVITE, for CANCEL
         self.active_in: Counter[str] = Counter()  # calls by ingress trunk
@@ -120,6 +124,7 @@ class Registry:
                 self.active_in[runner.trunk] -= 1
             for leg_id in machine.attempts:
                 self.owned_legs.pop(leg_id, None)
+                self.leg_edges.pop(leg_id, None)
         else:
             self.legs.pop(machine.id, None)
         self.check_idle()

@@ -11,10 +11,11 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -24,9 +25,10 @@ from tandem.b2bua import events as e
 from tandem.config import DEFAULT_TLS_PORT, Config, Edge
 from tandem.edge.admission import Admission
 from tandem.edge.capture import Capture
-from tandem.edge.executor import Executor
+from tandem.edge.executor import EDGE_REFUSED, Executor
 from tandem.edge.health import Probe, Prober
 from tandem.edge.inbound import Inbound
+from tandem.edge.limits import Limits
 from tandem.edge.media import Rtpengines
 from tandem.edge.metrics import EdgeMetrics
 from tandem.edge.peers import Peers
@@ -128,8 +130,14 @@ class Service:
         self.policy = Follower(ctx.js, self._policy_committed, TRUNK_KEYS)
         self.registrations: dict[str, Registering] = {}
         self.started = False
+        self.stopped = False
         self.heartbeat_s = HEARTBEAT_S
         self.heard: dict[str, float] = {}  # edge id -> when its last heartbeat came (loop time)
+        self.draining: set[str] = set()  # the edges whose last heartbeat said they drain
+        self.started_at = 0.0  # loop time
+        self.spread = 0  # turns the order of a trunk's edges for each leg
+        self.limits = self.executor.limits = Limits(edge.id, self.live, self.spawn)
+        self.executor.edge_order = self.edge_order
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
@@ -143,6 +151,8 @@ class Service:
         if not self.policy.commit:  # no policy stored yet: the config file's
             self.apply_policy(self.ctx.config.policy)
         await self.rtpengines.start()
+        self.started_at = asyncio.get_running_loop().time()
+        await self.limits.start(self.ctx.js)
         self.transactions.start()
         await self.capture.start()
         await self.transports.start()
@@ -178,6 +188,9 @@ class Service:
         await self.registry.idle.wait()
 
     async def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         for runner in set(self.registry.calls.values()):
             self.executor.feed(
                 runner, e.HangupRequested("system", "edge stopping", "edge_stopping")
@@ -218,7 +231,7 @@ class Service:
     def apply_policy(self, policy: Policy) -> None:
         """The trunks this edge serves, from the stored policy (live on every commit). An
         edited trunk keeps the health its probes found, unless its peer changed."""
-        served = {t.id: t for t in policy.trunks if t.edge == self.edge_id}
+        served = {t.id: t for t in policy.trunks if self.edge_id in t.edges}
         self.trunks = self.executor.trunks = served
         # a call this edge owns is anchored if its trunk or its target's anchors: any trunk
         self.rtpengines.wanted = any(t.media == "anchor" for t in policy.trunks)
@@ -327,7 +340,7 @@ class Service:
             command = pb.LegCommand.FromString(msg.data)
             which = command.WhichOneof("command")
             if which == "create":
-                reply = self._create_leg(command, msg.headers)
+                reply = await self._create_leg(command, msg.headers)
             elif which == "quality":
                 self.executor.leg_quality(command)
             else:
@@ -343,9 +356,11 @@ class Service:
         if msg.reply:
             await msg.respond(reply.SerializeToString())
 
-    def _create_leg(
+    async def _create_leg(
         self, command: pb.LegCommand, headers: dict[str, str] | None
     ) -> pb.CommandReply:
+        """A leg for a call's owner, once its trunk has a place for it (max_concurrent_calls
+        across every edge); a refusal says whether another edge of the trunk might take it."""
         trunk = self.trunks.get(command.create.target.trunk)
         if trunk is None:
             error = f"trunk {command.create.target.trunk} not served here"
@@ -354,9 +369,14 @@ class Service:
         elif self.inbound.draining:
             error = "edge draining"
         else:
-            self.executor.start_leg(command, trunk, telemetry.extract(headers))
+            limit = trunk.max_concurrent_calls
+            if limit and not await self.limits.reserve(trunk.id, limit):
+                self.metrics.reject("trunk_limit")
+                error = f"trunk {trunk.id} is at its limit of {limit} calls"
+                return pb.CommandReply(ok=False, error=error, failure="trunk_limit")
+            self.executor.start_leg(command, trunk, telemetry.extract(headers), bool(limit))
             return pb.CommandReply(ok=True)
-        return pb.CommandReply(ok=False, error=error)
+        return pb.CommandReply(ok=False, error=error, failure=EDGE_REFUSED)
 
     async def on_leg_event(self, msg: Msg) -> None:
         try:
@@ -403,7 +423,33 @@ class Service:
         await self.nc.publish(bus.edge_heartbeat(self.edge_id), beat.SerializeToString())
 
     async def on_heartbeat(self, msg: Msg) -> None:
-        self.heard[msg.subject.split(".")[2]] = asyncio.get_running_loop().time()
+        edge = msg.subject.split(".")[2]
+        self.heard[edge] = asyncio.get_running_loop().time()
+        try:
+            draining = pb.EdgeHeartbeat.FromString(msg.data).draining
+        except DecodeError:
+            return
+        if draining:
+            self.draining.add(edge)
+        else:
+            self.draining.discard(edge)
+
+    def live(self, edge: str) -> bool:
+        """Whether an edge heartbeats; one not heard yet is taken for live until it would
+        have been heard (just started, this edge cannot know)."""
+        silent_s = self.heartbeat_s * EDGE_LOST_AFTER
+        now = asyncio.get_running_loop().time()
+        return now - self.heard.get(edge, self.started_at) <= silent_s
+
+    def edge_order(self, edges: Sequence[str]) -> list[str]:
+        """The edges to try a leg on: the live ones not draining first, a different one
+        first for each leg (spread), then the others, in case they are better than heard."""
+        ready = [e for e in edges if self.live(e) and e not in self.draining]
+        self.spread += 1
+        if ready:
+            turn = self.spread % len(ready)
+            ready = ready[turn:] + ready[:turn]
+        return ready + [e for e in edges if e not in ready]
 
     async def _watch_edges(self) -> None:
         """End our half of the calls whose other edge stopped heartbeating.
@@ -429,8 +475,9 @@ class Service:
         for runner in set(self.registry.calls.values()):
             call = runner.machine
             assert isinstance(call, Call)
-            if call.attempt is not None and call.attempt.target.edge in lost:
-                edge = call.attempt.target.edge
+            attempt = call.attempt
+            edge = attempt and self.registry.leg_edges.get(attempt.id, attempt.target.edge)
+            if edge in lost:
                 lost_edge = e.HangupRequested("edge_lost", f"edge {edge} lost", "edge_lost")
                 self.executor.feed(runner, lost_edge)
         for runner in list(self.registry.legs.values()):

@@ -43,7 +43,7 @@ class RouteRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ...) -> None: ...
 
 class RouteTarget(_message.Message):
-    __slots__ = ("trunk", "edge", "called", "calling", "usage", "route", "suppress_caller_id", "failover_timer_s", "failover_response_codes", "forward_pai", "forward_call_history", "trunk_down", "max_ring_s", "max_call_s", "redirect", "media", "srtp", "ice", "media_timeout_s", "media_fallback")
+    __slots__ = ("trunk", "edge", "called", "calling", "usage", "route", "suppress_caller_id", "failover_timer_s", "failover_response_codes", "forward_pai", "forward_call_history", "trunk_down", "max_ring_s", "max_call_s", "redirect", "media", "srtp", "ice", "media_timeout_s", "media_fallback", "edges")
     TRUNK_FIELD_NUMBER: _ClassVar[int]
     EDGE_FIELD_NUMBER: _ClassVar[int]
     CALLED_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class RouteTarget(_message.Message):
     ICE_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     MEDIA_FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
     trunk: str
     edge: str
     called: str
@@ -84,7 +85,8 @@ class RouteTarget(_message.Message):
     ice: str
     media_timeout_s: float
     media_fallback: str
-    def __init__(self, trunk: _Optional[str] = ..., edge: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., suppress_caller_id: _Optional[bool] = ..., failover_timer_s: _Optional[float] = ..., failover_response_codes: _Optional[_Iterable[int]] = ..., forward_pai: _Optional[bool] = ..., forward_call_history: _Optional[bool] = ..., trunk_down: _Optional[bool] = ..., max_ring_s: _Optional[float] = ..., max_call_s: _Optional[float] = ..., redirect: _Optional[str] = ..., media: _Optional[str] = ..., srtp: _Optional[str] = ..., ice: _Optional[str] = ..., media_timeout_s: _Optional[float] = ..., media_fallback: _Optional[str] = ...) -> None: ...
+    edges: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, trunk: _Optional[str] = ..., edge: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., suppress_caller_id: _Optional[bool] = ..., failover_timer_s: _Optional[float] = ..., failover_response_codes: _Optional[_Iterable[int]] = ..., forward_pai: _Optional[bool] = ..., forward_call_history: _Optional[bool] = ..., trunk_down: _Optional[bool] = ..., max_ring_s: _Optional[float] = ..., max_call_s: _Optional[float] = ..., redirect: _Optional[str] = ..., media: _Optional[str] = ..., srtp: _Optional[str] = ..., ice: _Optional[str] = ..., media_timeout_s: _Optional[float] = ..., media_fallback: _Optional[str] = ..., edges: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RouteDecision(_message.Message):
     __slots__ = ("result", "status", "reason", "normalized_called", "normalized_calling", "usage", "route", "targets", "explain")
@@ -217,12 +219,14 @@ class LegCommand(_message.Message):
     def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., create: _Optional[_Union[LegCreate, _Mapping]] = ..., cancel: _Optional[_Union[LegCancel, _Mapping]] = ..., ack: _Optional[_Union[LegAck, _Mapping]] = ..., bye: _Optional[_Union[LegBye, _Mapping]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., quality: _Optional[_Union[MediaQuality, _Mapping]] = ...) -> None: ...
 
 class CommandReply(_message.Message):
-    __slots__ = ("ok", "error")
+    __slots__ = ("ok", "error", "failure")
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     error: str
-    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    failure: str
+    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., failure: _Optional[str] = ...) -> None: ...
 
 class LegEvent(_message.Message):
     __slots__ = ("leg_id", "call_id", "edge", "kind", "status", "reason", "sip_call_id", "body", "headers", "request", "response", "failure", "time_unix_ms", "seq", "received_status", "remote_tag", "local_tag", "transfer_target", "replaces", "wait_s")
@@ -289,7 +293,7 @@ class LegEvent(_message.Message):
     def __init__(self, leg_id: _Optional[str] = ..., call_id: _Optional[str] = ..., edge: _Optional[str] = ..., kind: _Optional[_Union[LegEvent.Kind, str]] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., body: _Optional[_Union[SipBody, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., request: _Optional[_Union[LegRequest, _Mapping]] = ..., response: _Optional[_Union[LegResponse, _Mapping]] = ..., failure: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ..., received_status: _Optional[int] = ..., remote_tag: _Optional[str] = ..., local_tag: _Optional[str] = ..., transfer_target: _Optional[_Union[RouteTarget, _Mapping]] = ..., replaces: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt", "failure", "end_reason", "received_status", "transferred_from", "transferred_to", "quality", "media", "media_note")
+    __slots__ = ("call_id", "kind", "seq", "time_unix_ms", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "leg_id", "trunk", "status", "reason", "ended_by", "trace_id", "usage", "route", "normalized_called", "attempt", "failure", "end_reason", "received_status", "transferred_from", "transferred_to", "quality", "media", "media_note", "leg_edge")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[CallEvent.Kind]
@@ -337,6 +341,7 @@ class CallEvent(_message.Message):
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     MEDIA_FIELD_NUMBER: _ClassVar[int]
     MEDIA_NOTE_FIELD_NUMBER: _ClassVar[int]
+    LEG_EDGE_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     kind: CallEvent.Kind
     seq: int
@@ -364,7 +369,8 @@ class CallEvent(_message.Message):
     quality: _containers.RepeatedCompositeFieldContainer[MediaQuality]
     media: str
     media_note: str
-    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[_Union[CallEvent.Kind, str]] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ..., failure: _Optional[str] = ..., end_reason: _Optional[str] = ..., received_status: _Optional[int] = ..., transferred_from: _Optional[str] = ..., transferred_to: _Optional[str] = ..., quality: _Optional[_Iterable[_Union[MediaQuality, _Mapping]]] = ..., media: _Optional[str] = ..., media_note: _Optional[str] = ...) -> None: ...
+    leg_edge: str
+    def __init__(self, call_id: _Optional[str] = ..., kind: _Optional[_Union[CallEvent.Kind, str]] = ..., seq: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., edge: _Optional[str] = ..., ingress_trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., ended_by: _Optional[str] = ..., trace_id: _Optional[str] = ..., usage: _Optional[str] = ..., route: _Optional[str] = ..., normalized_called: _Optional[str] = ..., attempt: _Optional[int] = ..., failure: _Optional[str] = ..., end_reason: _Optional[str] = ..., received_status: _Optional[int] = ..., transferred_from: _Optional[str] = ..., transferred_to: _Optional[str] = ..., quality: _Optional[_Iterable[_Union[MediaQuality, _Mapping]]] = ..., media: _Optional[str] = ..., media_note: _Optional[str] = ..., leg_edge: _Optional[str] = ...) -> None: ...
 
 class MediaQuality(_message.Message):
     __slots__ = ("leg_id", "rtpengine", "protocol", "crypto", "packets_from", "bytes_from", "packets_to", "bytes_to", "packets_lost", "loss_percent", "jitter_ms", "rtt_ms", "mos", "mos_min", "errors", "lost")
@@ -468,7 +474,7 @@ class TrunkCounters(_message.Message):
     def __init__(self, trunk: _Optional[str] = ..., active_in: _Optional[int] = ..., active_out: _Optional[int] = ..., attempts: _Optional[int] = ..., answered: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., failures: _Optional[_Mapping[int, int]] = ..., peak_active: _Optional[int] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("leg_id", "trunk", "sip_call_id", "called", "calling", "status", "reason", "start_unix_ms", "end_unix_ms", "answer_unix_ms", "attempt", "received_status", "media")
+    __slots__ = ("leg_id", "trunk", "sip_call_id", "called", "calling", "status", "reason", "start_unix_ms", "end_unix_ms", "answer_unix_ms", "attempt", "received_status", "media", "edge")
     LEG_ID_FIELD_NUMBER: _ClassVar[int]
     TRUNK_FIELD_NUMBER: _ClassVar[int]
     SIP_CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -482,6 +488,7 @@ class Attempt(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_STATUS_FIELD_NUMBER: _ClassVar[int]
     MEDIA_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
     leg_id: str
     trunk: str
     sip_call_id: str
@@ -495,7 +502,8 @@ class Attempt(_message.Message):
     attempt: int
     received_status: int
     media: MediaQuality
-    def __init__(self, leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., received_status: _Optional[int] = ..., media: _Optional[_Union[MediaQuality, _Mapping]] = ...) -> None: ...
+    edge: str
+    def __init__(self, leg_id: _Optional[str] = ..., trunk: _Optional[str] = ..., sip_call_id: _Optional[str] = ..., called: _Optional[str] = ..., calling: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., answer_unix_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., received_status: _Optional[int] = ..., media: _Optional[_Union[MediaQuality, _Mapping]] = ..., edge: _Optional[str] = ...) -> None: ...
 
 class ActiveCall(_message.Message):
     __slots__ = ("call_id", "edge", "ingress_trunk", "sip_call_id", "called", "calling", "state", "invite_unix_ms", "answer_unix_ms", "attempts", "trace_id", "last_seq", "timeline", "normalized_called", "usage", "route", "transferred_from", "media", "media_note")

@@ -170,7 +170,7 @@ class Trunk(Strict):
     model_config = ConfigDict(serialize_by_alias=True)  # merged with Strict's
 
     id: Id
-    edge: Id
+    edge: Id | list[Id]  # the edge that serves it, or several: any admits, a live one sends
     peer: str
     transport: Literal["udp", "tcp", "tls"] = "udp"
     sources: list[str] = Field(min_length=1)
@@ -209,6 +209,15 @@ class Trunk(Strict):
     ice: Literal["remove", "force"] = "remove"
     media_timeout_s: float = Field(default=60.0, ge=0, le=3600)  # no RTP from it: BYE; 0: never
     media_fallback: Literal["reject", "bypass"] = "reject"  # rtpengine unreachable: 503, or bypass
+
+    @field_validator("edge")
+    @classmethod
+    def _edge(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("names no edge: give one, or a list of them")
+            return unique(value, "edge")
+        return value
 
     @field_validator("peer")
     @classmethod
@@ -273,6 +282,8 @@ class Trunk(Strict):
             raise ValueError("a trunk either registers to its peer (register) or is a registrar")
         if self.registrar and (self.auth is None or not self.auth.challenge):
             raise ValueError("registrar: true needs auth with challenge: true")
+        if (self.registrar or self.registration is not None) and len(self.edges) > 1:
+            raise ValueError("a trunk that registers (register, registrar) has one edge")
         if self.media == "bypass" and (self.srtp != "off" or self.ice != "remove"):
             raise ValueError(
                 "srtp and ice apply to anchored media: set media: anchor (rtpengine does them)"
@@ -283,6 +294,11 @@ class Trunk(Strict):
     @classmethod
     def _unique_usages(cls, value: list[str]) -> list[str]:
         return unique(value, "usage")
+
+    @property
+    def edges(self) -> tuple[str, ...]:
+        """The edges that serve it, in the order given."""
+        return (self.edge,) if isinstance(self.edge, str) else tuple(self.edge)
 
     @property
     def admitted(self) -> list[Source]:

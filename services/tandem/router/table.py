@@ -58,7 +58,8 @@ class CompiledTrunk:
             compile_rules(trunk.outbound_calling_rules),
             pb.RouteTarget(
                 trunk=trunk.id,
-                edge=trunk.edge,
+                edge=trunk.edges[0],
+                edges=trunk.edges,
                 failover_timer_s=trunk.failover_timer_s,
                 failover_response_codes=trunk.failover_response_codes,
                 forward_pai=trunk.trusted,
@@ -414,6 +415,7 @@ def decision_dict(decision: pb.RouteDecision) -> dict[str, Any]:
             {
                 "trunk": t.trunk,
                 "edge": t.edge,
+                "edges": list(t.edges),
                 "called": t.called,
                 "calling": t.calling or None,
                 "usage": t.usage,

@@ -446,7 +446,7 @@ async def trunk_rows(console: Console) -> list[dict[str, Any]]:
         rows.append(
             {
                 "trunk": trunk.id,
-                "edge": trunk.edge,
+                "edge": ", ".join(trunk.edges),
                 "peer": f"{trunk.peer}/{trunk.transport}",
                 "enabled": trunk.enabled,
                 "probed": trunk.options_interval_s > 0,
