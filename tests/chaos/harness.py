@@ -1,17 +1,20 @@
 """Chaos runs: faults injected into a whole running tandem while SIPp places calls.
 
 The system: a real 3-server NATS cluster (every stream and bucket with 3 replicas), two
-routers, two callstate replicas, and the two-edge topology of the system tests (a PBX-side
-edge and a PSTN-side edge), each a `tandem` process of its own. SIPp places calls from the
-PBX trunk at a steady rate, each held for several seconds, to a SIPp gateway that answers.
-The run kills (SIGKILL) in turn one NATS server (the one leading the call-event stream),
-one router and the callstate leader, and restarts each after a while. For every fault it
-prints: the new calls attempted and failed during the fault window (from the kill until
-the system is whole again), the calls in progress at the kill that were lost, the
-gateway's call legs left hanging, CDRs missing and duplicated, the seconds until the rest
-had taken over (streams led again, the standby callstate leading and caught up, the other
-router deciding) and until the system was whole again (restarted, caught up, every copy
-current).
+routers, two callstate replicas, and two edges per side: the PBX trunk served by edge-pbx
+and edge-pbx-2, the gateway by edge-pstn and edge-pstn-2, each a `tandem` process of its
+own. SIPp places calls from the PBX trunk (to edge-pbx, its address) at a steady rate, each
+held for several seconds, to a SIPp gateway that answers; the legs are spread over both
+PSTN-side edges. The run kills (SIGKILL) in turn one NATS server (the one leading the
+call-event stream), one router, the callstate leader and one PSTN-side edge, and restarts
+each after a while. For every fault it prints: the new calls attempted and failed during
+the fault window (from the kill until the system is whole again), the calls in progress at
+the kill that were lost, the gateway's call legs left hanging, CDRs missing and
+duplicated, the seconds until the rest had taken over (streams led again, the standby
+callstate leading and caught up, the other router deciding, a new call answered through
+the other edge) and until the system was whole again (restarted, caught up, every copy
+current). A killed edge's own calls in progress (a leg on it) die with it: they are
+counted apart ("its own"), and "lost" and "hanging" count the others only.
 
 Each call's moments come from SIPp's own log (uac_chaos.xml, uas_chaos.xml), with the
 wall clock; CDRs and call events are read from their streams at the end.
@@ -36,6 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,7 +47,7 @@ import httpx
 import nats.errors
 import yaml
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from tandem import bus
 from tandem.callstate.lease import LEASE_KEY
@@ -138,6 +142,7 @@ class Fault:
     name: str
     killed: str
     kill_at: float  # wall clock, as SIPp logs it
+    edge: bool = False  # an edge: the calls with a leg on it are its own
     served_at: float = 0.0  # the rest took over: what the killed process did is done again
     restart_at: float = 0.0
     whole_at: float = 0.0  # restarted, caught up, every copy current
@@ -159,10 +164,11 @@ class Report:
     attempted: int
     failed: int
     in_progress: int
-    lost: int
+    lost: int  # of the calls in progress not the killed edge's own
     hanging: int
     cdrs_missing: int
     cdrs_duplicated: int
+    own: int = 0  # an edge's fault: its own calls in progress, lost with it
 
     @property
     def whole_s(self) -> float:
@@ -216,12 +222,12 @@ class System:
             "callstate": {"edge_lost_s": 10},
             "edges": [
                 {"id": e, "sip": f"127.0.0.1:{sip_port()}", "api": f"127.0.0.1:{free_port()}"}
-                for e in ("edge-pbx", "edge-pstn")
+                for e in ("edge-pbx", "edge-pbx-2", "edge-pstn", "edge-pstn-2")
             ],
             "trunks": [
                 {
                     "id": "pbx-hq",
-                    "edge": "edge-pbx",
+                    "edge": ["edge-pbx", "edge-pbx-2"],
                     "peer": f"{CALLER_IP}:{self.caller_port}",
                     "sources": [CALLER_IP],
                     "pstn_usages": ["Local"],
@@ -229,7 +235,7 @@ class System:
                 },
                 {
                     "id": "pstn-gw1",
-                    "edge": "edge-pstn",
+                    "edge": ["edge-pstn", "edge-pstn-2"],
                     "peer": f"{CALLEE_IP}:{self.callee_port}",
                     "sources": [CALLEE_IP],
                     "pstn_usages": ["Internal"],
@@ -373,6 +379,25 @@ class System:
             "callstate leader", leader.name, leader.kill, leader.start, served, whole
         )
 
+    def kill_edge(self) -> Fault:
+        """A PSTN-side edge: the legs on it die; new ones go to edge-pstn-2's sibling."""
+        edge = next(p for p in self.edges if p.name == "edge-pstn-2")
+        kill_ms = int(time.time() * 1000)
+
+        async def served(js: JetStreamContext) -> bool:  # a new leg answered elsewhere
+            return await leg_answered_since(js, kill_ms, "edge-pstn")
+
+        fault = self._fault(
+            "edge (PSTN side)",
+            edge.name,
+            edge.kill,
+            edge.start,
+            served,
+            lambda: self.wait_ready([edge]),
+        )
+        fault.edge = True
+        return fault
+
     def _fault(
         self,
         what: str,
@@ -425,6 +450,27 @@ async def streams_whole(js: JetStreamContext) -> bool:
         if not all(peer.current for peer in peers):
             return False
     return True
+
+
+async def leg_answered_since(js: JetStreamContext, since_ms: int, edge: str) -> bool:
+    """Whether a leg was answered through `edge` after `since_ms` (its call event)."""
+    sub = await js.subscribe(
+        bus.call_event("*", pb.CallEvent.LEG_ANSWERED),
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        config=ConsumerConfig(opt_start_time=datetime.fromtimestamp(since_ms / 1000, UTC)),
+    )
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                return False
+            event = pb.CallEvent.FromString(msg.data)
+            if event.leg_edge == edge and event.time_unix_ms >= since_ms:
+                return True
+    finally:
+        await sub.unsubscribe()
 
 
 async def callstate_caught_up(js: JetStreamContext, rate: float) -> bool:
@@ -550,6 +596,17 @@ def judge(
     profile: Profile,
 ) -> Outcome:
     per_call = Counter(sip for cdr in cdrs for sip in cdr.sip_call_ids if sip in calls)
+    # the edges each call and each gateway leg ran on, by SIP Call-ID (their CDRs say)
+    edges_of: dict[str, set[str]] = {}
+    for cdr in cdrs:
+        edges = {cdr.edge, *(a.edge for a in cdr.attempts)}
+        for sip in cdr.sip_call_ids:
+            edges_of.setdefault(sip, set()).update(edges)
+        for a in cdr.attempts:
+            edges_of.setdefault(a.sip_call_id, set()).add(a.edge)
+
+    def own(fault: Fault, call_id: str) -> bool:
+        return fault.edge and fault.killed in edges_of.get(call_id, set())
 
     def cdr_faults(legs: list[Leg]) -> tuple[int, int]:
         # a call tandem knew of (it answered, or recorded a start) has exactly one CDR
@@ -577,7 +634,9 @@ def judge(
             if c.answered
             and not c.ok
             and fault.kill_at - profile.hold_s - SETUP_MAX_S <= c.answered <= fault.whole_at
+            and not own(fault, c.call_id)
         ]
+        its_own = [c for c in up_at_kill if own(fault, c.call_id)]
         missing, duplicated = cdr_faults(touched)
         reports.append(
             Report(
@@ -585,10 +644,11 @@ def judge(
                 attempted=len(window),
                 failed=sum(not c.ok for c in window),
                 in_progress=len(up_at_kill),
-                lost=sum(not c.ok for c in up_at_kill),
+                lost=sum(not c.ok for c in up_at_kill if c not in its_own),
                 hanging=len(hanging),
                 cdrs_missing=missing,
                 cdrs_duplicated=duplicated,
+                own=len(its_own),
             )
         )
     margin = profile.hold_s + SETUP_MAX_S
@@ -625,14 +685,14 @@ def judge(
 def table(outcome: Outcome) -> str:
     header = (
         f"{'fault':<40} {'killed':<12} {'new calls':>9} {'failed':>7} {'in progress':>11} "
-        f"{'lost':>5} {'hanging':>7} {'CDRs missing':>12} {'CDRs dup':>8} {'taken over s':>12} "
-        f"{'whole again s':>13}"
+        f"{'its own':>7} {'lost':>5} {'hanging':>7} {'CDRs missing':>12} {'CDRs dup':>8} "
+        f"{'taken over s':>12} {'whole again s':>13}"
     )
     lines = [header, "-" * len(header)]
     for r in outcome.reports:
         lines.append(
             f"{r.fault.name:<40} {r.fault.killed:<12} {r.attempted:>9} "
-            f"{f'{r.failed} ({r.failed_share:.1%})':>7} {r.in_progress:>11} {r.lost:>5} "
+            f"{f'{r.failed} ({r.failed_share:.1%})':>7} {r.in_progress:>11} {r.own:>7} {r.lost:>5} "
             f"{r.hanging:>7} {r.cdrs_missing:>12} {r.cdrs_duplicated:>8} {r.served_s:>12.1f} "
             f"{r.whole_s:>13.1f}"
         )
@@ -657,7 +717,7 @@ def running(workdir: Path, profile: Profile) -> Iterator[System]:
         Sipp.stop_all()
 
 
-FAULTS = ("nats", "router", "callstate")
+FAULTS = ("nats", "router", "callstate", "edge")
 
 
 def run(
@@ -675,6 +735,7 @@ def run(
             "nats": system.kill_nats_server,
             "router": system.kill_router,
             "callstate": system.kill_callstate_leader,
+            "edge": system.kill_edge,
         }
         faults = []
         for _ in range(profile.rounds):

@@ -1,6 +1,7 @@
 """The short chaos run inside `make test` (the long one is `make chaos`): a NATS server, a
 router and the callstate leader killed in turn under steady SIPp traffic lose no call in
-progress and no CDR, and duplicate none."""
+progress and no CDR, and duplicate none; a PSTN-side edge killed loses only its own calls
+in progress, and new calls go through the other edge within 2 s."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ FAILED_CALLS_ALLOWED = 2
 # milliseconds) is lost, and so is its call (measured: 3 calls of about 1,650 in progress at
 # 23 such kills). Acknowledging them belongs to the edge's leg messages, not to this run.
 NATS_KILL_LOSSES_ALLOWED = 1
+EDGE_TAKEOVER_S = 2.0
 
 
 @pytest.mark.timeout(600)
@@ -30,16 +32,24 @@ def test_faults_under_traffic_lose_no_call_in_progress_and_no_cdr(tmp_path: Path
         "NATS server (call-event stream leader)",
         "router",
         "callstate leader",
+        "edge (PSTN side)",
     ]
     for report in outcome.reports:
         name = report.fault.name
+        if report.fault.edge:  # its own calls go with it; new ones use the other at once
+            assert 0 < report.own <= report.in_progress, name
+            assert report.served_s <= EDGE_TAKEOVER_S, name
+        else:
+            assert report.own == 0, name
         assert report.attempted > 0 and report.in_progress > 0, name  # traffic throughout
         allowed = NATS_KILL_LOSSES_ALLOWED if name.startswith("NATS") else 0
         assert report.lost <= allowed and report.hanging <= allowed, name
         assert (report.cdrs_missing, report.cdrs_duplicated) == (0, 0), name
         assert report.failed <= FAILED_CALLS_ALLOWED, name
     assert (outcome.cdrs_missing, outcome.cdrs_duplicated) == (0, 0)
-    assert outcome.completed >= outcome.placed - len(outcome.reports) * FAILED_CALLS_ALLOWED
+    own = sum(r.own for r in outcome.reports)
+    allowed = len(outcome.reports) * FAILED_CALLS_ALLOWED + own
+    assert outcome.completed >= outcome.placed - allowed
 
 
 def test_the_judgement_counts_every_kind_of_harm() -> None:
@@ -66,3 +76,10 @@ def test_the_judgement_counts_every_kind_of_harm() -> None:
     assert (report.cdrs_missing, report.cdrs_duplicated) == (1, 1)  # new-failed, twice
     assert outcome.failed_outside == 0
     assert (outcome.placed, outcome.completed) == (6, 4)
+
+    # the same calls, the fault an edge's: "lost" ran on it, so it is its own, not lost
+    fault.edge, fault.killed = True, "edge-pstn-2"
+    cdrs[1].attempts.add(sip_call_id="leg-a", edge="edge-pstn-2")
+    [report] = harness.judge([fault], calls, callee, cdrs, started, profile).reports
+    assert (report.in_progress, report.own, report.lost) == (2, 1, 0)
+    assert report.hanging == 0  # leg-a was the killed edge's too

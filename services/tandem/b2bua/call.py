@@ -265,7 +265,12 @@ class Call(Machine):
 
     def handle(self, event: Event, now: float) -> list[Action]:
         """As every machine does; but while rtpengine rewrites an SDP, what would cross
-        behind it waits (and is replayed when the rewrite comes back)."""
+        behind it waits (and is replayed when the rewrite comes back). A leg's events say
+        which edge runs it (several may serve its trunk)."""
+        if isinstance(event, LegProgress | LegAnswered | LegFailed) and event.edge:
+            leg = self.attempts.get(event.leg_id)
+            if leg is not None:
+                leg.edge = event.edge
         if self.anchor.busy and self.state is not CallState.ENDED and isinstance(event, HELD):
             self.now = now
             self.anchor.held.append(event)
@@ -658,14 +663,7 @@ class Call(Machine):
     def _is_current(self, leg_id: str) -> bool:
         return self.attempt is not None and self.attempt.id == leg_id and self.attempt.live
 
-    def _note_edge(self, event: LegCreateAnswered) -> None:
-        """Which edge took the leg: its later events say so (for its record)."""
-        leg = self.attempts.get(event.leg_id)
-        if leg is not None and not event.error:
-            leg.edge = event.edge
-
     def _create_answered(self, event: LegCreateAnswered) -> None:
-        self._note_edge(event)
         if event.error and self._is_current(event.leg_id) and self.state is CallState.TRYING:
             self._failed(503, event.error, event.failure or "transport_error", timed_out=False)
             self._next_attempt()
@@ -1291,7 +1289,6 @@ class Call(Machine):
             self._transfer_failed(event.status, event.reason)
 
     def _transfer_created(self, event: LegCreateAnswered) -> None:
-        self._note_edge(event)
         transfer = self._is_transfer_leg(event.leg_id)
         if transfer is not None and event.error:
             transfer.last = (503, event.error)

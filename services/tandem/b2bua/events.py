@@ -84,13 +84,12 @@ class AtLimit:
 
 @dataclass(frozen=True, slots=True)
 class LegCreateAnswered:
-    """The serving edge's reply to a leg's create command ("" error: created, by `edge`),
-    and the leg failure a refusal is ("trunk_limit"; "" for transport_error)."""
+    """The serving edge's reply to a leg's create command ("" error: created), and the leg
+    failure a refusal is ("trunk_limit"; "" for transport_error)."""
 
     leg_id: str
     error: str
     failure: str = ""
-    edge: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +118,7 @@ class LegProgress:
     status: int
     reason: str
     body: pb.SipBody
+    edge: str = ""  # the edge that runs the leg (so do LegAnswered's and LegFailed's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +129,7 @@ class LegAnswered:
     body: pb.SipBody
     local_tag: str = ""  # the tags of the leg's dialog: what a Replaces would name
     remote_tag: str = ""
+    edge: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,7 @@ class LegFailed:
     failure: str
     received: int = 0
     contacts: tuple[str, ...] = ()
+    edge: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,9 +213,9 @@ LegEvent = (
 )
 
 _FROM_LEG: dict[int, Callable[[pb.LegEvent], LegEvent]] = {
-    pb.LegEvent.PROGRESS: lambda e: LegProgress(e.leg_id, e.status, e.reason, e.body),
+    pb.LegEvent.PROGRESS: lambda e: LegProgress(e.leg_id, e.status, e.reason, e.body, e.edge),
     pb.LegEvent.ANSWERED: lambda e: LegAnswered(
-        e.leg_id, e.status, e.reason, e.body, e.local_tag, e.remote_tag
+        e.leg_id, e.status, e.reason, e.body, e.local_tag, e.remote_tag, e.edge
     ),
     pb.LegEvent.FAILED: lambda e: LegFailed(
         e.leg_id,
@@ -222,6 +224,7 @@ _FROM_LEG: dict[int, Callable[[pb.LegEvent], LegEvent]] = {
         e.failure or "response",
         e.received_status or e.status,
         tuple(h.value for h in e.headers if h.name.lower() == "contact"),
+        e.edge,
     ),
     pb.LegEvent.ENDED: lambda e: LegEnded(e.leg_id, e.reason, e.failure),
     pb.LegEvent.REQUEST: lambda e: LegRequested(e.leg_id, e.request),

@@ -374,7 +374,7 @@ class Executor:
                 break
         if failure == EDGE_REFUSED:
             failure = ""
-        self.feed(runner, e.LegCreateAnswered(command.leg_id, error, failure, edge))
+        self.feed(runner, e.LegCreateAnswered(command.leg_id, error, failure))
 
     def _command_leg(self, runner: Runner, action: a.CommandLeg) -> None:
         data = action.command.SerializeToString()
