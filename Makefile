@@ -88,12 +88,13 @@ demo: venv
 
 # speed and memory, measured (never asserted by a timed test); figures in the README
 BENCHES := tests.bench.bench_sip tests.bench.bench_router tests.bench.bench_callstate \
+	tests.bench.bench_limits \
 	tests.bench.bench_calls
 bench: venv system-deps
 	@for m in $(BENCHES); do echo "== $$m"; $(BIN)/python -m $$m || exit 1; done
 
 # faults under traffic for several minutes (a short run is part of `make test`): a 3-server
-# NATS cluster, two routers, two callstate replicas, two edges and SIPp; figures in the README
+# NATS cluster, two routers, two callstate replicas, two edges per side and SIPp; figures in the README
 chaos: venv system-deps
 	$(BIN)/python -m tests.chaos.harness
 

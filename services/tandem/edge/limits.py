@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -31,7 +32,8 @@ from tandem import bus
 
 log = logging.getLogger("tandem.edge.limits")
 
-WRITE_TRIES = 20  # compare-and-set rounds lost to other edges before a reserve gives up
+WRITE_TRIES = 50  # compare-and-set rounds lost to other edges before a reserve gives up
+CONFLICT_WAIT_S = 0.001  # after a lost round, up to this long (random) before the next
 TIMEOUT_S = 2.0  # one KV request
 
 
@@ -91,8 +93,9 @@ class Limits:
                     break  # nothing to write (a restart's zero is there already)
                 try:
                     await self._put(trunk, json.dumps(record).encode(), revision)
-                except KeyWrongLastSequenceError:
-                    continue  # another edge wrote first: read again
+                except KeyWrongLastSequenceError:  # another edge wrote first: read again
+                    await asyncio.sleep(random.uniform(0, CONFLICT_WAIT_S))
+                    continue
                 break
             else:
                 log.warning("trunk %s: its call count kept changing; call refused", trunk)
