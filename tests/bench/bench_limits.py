@@ -44,10 +44,10 @@ async def bench(calls: int) -> None:
 
             async def edge(limits: Limits, n: int) -> int:
                 placed = 0
-                for start in range(0, n, 100):
-                    got = await asyncio.gather(*(limits.reserve("gw", 10**6) for _ in range(100)))
+                for _ in range(n // 100):
+                    got = await asyncio.gather(*(limits.reserve("gw", 10**6) for _n in range(100)))
                     placed += sum(got)
-                    await asyncio.gather(*(limits._released("gw") for _ in range(100)))
+                    await asyncio.gather(*(limits._released("gw") for _n in range(100)))
                 return placed
 
             began = time.perf_counter()
