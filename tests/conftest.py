@@ -30,6 +30,18 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def sip_port() -> int:
+    """A port of 127.0.0.1 free for both UDP and TCP (an edge listens on both)."""
+    while True:
+        port = free_port(kind=socket.SOCK_DGRAM)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 def free_port_block(count: int, host: str = "127.0.0.1") -> int:
     """The first of `count` consecutive TCP ports that are free right now."""
     while True:

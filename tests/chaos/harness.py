@@ -53,7 +53,7 @@ from tandem import bus
 from tandem.callstate.lease import LEASE_KEY
 from tandem.callstate.store import CONSUMER, STATE_BUCKET
 from tandem.pb import tandem_pb2 as pb
-from tests.conftest import REPO, NatsCluster, free_port
+from tests.conftest import REPO, NatsCluster, free_port, sip_port
 from tests.system.sipp import Sipp
 
 CALLER_IP, CALLEE_IP = "127.0.3.2", "127.0.3.3"  # the run's own loopback addresses
@@ -80,18 +80,6 @@ class Profile:
 
 SHORT = Profile(rate=5, hold_s=4, warmup_s=6, down_s=3, settle_s=4, rounds=1)
 LONG = Profile(rate=15, hold_s=8, warmup_s=20, down_s=10, settle_s=20, rounds=2)
-
-
-def sip_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (an edge listens on both)."""
-    while True:
-        port = free_port(kind=socket.SOCK_DGRAM)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 class Proc:

@@ -10,7 +10,6 @@ to gw2 with the caller ID suppressed.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from tandem.pb import tandem_pb2 as pb
 from tandem.policy.store import import_policy
 from tandem.process import Context
 from tandem.router.service import Service as RouterService
-from tests.conftest import free_port
+from tests.conftest import sip_port
 from tests.edge.phones import Phone
 
 LOCAL = "+14255550123"  # routed to gw1 then gw2
@@ -70,17 +69,6 @@ class System:
             await sub.unsubscribe()
 
 
-def _sip_port() -> int:
-    while True:
-        port = free_port(kind=socket.SOCK_DGRAM)
-        try:  # the edge takes the same number for TCP
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-
-
 MakeSystem = Callable[..., Awaitable[System]]
 
 
@@ -110,7 +98,7 @@ async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSys
         config = parse_config(
             {
                 "edges": [
-                    {"id": edge_id, "sip": f"127.0.0.1:{_sip_port()}"}
+                    {"id": edge_id, "sip": f"127.0.0.1:{sip_port()}"}
                     | (edges or {}).get(edge_id, {})
                     for edge_id in ("edge-a", "edge-b", "edge-c")[: 3 if edge_c else 2]
                 ],

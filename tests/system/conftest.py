@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, sip_port
 from tests.support import TandemUp, system_config
 from tests.system.sipp import Sipp
 
@@ -147,18 +147,6 @@ def trunk(system: System, ip: str, scenario: str, workdir: Path, **kwargs: Any) 
     return Sipp(scenario, workdir, ip=ip, port=system.peer_port(ip), **kwargs).start()
 
 
-def _sip_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (an edge listens on both)."""
-    while True:
-        port = free_port(kind=socket.SOCK_DGRAM)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-
-
 def trunk_peers(*ips: str) -> dict[str, str]:
     """Where each trunk address's SIPp answers: a free port, not 5060, so that nothing else
     on the machine reaches them."""
@@ -168,7 +156,7 @@ def trunk_peers(*ips: str) -> dict[str, str]:
 def run_system(workdir: Path, peers: dict[str, str], config: dict[str, Any]) -> System:
     """tandem up with this config, each edge on a port free for both UDP and TCP."""
     for edge in config["edges"]:
-        edge["sip"] = f"127.0.0.1:{_sip_port()}"
+        edge["sip"] = f"127.0.0.1:{sip_port()}"
     up = TandemUp(config, workdir)
     up.start()
     return System(up, config, workdir, peers)
