@@ -15,7 +15,17 @@ queued). The rate rises step by step until a trial fails, then the gap is bisect
 
 Both run on this machine in the same run; the callers and callees share its cores with the
 system under test, as in the DESIGN.md targets. A failed trial restarts the system, so
-retransmissions left over from it cannot fail the next one.
+retransmissions left over from it cannot fail the next one. Kamailio gets shared memory
+enough for its transactions (at 256 MB it answered `500 No error (2/SL)`, out of memory,
+from 2,500 calls/s), and a provisional response it relays after the 200 (its workers may
+reorder them) is ignored by the caller's scenario, as the INVITE transaction's.
+
+Once the highest rate is found, two more trials per system: at half of it, the latency of
+the 100 Trying and of the 200 from the caller's side (SIPp's log of each call's moments,
+microseconds; the callee answers at once, so its 200 crosses the path, router included,
+that a 180 would); at twice it, the goodput (calls completed per second offered) and
+what the refused calls got (503 with Retry-After at once, or a timeout), which shows where
+the overload threshold sits against capacity.
 
 Run: .venv/bin/python -m tests.bench.bench_calls [--quick] [--only kamailio|tandem|anchored]
 (`make bench` runs it with the other benchmarks)
@@ -26,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,13 +44,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.bench.bench_router import percentile
 from tests.conftest import REPO, free_port
 from tests.support import TandemUp, system_config
-from tests.system.sipp import Sipp, udp_bound
+from tests.system.sipp import Sipp, logged_moments, udp_bound
 
 # the bench's own loopback addresses: nothing else (tests, `make run`) uses them
 CALLER_IP, CALLEE_IP = "127.0.1.2", "127.0.1.3"
@@ -64,6 +77,8 @@ class Trial:
     failed: int
     callee_failed: int
     duration_s: float
+    refusals: Counter[str]  # what the caller's failed calls received instead of the call
+    latency_ms: dict[str, tuple[float, float]]  # '100', '200': p50 and p99 from the INVITE
 
     @property
     def held_rate(self) -> bool:
@@ -73,6 +88,11 @@ class Trial:
     def passed(self) -> bool:
         complete = self.successful == self.calls and self.failed == 0
         return complete and self.callee_failed == 0 and self.held_rate
+
+    @property
+    def goodput(self) -> float:
+        """Calls completed per second of the trial's offered length."""
+        return self.successful / TRIAL_S
 
 
 class Target:
@@ -109,7 +129,7 @@ class Kamailio(Target):
         argv = [
             binary, "-f", str(REPO / "tests" / "bench" / "kamailio.cfg"), "-DD", "-E",
             "-l", f"udp:{self.address}", "-A", f'CALLEE="{self.callee}"',
-            "-Y", str(rundir), "-P", str(rundir / "kamailio.pid"), "-m", "256", "-M", "16",
+            "-Y", str(rundir), "-P", str(rundir / "kamailio.pid"), "-m", "1024", "-M", "16",
         ]  # fmt: skip
         with (self.workdir / "kamailio.log").open("ab") as log:
             self.proc = subprocess.Popen(
@@ -187,6 +207,9 @@ def trial(target: Target, rate: int, workdir: Path, callee_port: int) -> Trial:
         extra=(*perf, *TOLERATE_LATE_ACK),
         **common,
     ).start()
+    errors, moments = workdir / f"caller-{rate}.errors.log", workdir / f"caller-{rate}.log"
+    for leftover in (errors, moments):  # a bisection may run a rate twice
+        leftover.unlink(missing_ok=True)
     start = time.monotonic()
     caller = Sipp(
         "uac_call.xml",
@@ -196,7 +219,12 @@ def trial(target: Target, rate: int, workdir: Path, callee_port: int) -> Trial:
         called=CALLED,
         rate=rate,
         pause_ms=0,
-        extra=(*perf, "-l", str(rate * 10)),
+        extra=(
+            *perf,
+            *("-l", str(rate * 10)),
+            *("-trace_err", "-error_file", str(errors)),
+            *("-trace_logs", "-log_file", str(moments)),
+        ),
         **common,
     ).run()
     duration = time.monotonic() - start
@@ -204,39 +232,86 @@ def trial(target: Target, rate: int, workdir: Path, callee_port: int) -> Trial:
     with contextlib.suppress(subprocess.TimeoutExpired):
         callee.proc.wait(DRAIN_S)
     answered = callee.stop()
+    failed, refused = caller.total("Failed call"), refusals(errors)
+    if failed > refused.total():  # failed without an answer: timed out, or never sent
+        refused["no answer"] = failed - refused.total()
     return Trial(
         rate,
         calls,
         caller.total("Successful call"),
-        caller.total("Failed call"),
+        failed,
         answered.total("Failed call") + (calls - answered.total("Successful call")),
         duration,
+        refused,
+        latency(moments),
     )
+
+
+ABORTED = re.compile(
+    r"Aborting call on unexpected message.*?received '(SIP/2\.0 [^\n]*)\n(.*?)\n'\n", re.S
+)
+
+
+def refusals(errors: Path) -> Counter[str]:
+    """What the calls SIPp aborted received instead of their answer: '503 Retry-After',
+    '408', ..."""
+    text = errors.read_text(errors="replace") if errors.exists() else ""
+    found: Counter[str] = Counter()
+    for status, headers in ABORTED.findall(text):
+        code = status.split()[1]
+        retry = re.search(r"^Retry-After:", headers, re.M | re.I) is not None
+        found[f"{code} Retry-After" if retry else code] += 1
+    return found
+
+
+def latency(moments: Path) -> dict[str, tuple[float, float]]:
+    """p50 and p99 of INVITE -> 100 and INVITE -> 200, in ms, from the caller's log."""
+    calls = logged_moments(moments).values()
+    figures = {}
+    for kind in ("100", "200"):
+        delays = sorted(
+            (c[kind] - c["invite"]) * 1000 for c in calls if kind in c and "invite" in c
+        )
+        if delays:
+            figures[kind] = (percentile(delays, 0.5), percentile(delays, 0.99))
+    return figures
+
+
+@dataclass
+class Measured:
+    """A system's figures: its highest zero-failure rate, and the trials at half and twice it."""
+
+    best: Trial | None
+    half: Trial | None = None
+    double: Trial | None = None
+
+
+def run(target: Target, rate: int, workdir: Path, callee_port: int) -> Trial:
+    """One trial, printed; a failed one restarts the system for the next."""
+    result = trial(target, rate, workdir, callee_port)
+    verdict = "pass" if result.passed else "FAIL"
+    if result.successful == result.calls and not result.held_rate:
+        verdict += " (rate not held)"
+    refused = ", ".join(f"{n} {what}" for what, n in result.refusals.most_common())
+    print(
+        f"  {target.name:<9} {rate:>5} cps  {result.calls:>6} calls  "
+        f"{result.successful:>6} ok  {result.failed:>5} failed  "
+        f"callee failed {result.callee_failed:>5}  {result.duration_s:6.1f} s  "
+        f"({result.calls / result.duration_s:6.1f} calls/s)  {verdict}"
+        + (f"  [{refused}]" if refused else ""),
+        flush=True,
+    )
+    if not result.passed:
+        target.restart()
+    return result
 
 
 def search(target: Target, rates: list[int], workdir: Path, callee_port: int) -> Trial | None:
     """The highest rate with zero failed calls: step up, then bisect the last gap."""
     best: Trial | None = None
     failed_at: int | None = None
-
-    def run(rate: int) -> Trial:
-        result = trial(target, rate, workdir, callee_port)
-        verdict = "pass" if result.passed else "FAIL"
-        if result.successful == result.calls and not result.held_rate:
-            verdict += " (rate not held)"
-        print(
-            f"  {target.name:<9} {rate:>5} cps  {result.calls:>6} calls  "
-            f"{result.successful:>6} ok  {result.failed:>5} failed  "
-            f"callee failed {result.callee_failed:>5}  {result.duration_s:6.1f} s  "
-            f"({result.calls / result.duration_s:6.1f} calls/s)  {verdict}",
-            flush=True,
-        )
-        if not result.passed:
-            target.restart()
-        return result
-
     for rate in rates:
-        result = run(rate)
+        result = run(target, rate, workdir, callee_port)
         if not result.passed:
             failed_at = rate
             break
@@ -246,7 +321,7 @@ def search(target: Target, rates: list[int], workdir: Path, callee_port: int) ->
         if failed_at is None or failed_at - low <= max(10, low // 10):
             break
         middle = (low + failed_at) // 2
-        result = run(middle)
+        result = run(target, middle, workdir, callee_port)
         if result.passed:
             best = result
         else:
@@ -254,14 +329,48 @@ def search(target: Target, rates: list[int], workdir: Path, callee_port: int) ->
     return best
 
 
-def measure(make: Callable[[Path, int], Target], rates: list[int], workdir: Path) -> Trial | None:
+def measure(
+    make: Callable[[Path, int], Target], rates: list[int], workdir: Path, extremes: bool
+) -> Measured:
     callee_port = free_port(CALLEE_IP, socket.SOCK_DGRAM)
     target = make(workdir, callee_port)
     target.start()
     try:
-        return search(target, rates, workdir, callee_port)
+        measured = Measured(search(target, rates, workdir, callee_port))
+        if measured.best is not None and extremes:
+            rate = measured.best.rate
+            print(f"  {target.name}: latency at half of {rate}, overload at twice it", flush=True)
+            measured.half = run(target, max(1, rate // 2), workdir, callee_port)
+            measured.double = run(target, rate * 2, workdir, callee_port)
+        return measured
     finally:
         target.stop()
+
+
+def report(results: dict[str, Measured]) -> None:
+    print()
+    print(f"{'system':<10} {'0 failed':>9} {'100 p50/p99':>14} {'200 p50/p99':>14} "
+          f"{'offered 2x':>10} {'goodput':>8} {'0 failed/goodput':>16}  refused at 2x")  # fmt: skip
+    print("-" * 110)
+    for name, m in results.items():
+        if m.best is None:
+            print(f"{name:<10} {'none':>9}")
+            continue
+        cells = [f"{name:<10} {m.best.rate:>5} cps"]
+        for kind in ("100", "200"):
+            p50, p99 = m.half.latency_ms.get(kind, (0.0, 0.0)) if m.half else (0.0, 0.0)
+            cells.append(f"{p50:>5.1f}/{p99:>5.1f} ms")
+        if m.double is not None:
+            refused = ", ".join(f"{n} {what}" for what, n in m.double.refusals.most_common())
+            cells.append(
+                f"{m.double.rate:>6} cps {m.double.goodput:>8.0f} "
+                f"{m.best.rate / max(m.double.goodput, 1):>16.0%}  {refused or '-'}"
+            )
+        print(" ".join(cells))
+    kamailio, tandem = results.get("kamailio"), results.get("tandem")
+    if kamailio and tandem and kamailio.best and tandem.best:
+        print(f"\ntandem / kamailio: {tandem.best.rate} / {kamailio.best.rate} = "
+              f"{tandem.best.rate / kamailio.best.rate:.2f} (target 0.25, and 1,000 calls/s)")  # fmt: skip
 
 
 def main() -> int:
@@ -274,7 +383,7 @@ def main() -> int:
         ("tandem", Tandem, TANDEM_RATES),
         ("anchored", Anchored, TANDEM_RATES),
     ]
-    results: dict[str, Trial | None] = {}
+    results: dict[str, Measured] = {}
     with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp:
         for name, make, rates in plans:
             if args.only and args.only != name:
@@ -282,17 +391,10 @@ def main() -> int:
             print(f"{name}: {TRIAL_S} s of calls per trial, rate stepped up", flush=True)
             workdir = Path(tmp) / name
             workdir.mkdir()
-            results[name] = measure(make, rates[:2] if args.quick else rates, workdir)
-    print()
-    print(f"{'system':<10} {'highest rate, 0 failed':>24} {'calls':>8} {'duration':>10}")
-    print("-" * 55)
-    for name, best in results.items():
-        if best is None:
-            print(f"{name:<10} {'none passed':>24}")
-        else:
-            rate = f"{best.rate} cps"
-            print(f"{name:<10} {rate:>24} {best.calls:>8} {best.duration_s:>9.1f}s")
-    return 0 if all(results.values()) else 1
+            extremes = not args.quick and name != "anchored"
+            results[name] = measure(make, rates[:2] if args.quick else rates, workdir, extremes)
+    report(results)
+    return 0 if all(m.best for m in results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from tandem.callstate.lease import LEASE_KEY
 from tandem.callstate.store import CONSUMER, STATE_BUCKET
 from tandem.pb import tandem_pb2 as pb
 from tests.conftest import REPO, NatsCluster, free_port, sip_port
-from tests.system.sipp import Sipp
+from tests.system.sipp import Sipp, logged_moments
 
 CALLER_IP, CALLEE_IP = "127.0.3.2", "127.0.3.3"  # the run's own loopback addresses
 CALLED = "+14255551234"  # pbx-hq -> route redmond-local -> pstn-gw1
@@ -475,24 +475,16 @@ async def callstate_caught_up(js: JetStreamContext, rate: float) -> bool:
 
 
 def sipp_log(path: Path) -> dict[str, Leg]:
-    """Each call's moments from a chaos scenario's log lines `kind|call-id|timestamp`."""
-    legs: dict[str, Leg] = {}
-    if not path.exists():
-        return legs
-    for line in path.read_text(errors="replace").splitlines():
-        parts = line.strip().split("|")
-        if len(parts) != 3:
-            continue
-        kind, call_id, stamp = parts
-        leg = legs.setdefault(call_id, Leg(call_id))
-        when = float(stamp.split()[-1])
-        if kind == "start":
-            leg.start = when
-        elif kind == "answered":
-            leg.answered = when
-        elif kind in ("ok", "bye"):
-            leg.ok = when
-    return legs
+    """Each call's moments from a chaos scenario's log."""
+    return {
+        call_id: Leg(
+            call_id,
+            start=seen.get("start", 0.0),
+            answered=seen.get("answered", 0.0),
+            ok=seen.get("ok", seen.get("bye", 0.0)),
+        )
+        for call_id, seen in logged_moments(path).items()
+    }
 
 
 class Traffic:

@@ -50,6 +50,20 @@ def udp_bound(ip: str, port: int) -> bool:
     return False
 
 
+def logged_moments(path: Path) -> dict[str, dict[str, float]]:
+    """Each call's moments from a scenario's `<log message="kind|[call_id]|[timestamp]"/>`
+    lines (-trace_logs): {call id: {kind: epoch seconds}}, the first of each kind."""
+    calls: dict[str, dict[str, float]] = {}
+    if not path.exists():
+        return calls
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            kind, call_id, stamp = parts
+            calls.setdefault(call_id, {}).setdefault(kind, float(stamp.split()[-1]))
+    return calls
+
+
 @dataclass
 class SippResult:
     scenario: str

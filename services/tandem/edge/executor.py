@@ -199,6 +199,7 @@ class Executor:
             self.registry.setup_over(runner)
             if status < 300:  # timer L: a 2xx the caller never ACKs ends the call
                 self.transactions.no_ack[txn.key] = lambda: self.feed(runner, e.AckTimedOut())
+                runner.txns.append(txn.key)
 
     def _send_invite(self, runner: Runner, action: a.SendInvite) -> None:
         cseq = action.request.cseq.number
@@ -211,6 +212,7 @@ class Executor:
             runner.peer = Peer(*action.to)
         peer = runner.peer
         runner.invite = self.transactions.send_request(action.request, peer, on_response)
+        runner.txns.append(runner.invite.key)
 
     def _resolve(self, runner: Runner, action: a.Resolve) -> None:
         self.spawn(self._resolving(runner))
@@ -521,6 +523,8 @@ class Executor:
         for handle in runner.timers.values():
             handle.cancel()
         runner.timers.clear()
+        self.transactions.forget(runner.txns)
+        runner.txns.clear()
         self.registry.remove(runner)
         if runner.limited and self.limits is not None:
             runner.limited = False

@@ -29,6 +29,7 @@ class Runner:
         "timers",
         "trace",
         "trunk",
+        "txns",
     )
 
     def __init__(
@@ -50,6 +51,10 @@ class Runner:
         self.setup = isinstance(machine, Call)  # a call not yet answered nor rejected
         self.call_ids: tuple[str, ...] = (machine.id,) if isinstance(machine, Call) else ()
         self.limited = False  # holds a place under its trunk's max_concurrent_calls
+        # INVITE transactions whose callbacks lead here, cut at release: one lingers 32 s for
+        # retransmissions (timers D, L, M) and must not keep the call alive that long. (An
+        # in-dialog request's callback outlives the release, as a BYE may be challenged.)
+        self.txns: list[TransactionKey] = []
 
     @property
     def headers(self) -> dict[str, str]:

@@ -201,6 +201,12 @@ class Transactions:
         if entry is not None:
             entry[0](None, TIMEOUT)
 
+    def forget(self, keys: list[TransactionKey]) -> None:
+        """Nothing is to be told any more of these transactions (their call has ended)."""
+        for key in keys:
+            self.client.pop(key, None)
+            self.no_ack.pop(key, None)
+
     def cancel(self, ctx: ClientTransaction) -> None:
         """CANCEL an INVITE: now if a provisional came, else as soon as one does (RFC 3261 9.1)."""
         ctx.layer.cancel(ctx.key, self.loop.time())
