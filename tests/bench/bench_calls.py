@@ -91,8 +91,8 @@ class Trial:
 
     @property
     def goodput(self) -> float:
-        """Calls completed per second of the trial's offered length."""
-        return self.successful / TRIAL_S
+        """Calls completed per second, over the trial's length or longer if it took longer."""
+        return self.successful / max(self.duration_s, TRIAL_S)
 
 
 class Target:

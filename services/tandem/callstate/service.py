@@ -205,6 +205,7 @@ class Service:
     async def _process(self, msgs: list[Msg]) -> None:
         events: list[pb.CallEvent] = []
         suspect: set[str] = set()  # calls that may have ended already: ask the KV
+        new: set[str] = set()  # calls that began in this batch: their next events are no replay
         for msg in msgs:
             try:
                 event = pb.CallEvent.FromString(msg.data)
@@ -214,12 +215,16 @@ class Service:
                 continue
             event.call_id = event.call_id or msg.subject.split(".")[2]
             events.append(event)
+            if event.call_id in new:
+                continue
             if self._may_be_replay(msg, event):
                 suspect.add(event.call_id)
+            elif event.call_id not in self.calls:
+                new.add(event.call_id)
         await self._skip_finished(suspect)
         await self._persist(*self._apply(events))
-        for msg in msgs:
-            await msg.ack()
+        if msgs:  # the consumer acknowledges all before it with the last (AckPolicy.ALL)
+            await msgs[-1].ack()
 
     def _may_be_replay(self, msg: Msg, event: pb.CallEvent) -> bool:
         """False only for the first event of a new call, seen for the first time.

@@ -264,7 +264,7 @@ class Store:
             durable_name=CONSUMER,
             deliver_policy=policy,
             opt_start_seq=start or None,
-            ack_policy=AckPolicy.EXPLICIT,
+            ack_policy=AckPolicy.ALL,  # a batch's last ack acknowledges the whole batch
             ack_wait=CONSUMER_ACK_WAIT_S,
             max_ack_pending=CONSUMER_MAX_ACK_PENDING,
         )
