@@ -298,3 +298,30 @@ async def test_a_second_fork_answering_is_acked_and_ended(make_system: MakeSyste
     ack, _ = await gw1.request("ACK")
     bye, _ = await gw1.request("BYE")
     assert ack.to.tag == bye.to.tag == "fork2"
+
+
+async def test_an_ended_call_is_not_kept_by_the_transactions_that_linger(
+    make_system: MakeSystem,
+) -> None:
+    """A finished INVITE transaction lingers 32 s for retransmissions (timers D, L, M): it must
+    not keep its call alive so long, or an edge at a few hundred calls/s holds thousands of
+    ended calls and the collector's full passes over them stall the SIP loop."""
+    system = await make_system()
+    pbx, gw1 = system.pbx, system.gw1
+    invite = pbx.invite(system.a, LOCAL)
+    out, b_addr = await gw1.request("INVITE")
+    gw1.answer(out, 200, b_addr, body=SDP)
+    answer = await pbx.response(200)
+    assert system.edge_a.transactions.no_ack and system.edge_b.transactions.client
+    pbx.in_dialog(invite, answer, "ACK", system.a)
+    await gw1.request("ACK")
+    pbx.in_dialog(invite, answer, "BYE", system.a)
+    assert (await pbx.final("BYE")).status == 200
+    bye, addr = await gw1.request("BYE")
+    gw1.answer(bye, 200, addr)
+    await system.call_events()
+    await asyncio.sleep(0.2)
+    assert not system.edge_a.registry.calls and not system.edge_b.registry.legs
+    assert system.edge_a.transactions.no_ack == {}
+    lingering = [key for key in system.edge_b.transactions.client if key[-1] == "INVITE"]
+    assert lingering == []
