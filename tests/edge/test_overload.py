@@ -28,3 +28,14 @@ def test_a_routing_backlog_sheds() -> None:
     load = Overload()
     assert not load.refuses(ROUTING_S / 2)
     assert load.refuses(ROUTING_S * 2)
+
+
+def test_the_figures_show_each_signal_against_its_limit() -> None:
+    load = Overload()
+    for _ in range(20):
+        load.sample(0.05)
+    figures = load.figures(0.2)
+    assert (
+        figures["lag_limit_ms"] == LAG_S * 1000 and figures["routing_limit_ms"] == ROUTING_S * 1000
+    )
+    assert 40 < figures["lag_ms"] < 50 and figures["routing_wait_ms"] == 200.0

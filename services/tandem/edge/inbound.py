@@ -208,6 +208,10 @@ class Inbound:
     def overloaded(self) -> bool:
         return self.overload.refuses(self.registry.routing_wait(time.monotonic()))
 
+    @property
+    def load(self) -> dict[str, float]:
+        return self.overload.figures(self.registry.routing_wait(time.monotonic()))
+
     def _registered(self, invite: Request, peer: Peer) -> Trunk | None:
         """The trunk that registers the AOR the INVITE is for, when its source is the trunk's."""
         if not self.registered:

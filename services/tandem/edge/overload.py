@@ -23,6 +23,15 @@ class Overload:
     def sample(self, lag: float) -> None:
         self.lag += SMOOTHING * (max(lag, 0.0) - self.lag)
 
+    def figures(self, routing_wait: float) -> dict[str, float]:
+        """The signals and their thresholds, in ms (the edge's status shows them)."""
+        return {
+            "lag_ms": round(self.lag * 1000, 1),
+            "lag_limit_ms": LAG_S * 1000,
+            "routing_wait_ms": round(routing_wait * 1000, 1),
+            "routing_limit_ms": ROUTING_S * 1000,
+        }
+
     def refuses(self, routing_wait: float) -> bool:
         """True when a new call should be refused; `routing_wait` is how long the oldest
         call still waiting for its route decision has waited (0 for none)."""

@@ -510,6 +510,7 @@ class Service:
             "edge": self.edge_id,
             "draining": self.inbound.draining,
             "overloaded": self.inbound.overloaded,
+            "load": self.inbound.load,
             "listeners": self.transports.listeners if self.started else [],
             "trunks": [
                 {
