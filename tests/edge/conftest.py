@@ -25,6 +25,7 @@ from tandem.pb import tandem_pb2 as pb
 from tandem.policy.store import import_policy
 from tandem.process import Context
 from tandem.router.service import Service as RouterService
+from tandem.sip import Request, Response
 from tests.conftest import sip_port
 from tests.edge.phones import Phone
 
@@ -52,6 +53,15 @@ class System:
     @property
     def a(self) -> tuple[str, int]:
         return "127.0.0.1", self.edge_a.transports.port
+
+    async def ack_and_hang_up(self, invite: Request, answer: Response) -> None:
+        """The PBX ACKs the answer and hangs up; gw1 takes the ACK and answers the BYE."""
+        self.pbx.in_dialog(invite, answer, "ACK", self.a)
+        await self.gw1.request("ACK")
+        self.pbx.in_dialog(invite, answer, "BYE", self.a)
+        assert (await self.pbx.final("BYE")).status == 200
+        bye, addr = await self.gw1.request("BYE")
+        self.gw1.answer(bye, 200, addr)
 
     async def call_events(self, last: str = "ended", within: float = 5.0) -> list[pb.CallEvent]:
         """The call events in the stream, in order, up to the first of kind `last`."""

@@ -313,12 +313,7 @@ async def test_an_ended_call_is_not_kept_by_the_transactions_that_linger(
     gw1.answer(out, 200, b_addr, body=SDP)
     answer = await pbx.response(200)
     assert system.edge_a.transactions.no_ack and system.edge_b.transactions.client
-    pbx.in_dialog(invite, answer, "ACK", system.a)
-    await gw1.request("ACK")
-    pbx.in_dialog(invite, answer, "BYE", system.a)
-    assert (await pbx.final("BYE")).status == 200
-    bye, addr = await gw1.request("BYE")
-    gw1.answer(bye, 200, addr)
+    await system.ack_and_hang_up(invite, answer)
     await system.call_events()
     await asyncio.sleep(0.2)
     assert not system.edge_a.registry.calls and not system.edge_b.registry.legs

@@ -46,12 +46,7 @@ async def full_call(system: System, headers: tuple[tuple[str, str], ...] = ()) -
     gw1.answer(out, 200, addr, body=SDP)
     answer = await pbx.response(200)
     call_id: str = system.edge_a.registry.dialogs[(invite.call_id, answer.to.tag or "")].machine.id
-    pbx.in_dialog(invite, answer, "ACK", system.a)
-    await gw1.request("ACK")
-    pbx.in_dialog(invite, answer, "BYE", system.a)
-    assert (await pbx.final("BYE")).status == 200
-    bye, addr = await gw1.request("BYE")
-    gw1.answer(bye, 200, addr)
+    await system.ack_and_hang_up(invite, answer)
     return call_id
 
 

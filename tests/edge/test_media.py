@@ -259,12 +259,7 @@ async def test_an_anchored_call_through_two_edges_carries_its_figures_into_its_s
     answer = await pbx.response(200)
     assert b"RTP/AVP" in answer.body and b"a=crypto" not in answer.body  # plain to the PBX
     assert b"c=IN IP4 127.0.0.1" in answer.body and b"127.0.0.3" not in answer.body
-    pbx.in_dialog(invite, answer, "ACK", system.a)
-    await gw1.request("ACK")
-    pbx.in_dialog(invite, answer, "BYE", system.a)
-    assert (await pbx.final("BYE")).status == 200
-    bye, addr = await gw1.request("BYE")
-    gw1.answer(bye, 200, addr)
+    await system.ack_and_hang_up(invite, answer)
 
     events = await system.call_events()
     end = events[-1]
