@@ -73,7 +73,7 @@ async def run(
     # what is loaded by now (modules, the policy's tables) lives as long as the process:
     # out of the collector's sight, a full collection walks only what calls allocate
     gc.freeze()
-    gc.set_threshold(20_000, 20, 10)
+    gc.set_threshold(20_000, 20, 10)  # fewer young passes: a call allocates a few hundred
     log.info("%s ready", name, extra={"api": f"http://{listen}"})
 
     await stop.wait()
