@@ -84,7 +84,6 @@ behind it wait, and are replayed in order when it comes back:
 from __future__ import annotations
 
 import functools
-from collections import deque
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
@@ -428,7 +427,7 @@ class Call(Machine):
         """What waited behind a rewrite, in order, until the next rewrite goes out."""
         anchor = self.anchor
         while anchor.held and not anchor.busy:
-            item = anchor.held.popleft()
+            item = anchor.held.pop(0)
             if callable(item):
                 item()  # a crossing that waited its turn
                 continue
@@ -1472,7 +1471,7 @@ class Call(Machine):
 
     def _answer_held(self) -> None:
         """What waited behind a rewrite when the call ended: requests get their answer."""
-        held, self.anchor.held = self.anchor.held, deque()
+        held, self.anchor.held = self.anchor.held, []
         for item in held:
             if isinstance(item, InDialogRequest):
                 status = 200 if item.request.method == "BYE" else 481
