@@ -397,13 +397,7 @@ def test_no_sequence_leaves_an_anchored_call_stuck(steps: list[tuple[str, Any, b
             pass
     rtpengine.holding, rtpengine.refuse, rtpengine.unreachable = False, "", False
     rtpengine.release(w)
-    if id(w.call) not in w.released:
-        w.feed(w.call, e.HangupRequested("api", "end of test"))
-        w.settle()
-    for n, leg in enumerate(w.legs, start=1):
-        if leg.state in (LegState.CALLING, LegState.EARLY, LegState.CANCELLING):
-            w.respond_leg(n, 487)
-    w.advance(120)
+    w.end_everything()
     assert id(w.call) in w.released
     assert w.caller_statuses[-1] >= 200
     assert all(id(leg) in w.released for leg in w.legs)

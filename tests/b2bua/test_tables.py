@@ -171,14 +171,7 @@ def run_to_the_end(w: World, steps: list[tuple[str, typing.Any, bool]]) -> None:
                 w.settle()
         except ProtocolError:
             pass  # the edge logs and counts it; the machine is unchanged
-    # whatever happened, the end comes: a hangup, every leg's final response, time
-    if id(w.call) not in w.released:
-        w.feed(w.call, e.HangupRequested("api", "end of test"))
-        w.settle()
-    for n, leg in enumerate(w.legs, start=1):
-        if leg.state in (LegState.CALLING, LegState.EARLY, LegState.CANCELLING):
-            w.respond_leg(n, 487)
-    w.advance(120)
+    w.end_everything()
     assert id(w.call) in w.released
     assert w.caller_statuses[-1] >= 200  # answered once: World asserts no second final
     assert all(id(leg) in w.released for leg in w.legs)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tandem.b2bua import Call, Leg, Machine
+from tandem.b2bua import Call, Leg, LegState, Machine
 from tandem.b2bua import actions as a
 from tandem.b2bua import events as e
 from tandem.b2bua.local import Local
@@ -294,6 +294,16 @@ class World:
 
     def methods_to(self, machine: Machine) -> list[str]:
         return [r.method for r in self.sent.get(id(machine), [])]
+
+    def end_everything(self) -> None:
+        """Whatever happened, bring the end: a hangup, every leg's final response, time."""
+        if id(self.call) not in self.released:
+            self.feed(self.call, e.HangupRequested("api", "end of test"))
+            self.settle()
+        for n, leg in enumerate(self.legs, start=1):
+            if leg.state in (LegState.CALLING, LegState.EARLY, LegState.CANCELLING):
+                self.respond_leg(n, 487)
+        self.advance(120)
 
     # ---- executing actions ----------------------------------------------------------------
 

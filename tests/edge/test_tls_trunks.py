@@ -172,6 +172,13 @@ async def test_without_verification_a_certificate_for_another_name_is_taken(
     assert (await system.pbx.final()).status == 486
 
 
+async def customer_sbc(sbcs: list[TlsPhone], tls: TlsContexts, serve: bool = True) -> TlsPhone:
+    """The customer's SBC on CUSTOMER_IP, with the certificate `tls` gives; stopped after."""
+    phone = await TlsPhone.listen(CUSTOMER_IP, free_port(CUSTOMER_IP), tls, serve)
+    sbcs.append(phone)
+    return phone
+
+
 async def customer_edge(make_system: MakeSystem, pki: Pki) -> tuple[System, int]:
     """edge-a listens for TLS; its trunk pbx is an SBC that must present sbc.customer.test."""
     tls_port = free_port()
@@ -187,10 +194,7 @@ async def test_a_teams_style_sbc_is_admitted_by_its_certificate_names(
     make_system: MakeSystem, pki: Pki, sbcs: list[TlsPhone]
 ) -> None:
     system, tls_port = await customer_edge(make_system, pki)
-    customer = await TlsPhone.listen(
-        CUSTOMER_IP, free_port(CUSTOMER_IP), pki.contexts(pki.ca.issue("cust", [CUSTOMER_NAME]))
-    )
-    sbcs.append(customer)
+    customer = await customer_sbc(sbcs, pki.contexts(pki.ca.issue("cust", [CUSTOMER_NAME])))
     edge = ("127.0.0.1", tls_port)
     invite = customer.invite(edge, LOCAL)
     out, addr = await system.gw1.request("INVITE", within=5)
@@ -207,10 +211,7 @@ async def test_a_sips_request_gets_a_sips_contact(
     make_system: MakeSystem, pki: Pki, sbcs: list[TlsPhone]
 ) -> None:
     system, tls_port = await customer_edge(make_system, pki)
-    customer = await TlsPhone.listen(
-        CUSTOMER_IP, free_port(CUSTOMER_IP), pki.contexts(pki.ca.issue("cust", [CUSTOMER_NAME]))
-    )
-    sbcs.append(customer)
+    customer = await customer_sbc(sbcs, pki.contexts(pki.ca.issue("cust", [CUSTOMER_NAME])))
     edge = ("127.0.0.1", tls_port)
     customer.invite(edge, LOCAL, scheme="sips")
     out, addr = await system.gw1.request("INVITE", within=5)
@@ -233,8 +234,7 @@ async def test_an_sbc_without_the_names_is_refused(
         tls = TlsContexts(ca=str(pki.ca.bundle))  # no certificate of its own
     else:
         tls = pki.contexts(pki.ca.issue("cust", names))
-    customer = await TlsPhone.listen(CUSTOMER_IP, free_port(CUSTOMER_IP), tls, names is not None)
-    sbcs.append(customer)
+    customer = await customer_sbc(sbcs, tls, serve=names is not None)
     customer.invite(("127.0.0.1", tls_port), LOCAL)
     refused = await customer.final()
     assert refused.status == 403
