@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from tandem.pb import tandem_pb2 as pb
@@ -50,18 +50,8 @@ class Figures:
     jitter_ms_sum: float = 0.0
 
     def add(self, other: Figures, sign: int = 1) -> None:
-        self.attempts += sign * other.attempts
-        self.answered += sign * other.answered
-        self.effective += sign * other.effective
-        self.active += sign * other.active
-        self.completed += sign * other.completed
-        self.duration_s += sign * other.duration_s
-        self.media_legs += sign * other.media_legs
-        self.media_packets += sign * other.media_packets
-        self.media_lost += sign * other.media_lost
-        self.rtcp_legs += sign * other.rtcp_legs
-        self.mos_sum += sign * other.mos_sum
-        self.jitter_ms_sum += sign * other.jitter_ms_sum
+        for name in SUMS:
+            setattr(self, name, getattr(self, name) + sign * getattr(other, name))
         for code, n in other.failures.items():
             total = self.failures.get(code, 0) + sign * n
             if total:
@@ -124,6 +114,9 @@ class Figures:
             "mos": round(self.mos_sum / rtcp, 2) if rtcp else None,
             "jitter_ms": round(self.jitter_ms_sum / rtcp, 2) if rtcp else None,
         }
+
+
+SUMS = tuple(f.name for f in fields(Figures) if f.name != "failures")  # the plain counts
 
 
 def _media_from_json(values: list[Any]) -> dict[str, Any]:
