@@ -4,6 +4,7 @@ real three-server JetStream cluster whose servers a test can kill and bring back
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import socket
@@ -24,10 +25,31 @@ REPO = Path(__file__).resolve().parents[1]
 CONFORMANCE = REPO.parent / "shared" / "conformance"
 
 
+def _ephemeral_low() -> int:
+    """Where the kernel's ports for outgoing connections begin."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports for a test's listeners come from below the ephemeral range: a port the kernel gave
+# out (port 0) may be given again to any outgoing connection before the test's process binds
+# it, as happened to an edge's SIP port while `tandem up` started.
+PORTS = range(10_000, max(_ephemeral_low(), 20_000))
+_PICK = random.Random()  # its own: Hypothesis seeds the module's generator in its tests
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port of `host` free right now for `kind`, outside the ephemeral range."""
+    while True:
+        port = _PICK.choice(PORTS)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
 
 
 def sip_port() -> int:
