@@ -99,9 +99,10 @@ def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], what: str) ->
 class NatsServer:
     """One nats-server process with JetStream in a temp folder; can be restarted in place."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, monitor_port: int | None = None) -> None:
         self.port = free_port()
         self.store = store
+        self.monitor_port = monitor_port  # its HTTP monitoring (/varz, /connz), if given
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,6 +111,8 @@ class NatsServer:
 
     def start(self) -> None:
         cmd = nats_server_command("127.0.0.1", self.port, self.store)
+        if self.monitor_port is not None:
+            cmd += ["-m", str(self.monitor_port)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port("127.0.0.1", self.port, self.proc, "nats-server")
 

@@ -162,9 +162,10 @@ class Tandem(Target):
         self.callee_port = callee_port
         self.runs = 0
         self.up: TandemUp | None = None
+        self.nats_url = ""  # one already running, or `tandem up` starts its own
 
     def start(self) -> None:
-        config = system_config(f"nats://127.0.0.1:{free_port()}")
+        config = system_config(self.nats_url or f"nats://127.0.0.1:{free_port()}")
         for trunk in config["trunks"]:
             trunk["options_interval_s"] = 0  # a probe would be an unexpected call to SIPp
             if trunk["id"] == "pbx-hq":
@@ -332,13 +333,22 @@ def search(target: Target, rates: list[int], workdir: Path, callee_port: int) ->
 
 
 def measure(
-    make: Callable[[Path, int], Target], rates: list[int], workdir: Path, extremes: bool
+    make: Callable[[Path, int], Target],
+    rates: list[int],
+    workdir: Path,
+    extremes: bool,
+    search_on: bool = True,
 ) -> Measured:
+    """`search_on` False: a trial at each rate, the last passed one reported as the best."""
     callee_port = free_port(CALLEE_IP, socket.SOCK_DGRAM)
     target = make(workdir, callee_port)
     target.start()
     try:
-        measured = Measured(search(target, rates, workdir, callee_port))
+        if search_on:
+            measured = Measured(search(target, rates, workdir, callee_port))
+        else:
+            trials = [run(target, rate, workdir, callee_port, timed=True) for rate in rates]
+            measured = Measured(next((t for t in reversed(trials) if t.passed), None))
         if measured.best is not None and extremes:
             rate = measured.best.rate
             print(f"  {target.name}: latency at half of {rate}, overload at twice it", flush=True)
@@ -381,7 +391,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="first two rates only")
     parser.add_argument("--only", choices=["kamailio", "tandem", "anchored"])
+    parser.add_argument("--rates", help="these trials only, e.g. 350,700 (no search)")
     args = parser.parse_args()
+    fixed = [int(rate) for rate in args.rates.split(",")] if args.rates else []
     plans: list[tuple[str, Callable[[Path, int], Target], list[int]]] = [
         ("kamailio", Kamailio, KAMAILIO_RATES),
         ("tandem", Tandem, TANDEM_RATES),
@@ -395,8 +407,9 @@ def main() -> int:
             print(f"{name}: {TRIAL_S} s of calls per trial, rate stepped up", flush=True)
             workdir = Path(tmp) / name
             workdir.mkdir()
-            extremes = not args.quick and name != "anchored"
-            results[name] = measure(make, rates[:2] if args.quick else rates, workdir, extremes)
+            extremes = not args.quick and not fixed and name != "anchored"
+            rates = fixed or (rates[:2] if args.quick else rates)
+            results[name] = measure(make, rates, workdir, extremes, search_on=not fixed)
     report(results)
     return 0 if all(m.best for m in results.values()) else 1
 
