@@ -301,7 +301,11 @@ def run(target: Target, rate: int, workdir: Path, callee_port: int, timed: bool 
         f"{result.successful:>6} ok  {result.failed:>5} failed  "
         f"callee failed {result.callee_failed:>5}  {result.duration_s:6.1f} s  "
         f"({result.calls / result.duration_s:6.1f} calls/s)  {verdict}"
-        + (f"  [{refused}]" if refused else ""),
+        + (f"  [{refused}]" if refused else "")
+        + "".join(
+            f"  {kind} p50/p99 {p50:.1f}/{p99:.1f} ms"
+            for kind, (p50, p99) in result.latency_ms.items()
+        ),
         flush=True,
     )
     if not result.passed:

@@ -242,7 +242,7 @@ class Call(Machine):
         self.local_tag = new_tag()
         self.trace_id = trace_id
         self.state = CallState.ROUTING
-        self.side = Side(self.do, lambda: self.now, profile, uac=False)
+        self.side = Side(self.step, profile, uac=False)
         self.invite: Request | None = None
         self.txn: Txn | None = None
         self.called = self.calling = self.display = ""

@@ -172,7 +172,7 @@ class Leg(Machine):
         self.seq = 0
         self.local_tag = new_tag()
         self.sip_call_id = create.sip_call_id or new_id()
-        self.side = Side(self.do, lambda: self.now, self.profile, uac=True)
+        self.side = Side(self.step, self.profile, uac=True)
         self.peer = format_host_port(*peer) if peer[1] else peer[0]
         self.targets = list(targets)
         self.hop = 0  # the target the INVITE goes to now

@@ -27,6 +27,25 @@ class ProtocolError(Exception):
         super().__init__(f"{machine} in state {state.name} cannot take {type(event).__name__}")
 
 
+class Step:
+    """The step a machine is taking: its time, and the actions it has appended so far.
+
+    The machine's parts that act on their own (its dialogs' `Side`s) hold this, never the
+    machine: nothing of a call refers back to it, so an ended call is freed at once by
+    reference counting instead of waiting, with everything it held, for the cycle
+    collector (whose passes over thousands of such calls stalled an edge for 400 ms).
+    """
+
+    __slots__ = ("now", "out")
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.out: list[Action] = []
+
+    def do(self, *actions: Action) -> None:
+        self.out.extend(actions)
+
+
 class Machine:
     """A state, a table of `(state, event type) -> handler`, and the actions of one step.
 
@@ -39,20 +58,27 @@ class Machine:
     state: Enum
 
     def __init__(self) -> None:
-        self.now = 0.0
-        self._out: list[Action] = []
+        self.step = Step()
 
     def handle(self, event: Event, now: float) -> list[Action]:
         handler = self.TRANSITIONS.get((self.state, type(event)))
         if handler is None:
             raise ProtocolError(self.KIND, self.state, event)
-        self.now = now
-        self._out = []
+        step = self.step
+        step.now, step.out = now, []
         handler(self, event)
-        return self._out
+        return step.out
 
     def do(self, *actions: Action) -> None:
-        self._out.extend(actions)
+        self.step.out.extend(actions)
+
+    @property
+    def now(self) -> float:
+        return self.step.now
+
+    @now.setter
+    def now(self, now: float) -> None:
+        self.step.now = now
 
     @property
     def now_ms(self) -> int:

@@ -20,7 +20,6 @@ Timers are the machine's, by name: `prack` (our reliable provisional's retransmi
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -28,6 +27,7 @@ from tandem.b2bua.actions import Respond, SendAck, SendRequest, StartTimer, Stop
 from tandem.b2bua.auth import CHALLENGES, Auth, again
 from tandem.b2bua.events import Txn
 from tandem.b2bua.local import ALLOW, SUPPORTED, USER_AGENT
+from tandem.b2bua.machine import Step
 from tandem.b2bua.profile import Profile
 from tandem.b2bua.relay import Relay, leg_response, respond
 from tandem.pb import tandem_pb2 as pb
@@ -88,15 +88,13 @@ class Side:
 
     def __init__(
         self,
-        do: Callable[..., None],
-        now: Callable[[], float],
+        step: Step,
         profile: Profile,
         *,
         uac: bool,
         rng: random.Random | None = None,
     ) -> None:
-        self._do = do
-        self._now = now
+        self._step = step  # the owner's: its time, and where actions go
         self.profile = profile
         self.uac = uac
         self.rng = rng or RNG
@@ -139,7 +137,7 @@ class Side:
             request_id = request_id or (BYE if request.method == "BYE" else "")
             if request_id:
                 self.authenticating[request_id] = (request, 0)
-        self._do(SendRequest(request, request_id, self.next_hop))
+        self._step.do(SendRequest(request, request_id, self.next_hop))
 
     def challenged(self, request_id: str, response: Response | None) -> bool:
         """True when `response` is a challenge to a request we sent, now sent again with the
@@ -163,7 +161,7 @@ class Side:
             dialog.invite_cseq = dialog.local_cseq
         request = again(pending[0], dialog.local_cseq, answer)
         self.authenticating[request_id] = (request, pending[1] + 1)
-        self._do(SendRequest(request, request_id, self.next_hop))
+        self._step.do(SendRequest(request, request_id, self.next_hop))
         return True
 
     def ack(self, ack: Request) -> None:
@@ -171,7 +169,7 @@ class Side:
         if ack.body:
             self.sdp_sent = ack.body
         self.last_ack = ack
-        self._do(SendAck(ack, self.next_hop))
+        self._step.do(SendAck(ack, self.next_hop))
 
     @property
     def next_hop(self) -> str:
@@ -220,33 +218,33 @@ class Side:
                 self._renewed_by_them(request, response)
         if response.body and status < 300:
             self.sdp_sent = response.body
-        self._do(Respond(txn, response))
+        self._step.do(Respond(txn, response))
 
     def receive(self, request: Request, txn: Txn) -> bool:
         """A request from the far end in this dialog; True when answered here (a glare 491,
         an OPTIONS, a PRACK, a pure session refresh), False when the machine must act."""
         method = request.method
         if method == "OPTIONS":
-            self._do(Respond(txn, respond(request, 200, headers=[("Allow", ALLOW)])))
+            self._step.do(Respond(txn, respond(request, 200, headers=[("Allow", ALLOW)])))
             return True
         if method == "PRACK":
             self._prack(request, txn)
             return True
         if method == "INVITE":
             if self.invite_out:  # RFC 3261 14.2: the INVITEs crossed
-                self._do(Respond(txn, respond(request, 491)))
+                self._step.do(Respond(txn, respond(request, 491)))
                 return True
             if self.invite_in is not None:  # a second re-INVITE before we answered the first
                 retry = ("Retry-After", str(self.rng.randint(0, 10)))
-                self._do(Respond(txn, respond(request, 500, headers=[retry])))
+                self._step.do(Respond(txn, respond(request, 500, headers=[retry])))
                 return True
         if method == "UPDATE" and request.body:
             if self.offer_out or self.invite_out:  # RFC 3311 5.2: our offer is unanswered
-                self._do(Respond(txn, respond(request, 491)))
+                self._step.do(Respond(txn, respond(request, 491)))
                 return True
             if self.offer_in is not None or self.invite_in is not None:
                 retry = ("Retry-After", str(self.rng.randint(0, 10)))
-                self._do(Respond(txn, respond(request, 500, headers=[retry])))
+                self._step.do(Respond(txn, respond(request, 500, headers=[retry])))
                 return True
         if method in ("INVITE", "UPDATE") and self._pure_refresh(request):
             body = self.sdp_sent if method == "INVITE" else b""
@@ -357,10 +355,10 @@ class Side:
         if session is None:
             return
         if session.ours:
-            self._do(StopTimer("expiry"), StartTimer("refresh", session.interval / 2))
+            self._step.do(StopTimer("expiry"), StartTimer("refresh", session.interval / 2))
         else:  # RFC 4028 10: BYE at the interval minus min(32 s, a third of it)
             grace = min(32.0, session.interval / 3)
-            self._do(StopTimer("refresh"), StartTimer("expiry", session.interval - grace))
+            self._step.do(StopTimer("refresh"), StartTimer("expiry", session.interval - grace))
 
     def refresh(self) -> None:
         """Our refresh: UPDATE when the far end allows it, else a re-INVITE with the same SDP."""
@@ -382,7 +380,7 @@ class Side:
             request = dialog.create_request("INVITE", headers, self.sdp_sent)
         self.send(request, REFRESH)
         # the far end must answer before the session would expire without a refresh
-        self._do(StartTimer("expiry", session.interval - min(32.0, session.interval / 3)))
+        self._step.do(StartTimer("expiry", session.interval - min(32.0, session.interval / 3)))
 
     def refreshed(self, response: Response | None) -> str | None:
         """The answer to our refresh; the failure reason when the session is over."""
@@ -409,7 +407,7 @@ class Side:
             return None
         if status == 491:  # RFC 3261 14.1: retry after a while, longer if the Call-ID is ours
             low, high = (2.1, 4.0) if self.uac else (0.0, 2.0)
-            self._do(StartTimer("retry", round(self.rng.uniform(low, high), 2)))
+            self._step.do(StartTimer("retry", round(self.rng.uniform(low, high), 2)))
             return None
         if status in (405, 501) and "update" in self.allow:
             self.allow.discard("update")  # it said it allows UPDATE, but it does not
@@ -424,7 +422,7 @@ class Side:
     def provisional(self, txn: Txn, response: Response) -> None:
         """A 1xx to the caller: reliable when it supports 100rel, one at a time, in order."""
         if self.reliability is Reliability.NONE or response.status == 100:
-            self._do(Respond(txn, response))
+            self._step.do(Respond(txn, response))
             return
         if self.unacked is not None:
             self.queued.append((txn, response))
@@ -446,7 +444,7 @@ class Side:
                 response.headers.add(name, value)
             if response.body:
                 self.sdp_sent = response.body
-        self._do(Respond(txn, response))
+        self._step.do(Respond(txn, response))
 
     def _send_reliable(self, txn: Txn, response: Response) -> None:
         if response.status >= 200:  # a final that waited for a PRACK
@@ -458,20 +456,20 @@ class Side:
         response.headers.add("RSeq", str(self.rseq))
         self.unacked = (txn, response, self.rseq)
         self.prack_interval = T1
-        self.prack_give_up = self._now() + 64 * T1
-        self._do(Respond(txn, response), StartTimer("prack", T1))
+        self.prack_give_up = self._step.now + 64 * T1
+        self._step.do(Respond(txn, response), StartTimer("prack", T1))
 
     def prack_timer(self) -> bool:
         """Retransmit the unacknowledged provisional; False when it is time to give up."""
         if self.unacked is None:
             return True
-        if self._now() >= self.prack_give_up:
+        if self._step.now >= self.prack_give_up:
             self._stop_reliability()
             return False
         txn, response, _ = self.unacked
         self.prack_interval *= 2
-        wait = min(self.prack_interval, self.prack_give_up - self._now())
-        self._do(Respond(txn, response), StartTimer("prack", wait))
+        wait = min(self.prack_interval, self.prack_give_up - self._step.now)
+        self._step.do(Respond(txn, response), StartTimer("prack", wait))
         return True
 
     def _prack(self, request: Request, txn: Txn) -> None:
@@ -485,9 +483,9 @@ class Side:
             or rack[1] != str(invite_cseq)
             or rack[2].upper() != "INVITE"
         ):
-            self._do(Respond(txn, respond(request, 481)))  # RFC 3262 4: matches nothing
+            self._step.do(Respond(txn, respond(request, 481)))  # RFC 3262 4: matches nothing
             return
-        self._do(Respond(txn, respond(request, 200)), StopTimer("prack"))
+        self._step.do(Respond(txn, respond(request, 200)), StopTimer("prack"))
         self.unacked = None
         while self.queued and self.unacked is None:
             queued_txn, response = self.queued.pop(0)
@@ -498,7 +496,7 @@ class Side:
 
     def _stop_reliability(self) -> None:
         if self.unacked is not None:
-            self._do(StopTimer("prack"))
+            self._step.do(StopTimer("prack"))
         self.unacked = None
         self.queued.clear()
 
@@ -519,5 +517,5 @@ class Side:
         self.rseq_seen[tag] = rseq
         rack = f"{rseq} {response.cseq.number} {response.cseq.method}"
         prack = dialog.create_request("PRACK", [("RAck", rack), ("User-Agent", USER_AGENT)])
-        self._do(SendRequest(prack, "", str(dialog.next_hop)))
+        self._step.do(SendRequest(prack, "", str(dialog.next_hop)))
         return True

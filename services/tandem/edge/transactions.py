@@ -123,7 +123,10 @@ class Transactions:
         for event in events:
             try:
                 if isinstance(event, ResponseReceived):
-                    entry = self.client.get(event.key)
+                    # a non-INVITE's final response is its last word: its Completed state
+                    # absorbs the copies, so the caller is let go now, not at timer K
+                    last = event.response.status >= 200 and event.key[-1] != "INVITE"
+                    entry = (self.client.pop if last else self.client.get)(event.key, None)
                     if entry is not None:
                         entry[0](event.response, "")
                 elif isinstance(event, TransactionTimeout):
