@@ -27,6 +27,7 @@ from tandem.sip.transaction import (
     TransactionLayer,
     TransactionTerminated,
     TransactionTimeout,
+    _ClientTransaction,
 )
 
 from .sip_corpus import CASES
@@ -498,6 +499,28 @@ def test_a_call_completes_without_loss_in_few_datagrams() -> None:
         b"BYE sip:gw@10.0.0.2",
         b"SIP/2.0 200",
     ]
+
+
+def test_what_lingers_after_a_final_response_holds_no_request() -> None:
+    """The INVITE and BYE transactions of a call linger after their final responses (timers
+    L, M, J, K): each keeps what matching and resending need, not the parsed request, so
+    the thousands a busy edge holds for 32 s are small. One still unanswered keeps it."""
+    net = Network()
+    call = Call(net)
+    net.uac.send_request(call.invite, UAS_ADDR, 0.0)
+    net.run(1)
+    assert call.bye_answered
+    lingering = [*net.uac._transactions.values(), *net.uas._transactions.values()]
+    assert sorted((t.key[0], t.key[-1], t.state.value) for t in lingering) == [
+        ("c", "BYE", "Completed"),
+        ("c", "INVITE", "Accepted"),
+        ("s", "BYE", "Completed"),
+        ("s", "INVITE", "Accepted"),
+    ]
+    assert all(t.request is None for t in lingering)
+    assert all(t.data == b"" for t in lingering if isinstance(t, _ClientTransaction))
+    unanswered = net.uac.send_request(request("OPTIONS", cseq=9), ("10.9.9.9", 5060), net.now)
+    assert net.uac._transactions[unanswered].request is not None  # resent, cancellable
 
 
 operation = st.one_of(

@@ -125,7 +125,7 @@ class _Transaction:
     def __init__(self, layer: TransactionLayer, key: TransactionKey, request: Request, addr: Addr):
         self.layer = layer
         self.key = key
-        self.request = request
+        self.request: Request | None = request  # until the final response: see `settle`
         self.addr = addr
         self.state = State.TRYING
         self.timers: dict[str, float] = {}
@@ -137,6 +137,13 @@ class _Transaction:
 
     def start(self, now: float) -> None:
         raise NotImplementedError
+
+    def settle(self) -> None:
+        """The final response is in: what stays (32 s on UDP, for copies) needs no request.
+
+        A lingering transaction holds its key, peer and bytes to resend only, so the
+        thousands a busy edge keeps are small and cheap for the collector to walk."""
+        self.request = None
 
     def terminate(self) -> None:
         self.state = State.TERMINATED
@@ -153,6 +160,10 @@ class _ClientTransaction(_Transaction):
         self.data = bytes(request)
         self.cancel_pending = False  # CANCEL asked for before any provisional response
         self.cancelled = False
+
+    def settle(self) -> None:
+        super().settle()
+        self.data = b""  # never sent again
 
     def on_response(self, response: Response, addr: Addr, now: float) -> None:
         raise NotImplementedError
@@ -196,11 +207,13 @@ class InviteClientTransaction(_ClientTransaction):
             elif status < 300:
                 self.state = State.ACCEPTED
                 self.set_timer("M", 64 * self.layer.timers.t1, now)
+                self.settle()
             else:
                 self.state = State.COMPLETED
                 self.ack = bytes(self._ack_for(response))
                 self.layer._send(self.ack, self.addr)
                 self.set_timer("D", 0 if self.layer.reliable else 32, now)
+                self.settle()
             self.layer._emit(ResponseReceived(self.key, response, addr))
         elif self.state is State.ACCEPTED and 200 <= status < 300:
             self.layer._emit(ResponseReceived(self.key, response, addr))  # a fork, or a resend
@@ -209,6 +222,7 @@ class InviteClientTransaction(_ClientTransaction):
 
     def _ack_for(self, response: Response) -> Request:
         """The ACK for a non-2xx final response (17.1.1.3): same branch, To from the response."""
+        assert self.request is not None, "settled"
         return _same_branch(self.request, "ACK", response.headers.get("to") or "")
 
 
@@ -244,6 +258,7 @@ class NonInviteClientTransaction(_ClientTransaction):
             self.timers.pop("E", None)
             self.timers.pop("F", None)
             self.set_timer("K", 0 if self.layer.reliable else self.layer.timers.t4, now)
+            self.settle()
         self.layer._emit(ResponseReceived(self.key, response, addr))
 
 
@@ -296,6 +311,7 @@ class InviteServerTransaction(_ServerTransaction):
         t1 = self.layer.timers.t1
         if response.status < 200:
             return
+        self.settle()
         if response.status < 300:
             self.state = State.ACCEPTED
             self.dialog = _dialog_of(response)
@@ -343,6 +359,7 @@ class NonInviteServerTransaction(_ServerTransaction):
         else:
             self.state = State.COMPLETED
             self.set_timer("J", 0 if self.layer.reliable else 64 * self.layer.timers.t1, now)
+            self.settle()
 
     def on_timer(self, name: str, now: float) -> None:
         if name == "J":
@@ -487,15 +504,14 @@ class TransactionLayer:
         self._transactions[key] = server
         server.start(now)
         if request.method == "CANCEL":
-            self._on_cancel(server, now)
+            self._on_cancel(server, request, now)
             return
         if request.method == "INVITE" and self.auto_trying:
             server.respond(make_response(request, 100), now)
         self._emit(RequestReceived(key, request, addr))
 
-    def _on_cancel(self, server: _ServerTransaction, now: float) -> None:
+    def _on_cancel(self, server: _ServerTransaction, cancel: Request, now: float) -> None:
         """9.2: answer the CANCEL itself; the TU answers the INVITE (487)."""
-        cancel = server.request
         invite_key = server_key(cancel, "INVITE")
         invite = self._transactions.get(invite_key)
         if not isinstance(invite, InviteServerTransaction):
@@ -561,6 +577,7 @@ class TransactionLayer:
         txn.cancelled = True
         # 9.1: without a final response 64*T1 after the CANCEL, the INVITE is given up.
         txn.set_timer("B", 64 * self.timers.t1, now)
+        assert txn.request is not None, "a CANCEL goes before the final response"
         cancel = _same_branch(txn.request, "CANCEL", txn.request.headers.get("to") or "")
         self.send_request(cancel, txn.addr, now)
 
