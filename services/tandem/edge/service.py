@@ -75,6 +75,7 @@ class Service:
             self.transport_failed,
             tls=TlsContexts.from_config(edge.tls),
             tls_listen=tls_listen,
+            probed=self._probed,
         )
         self.transactions = Transactions(sent_by, self.send, (sent_by[0], tls_port))
         self.peers = Peers(Resolver.from_config(ctx.config.dns))
@@ -492,6 +493,11 @@ class Service:
             expected = loop.time() + LAG_CHECK_S
             await asyncio.sleep(LAG_CHECK_S)
             self.inbound.overload.sample(loop.time() - expected)
+            if self.inbound.overload.probe_due(loop.time()):
+                self.transports.probe()
+
+    def _probed(self) -> None:
+        self.inbound.overload.probe_arrived(asyncio.get_running_loop().time())
 
     # ---- API -------------------------------------------------------------------------------------
 

@@ -65,10 +65,14 @@ TransportError = Callable[[Peer], None]
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, receive: Receive) -> None:
-        self.receive = receive
+    def __init__(self, owner: Transports) -> None:
+        self.receive = owner.receive
+        self.owner = owner
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr[1] == self.owner.probe_from[1] and addr[0] == self.owner.probe_from[0]:
+            self.owner.probed()  # our own: no peer can send from our probe's port
+            return
         self.receive(data, Peer("udp", addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
@@ -264,7 +268,9 @@ class Transports:
         tls: TlsContexts | None = None,
         tls_listen: tuple[str, int] | None = None,
         keepalive_s: float = KEEPALIVE_S,
+        probed: Callable[[], None] = lambda: None,
     ) -> None:
+        """`probed` is called when a datagram of `probe()` has come through the UDP socket."""
         self.host = host
         self.port = port
         self.receive = receive
@@ -279,16 +285,25 @@ class Transports:
         self.connecting: dict[Peer, list[bytes]] = {}
         self.failures: dict[Peer, str] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.probed = probed
+        self._probe: socket.socket | None = None
+        self.probe_from: tuple[str, int] = ("", -1)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.udp, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self.receive), local_addr=(self.host, self.port)
+            lambda: _Udp(self), local_addr=(self.host, self.port)
         )
         sock = self.udp.get_extra_info("socket")
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):  # capped by net.core.[rw]mem_max
                 sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
+        bound = sock.getsockname()
+        target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound[0], bound[0])
+        self._probe = socket.socket(sock.family, socket.SOCK_DGRAM)
+        self._probe.setblocking(False)
+        self._probe.connect((target, bound[1]))
+        self.probe_from = self._probe.getsockname()[:2]
         self.tcp = await loop.create_server(
             lambda: _Stream(self), self.host, self.port, reuse_address=True, backlog=1024
         )
@@ -303,6 +318,13 @@ class Transports:
                 reuse_address=True,
                 backlog=1024,
             )
+
+    def probe(self) -> None:
+        """A datagram to our own UDP socket, where it queues behind what the kernel holds:
+        `probed` is called when the edge reads it (a CRLF, were it ever taken for SIP)."""
+        if self._probe is not None:
+            with contextlib.suppress(OSError):  # a full buffer: the probe counts as lost
+                self._probe.send(PONG)
 
     @property
     def listeners(self) -> list[str]:
@@ -386,6 +408,8 @@ class Transports:
             stream.write(data)
 
     async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
         for server in (self.udp, self.tcp, self.tls_server):
             if server is not None:
                 server.close()
