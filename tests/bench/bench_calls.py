@@ -43,11 +43,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from tests.bench.bench_router import percentile
 from tests.conftest import REPO, free_port
@@ -67,6 +70,7 @@ SLACK_S = 2.0  # calls ending later than TRIAL_S + this: the rate was queued, no
 TOLERATE_LATE_ACK = ("-default_behaviors", "all,-abortunexp")
 DRAIN_S = 10  # the callee's last calls may still be ending when the caller exits
 STOP_S = 10
+LOAD_SAMPLE_S = 0.25
 
 
 @dataclass
@@ -79,6 +83,7 @@ class Trial:
     duration_s: float
     refusals: Counter[str]  # what the caller's failed calls received instead of the call
     latency_ms: dict[str, tuple[float, float]]  # '100', '200': p50 and p99 from the INVITE
+    load: dict[str, float]  # tandem: the caller's edge's shedding signals at their peak, ms
 
     @property
     def held_rate(self) -> bool:
@@ -106,6 +111,10 @@ class Target:
 
     def stop(self) -> None:
         raise NotImplementedError
+
+    def load(self) -> dict[str, float]:
+        """Its shedding signals now, with their limits (ms), if it shows them."""
+        return {}
 
     def restart(self) -> None:
         self.stop()
@@ -189,6 +198,13 @@ class Tandem(Target):
         if self.up is not None:
             self.up.stop()
 
+    def load(self) -> dict[str, float]:
+        assert self.up is not None
+        api = next(e["api"] for e in self.up.config["edges"] if e["id"] == "edge-pbx")
+        with contextlib.suppress(httpx.HTTPError):
+            return dict(httpx.get(f"http://{api}/v1/status", timeout=1).json()["load"])
+        return {}
+
 
 class Anchored(Tandem):
     name = "anchored"
@@ -213,6 +229,10 @@ def trial(target: Target, rate: int, workdir: Path, callee_port: int, timed: boo
     for leftover in (errors, moments):  # a bisection may run a rate twice
         leftover.unlink(missing_ok=True)
     start = time.monotonic()
+    peaks: dict[str, float] = {}
+    placing = threading.Event()
+    sampler = threading.Thread(target=sample_load, args=(target, peaks, placing))
+    sampler.start()
     caller = Sipp(
         "uac_call.xml",
         workdir,
@@ -230,6 +250,8 @@ def trial(target: Target, rate: int, workdir: Path, callee_port: int, timed: boo
         **common,
     ).run()
     duration = time.monotonic() - start
+    placing.set()
+    sampler.join()
     assert callee.proc is not None
     with contextlib.suppress(subprocess.TimeoutExpired):
         callee.proc.wait(DRAIN_S)
@@ -246,7 +268,15 @@ def trial(target: Target, rate: int, workdir: Path, callee_port: int, timed: boo
         duration,
         refused,
         latency(moments),
+        peaks,
     )
+
+
+def sample_load(target: Target, peaks: dict[str, float], done: threading.Event) -> None:
+    """The peak of each shedding signal while the caller places calls (limits as they are)."""
+    while not done.wait(LOAD_SAMPLE_S):
+        for name, value in target.load().items():
+            peaks[name] = max(peaks.get(name, 0.0), value)
 
 
 ABORTED = "Aborting call on unexpected message"
@@ -305,12 +335,28 @@ def run(target: Target, rate: int, workdir: Path, callee_port: int, timed: bool 
         + "".join(
             f"  {kind} p50/p99 {p50:.1f}/{p99:.1f} ms"
             for kind, (p50, p99) in result.latency_ms.items()
-        ),
+        )
+        + shedding(result.load),
         flush=True,
     )
     if not result.passed:
         target.restart()
     return result
+
+
+# the edge's shedding signals in its /v1/status `load`: the figure, and its limit
+SIGNALS = (
+    ("lag", "lag_ms", "lag_limit_ms"),
+    ("queue", "queue_ms", "queue_limit_ms"),
+    ("routing", "routing_wait_ms", "routing_limit_ms"),
+)
+
+
+def shedding(load: dict[str, float]) -> str:
+    """'  peak lag 31/100, queue 180/150, routing 120/500 ms': each against its limit."""
+    cells = [f"{name} {load[key]:.0f}/{load[limit]:.0f}" for name, key, limit in SIGNALS
+             if key in load and limit in load]  # fmt: skip
+    return f"  peak {', '.join(cells)} ms" if cells else ""
 
 
 def search(target: Target, rates: list[int], workdir: Path, callee_port: int) -> Trial | None:
