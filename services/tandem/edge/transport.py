@@ -300,10 +300,15 @@ class Transports:
                 sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
         bound = sock.getsockname()
         target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound[0], bound[0])
-        self._probe = socket.socket(sock.family, socket.SOCK_DGRAM)
-        self._probe.setblocking(False)
-        self._probe.connect((target, bound[1]))
-        self.probe_from = self._probe.getsockname()[:2]
+        probe = socket.socket(sock.family, socket.SOCK_DGRAM)
+        try:
+            probe.setblocking(False)
+            probe.connect((target, bound[1]))
+        except OSError as exc:  # the edge runs, without the socket queue among its signals
+            log.warning("no probe of the UDP queue at %s: %s", target, exc)
+            probe.close()
+        else:
+            self._probe, self.probe_from = probe, probe.getsockname()[:2]
         self.tcp = await loop.create_server(
             lambda: _Stream(self), self.host, self.port, reuse_address=True, backlog=1024
         )
