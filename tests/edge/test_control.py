@@ -82,6 +82,10 @@ async def test_the_status_page_lists_listeners_trunks_and_calls(make_system: Mak
     assert {t["id"] for t in status["trunks"]} == {"pbx", "gw3"}
     assert [c["state"] for c in status["calls"]] == ["answered"]
     assert 'tandem_edge_calls_active{edge="edge-a"} 1.0' in metrics
+    for signal in ("lag", "queue", "routing"):  # the shedding signals, in seconds
+        assert f'tandem_edge_load_seconds{{edge="edge-a",signal="{signal}"}} ' in metrics
+    assert set(status["load"]) == {"lag_ms", "lag_limit_ms", "queue_ms", "queue_limit_ms",
+                                   "routing_wait_ms", "routing_limit_ms"}  # fmt: skip
     assert "tandem_edge_sip_requests_total" in metrics
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge
 
 REQUESTS = Counter("tandem_edge_sip_requests_total", "SIP requests received", ["edge", "method"])
@@ -41,6 +43,13 @@ MEDIA_CALLS = Counter(
     ["edge", "media"],
 )
 TRUNK_UP = Gauge("tandem_edge_trunk_up", "Trunk health by OPTIONS probes (1 up)", ["edge", "trunk"])
+LOAD = Gauge(
+    "tandem_edge_load_seconds",
+    "The shedding signals: lag (the event loop's, smoothed), queue (a datagram's wait in the "
+    "UDP socket), routing (the oldest wait for a route); past its limit, new INVITEs get 503",
+    ["edge", "signal"],
+)
+LOAD_SIGNALS = {"lag": "lag_ms", "queue": "queue_ms", "routing": "routing_wait_ms"}  # in `load`
 
 
 class EdgeMetrics:
@@ -88,6 +97,15 @@ class EdgeMetrics:
 
     def media_call(self, media: str) -> None:
         MEDIA_CALLS.labels(self.edge, media or "bypassed").inc()
+
+    def watch_load(self, load: Callable[[], dict[str, float]]) -> None:
+        """Each scrape reads the shedding signals from `load` (the edge's status figures)."""
+
+        def seconds(key: str) -> Callable[[], float]:
+            return lambda: load()[key] / 1000
+
+        for signal, key in LOAD_SIGNALS.items():
+            LOAD.labels(self.edge, signal).set_function(seconds(key))
 
     def trunk_up(self, trunk: str, up: bool) -> None:
         TRUNK_UP.labels(self.edge, trunk).set(1 if up else 0)

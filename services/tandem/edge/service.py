@@ -109,6 +109,7 @@ class Service:
         self.inbound = Inbound(
             edge.id, self.transports, self.transactions, self.registry, self.executor, self.metrics
         )
+        self.metrics.watch_load(lambda: self.inbound.load)
         self.registrar = self.inbound.registrar = self.executor.registrar = Registrar(
             self._registrar_health
         )
