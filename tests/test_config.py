@@ -309,6 +309,22 @@ def _tls_trunk(c: dict[str, Any], **fields: Any) -> None:
             "edges.0.tls.cert: String should have at least 1",
         ),
         (
+            lambda c: c["edges"][1].update(sip=c["edges"][0]["sip"]),
+            "edges edge-pbx, edge-pstn share sip 127.0.0.1:5060: each needs an own_port",
+        ),
+        (
+            lambda c: c["edges"][0].update(own_port=5060),
+            "edges.0: own_port must differ from the sip port",
+        ),
+        (
+            lambda c: [e.update(sip="127.0.0.1:5070", own_port=5071) for e in c["edges"]],
+            "duplicate edge own_port: ['127.0.0.1:5071']",
+        ),
+        (
+            lambda c: c["edges"][0].update(own_port=5080),
+            "an edge's own_port is another edge's sip address: ['127.0.0.1:5080']",
+        ),
+        (
             lambda c: c.update(dns={"nameservers": ["ns1.example.com"]}),
             "dns.nameservers: 'ns1.example.com': a nameserver is an IP address[:port]",
         ),

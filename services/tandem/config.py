@@ -55,6 +55,10 @@ class Edge(ApiService):
     advertise: str | None = None  # the address trunks reach us at, when not the sip host
     sip_tls: str | None = None  # the TLS listener, host[:port] (5061 by default)
     tls: TlsFiles | None = None  # the certificate for sip_tls, and for mutual TLS outbound
+    # A worker of several edges on one `sip` address (SO_REUSEPORT): the kernel hands each
+    # new request to one of them by the sender's address and port; this port of its own,
+    # in its Via and Contact, brings the responses and in-dialog requests back to it.
+    own_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("sip")
     @classmethod
@@ -70,6 +74,8 @@ class Edge(ApiService):
     def _tls_files(self) -> Edge:
         if self.sip_tls is not None and self.tls is None:
             raise ValueError("sip_tls needs tls: {cert, key}")
+        if self.own_port is not None and self.own_port == split_host_port(self.sip, 0)[1]:
+            raise ValueError("own_port must differ from the sip port")
         return self
 
     @property
@@ -253,6 +259,17 @@ class Config(Policy):
     @model_validator(mode="after")
     def _edges(self) -> Config:
         unique([e.id for e in self.edges], "edge id")
+        for sip in {e.sip for e in self.edges}:
+            sharing = [e for e in self.edges if e.sip == sip]
+            if len(sharing) > 1 and any(e.own_port is None for e in sharing):
+                raise ValueError(
+                    f"edges {', '.join(e.id for e in sharing)} share sip {sip}: "
+                    "each needs an own_port"
+                )
+        own = [f"{e.sip.rpartition(':')[0]}:{e.own_port}" for e in self.edges if e.own_port]
+        unique(own, "edge own_port")
+        if taken := sorted(set(own) & {e.sip for e in self.edges}):
+            raise ValueError(f"an edge's own_port is another edge's sip address: {taken}")
         if self.edges:
             edges = {e.id: e for e in self.edges}
             for trunk in self.trunks:

@@ -49,6 +49,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -165,6 +166,7 @@ class Kamailio(Target):
 class Tandem(Target):
     name = "tandem"
     anchored = False
+    workers = 0  # --workers N: edge-pbx is N edges on its one address (own_port each)
 
     def __init__(self, workdir: Path, callee_port: int) -> None:
         self.workdir = workdir
@@ -184,6 +186,8 @@ class Tandem(Target):
                 trunk["sources"] = [CALLEE_IP]
                 if self.anchored:
                     trunk["media"] = "anchor"
+        if self.workers:
+            add_workers(config, "edge-pbx", self.workers)
         if self.anchored:  # a local rtpengine of its own, on ports nothing else uses here
             ng = f"127.0.0.1:{free_port(kind=socket.SOCK_DGRAM)}"
             config["media"] = {"rtpengine": [ng], "port_min": 50000, "port_max": 59999}
@@ -209,6 +213,22 @@ class Tandem(Target):
 class Anchored(Tandem):
     name = "anchored"
     anchored = True
+
+
+def add_workers(config: dict[str, Any], edge_id: str, workers: int) -> None:
+    """The edge becomes `workers` edges on its address, each with a port of its own, and
+    its trunks are served by all of them."""
+    edge = next(e for e in config["edges"] if e["id"] == edge_id)
+    ids = [edge_id] + [f"{edge_id}-{n}" for n in range(2, workers + 1)]
+    edge["own_port"] = free_port(kind=socket.SOCK_DGRAM)
+    for worker in ids[1:]:
+        api = f"127.0.0.1:{free_port()}"
+        config["edges"].append(
+            edge | {"id": worker, "api": api, "own_port": free_port(kind=socket.SOCK_DGRAM)}
+        )
+    for trunk in config["trunks"]:
+        if trunk["edge"] == edge_id:
+            trunk["edge"] = ids
 
 
 def trial(target: Target, rate: int, workdir: Path, callee_port: int, timed: bool) -> Trial:
@@ -246,6 +266,8 @@ def trial(target: Target, rate: int, workdir: Path, callee_port: int, timed: boo
             *("-l", str(rate * 10)),
             *("-trace_err", "-error_file", str(errors)),
             *(("-trace_logs", "-log_file", str(moments)) if timed else ()),
+            # a socket per call: each call its own flow, which the kernel gives one worker
+            *(("-t", "un") if getattr(target, "workers", 0) else ()),
         ),
         **common,
     ).run()
@@ -442,7 +464,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="first two rates only")
     parser.add_argument("--only", choices=["kamailio", "tandem", "anchored"])
     parser.add_argument("--rates", help="these trials only, e.g. 350,700 (no search)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="edge-pbx as N workers on one address; the caller uses a socket per call",
+    )
     args = parser.parse_args()
+    Tandem.workers = args.workers
     fixed = [int(rate) for rate in args.rates.split(",")] if args.rates else []
     plans: list[tuple[str, Callable[[Path, int], Target], list[int]]] = [
         ("kamailio", Kamailio, KAMAILIO_RATES),

@@ -147,7 +147,7 @@ class Executor:
             (host, port or targets[0].port) if targets else (host, port),
             local,
             profile,
-            targets=targets or (),
+            targets=[t.target for t in targets or ()],
             resolve=targets is None,
         )
         trace = LegTrace(self.tracer, parent, self.edge, command, leg.sip_call_id, self.mask)
@@ -223,7 +223,7 @@ class Executor:
         try:
             if trunk is None:
                 raise ResolveError(runner.peer.host, "the trunk is no longer served here")
-            event = e.Resolved(tuple(await self.peers.resolve(trunk)))
+            event = e.Resolved(tuple(t.target for t in await self.peers.resolve(trunk)))
         except ResolveError as exc:
             event = e.Resolved((), f"{exc.name}: {exc.detail}")
         self.feed(runner, event)

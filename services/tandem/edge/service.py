@@ -65,7 +65,10 @@ class Service:
         self.nc = ctx.nc
         self.metrics = EdgeMetrics(edge.id)
         host, port = split_host_port(edge.sip, DEFAULT_PORT)
+        # a worker sharing its address names its own port, where what follows comes back
         sent_by = split_host_port(edge.advertise or edge.sip, port)
+        if edge.own_port is not None:
+            sent_by = (sent_by[0], edge.own_port)
         tls_listen = edge.sip_tls_address
         tls_port = tls_listen[1] if tls_listen else DEFAULT_TLS_PORT
         self.transports = Transports(
@@ -76,8 +79,11 @@ class Service:
             tls=TlsContexts.from_config(edge.tls),
             tls_listen=tls_listen,
             probed=self._probed,
+            own_port=edge.own_port,
         )
-        self.transactions = Transactions(sent_by, self.send, (sent_by[0], tls_port))
+        self.transactions = Transactions(
+            sent_by, self.send, (sent_by[0], tls_port), shares_address=edge.own_port is not None
+        )
         self.peers = Peers(Resolver.from_config(ctx.config.dns))
         self.nonce_key = nonce_key(ctx.config, ctx.token)
         self.registry = Registry()

@@ -70,12 +70,19 @@ class Transactions:
         sent_by: tuple[str, int],
         send: Callable[[bytes, Peer], None],
         tls_sent_by: tuple[str, int] | None = None,
+        *,
+        shares_address: bool = False,
     ) -> None:
+        """`shares_address`: the edge is a worker on an address shared with others (its
+        `own_port`), whose requests that came there are answered from there."""
         self.layers = {
             "udp": TransactionLayer(sent_by, transport="UDP", auto_trying=False),
             "tcp": TransactionLayer(sent_by, transport="TCP", auto_trying=False),
             "tls": TransactionLayer(tls_sent_by or sent_by, transport="TLS", auto_trying=False),
         }
+        # the requests that came to the address shared with other workers: answered from it
+        self.shared = TransactionLayer(sent_by, transport="UDP", auto_trying=False)
+        self.shares_address = shares_address
         self.send = send
         self.client: dict[TransactionKey, tuple[OnResponse, Peer]] = {}
         self.no_ack: dict[TransactionKey, Callable[[], None]] = {}  # timer L: a 2xx never ACKed
@@ -97,9 +104,15 @@ class Transactions:
 
     # ---- in -------------------------------------------------------------------------------
 
+    def _layer(self, peer: Peer) -> TransactionLayer:
+        return self.shared if peer.shared else self.layers[peer.transport]
+
     def receive(self, data: bytes, peer: Peer) -> list[ForEdge]:
-        layer = self.layers[peer.transport]
-        events = layer.receive(data, peer.addr, self.loop.time())
+        layer, now = self._layer(peer), self.loop.time()
+        events = layer.receive(data, peer.addr, now)
+        if self.shares_address and layer is self.layers["udp"] and _stray_ack(events):
+            # the ACK of a 2xx that left from the shared address, sent to our Contact
+            layer, events = self.shared, self.shared.receive(data, peer.addr, now)
         return self._after(layer, events, peer.transport)
 
     def _on_timer(self) -> None:
@@ -107,11 +120,11 @@ class Transactions:
         self._armed_at = None
         now = self.loop.time()
         try:
-            for transport, layer in self.layers.items():
+            for transport, layer in (*self.layers.items(), ("udp", self.shared)):
                 for event in self._after(layer, layer.handle_timer(now), transport):
                     log.debug("unexpected event from a timer: %r", event)
         finally:  # whatever failed, the timers of every other transaction keep running
-            for layer in self.layers.values():
+            for layer in (*self.layers.values(), self.shared):
                 self._arm(layer)
 
     def _after(self, layer: TransactionLayer, events: list[Event], transport: str) -> list[ForEdge]:
@@ -151,9 +164,9 @@ class Transactions:
     def _flush(self, layer: TransactionLayer, transport: str) -> None:
         out = layer.datagrams_to_send()
         if out:
-            send = self.send
+            send, shared = self.send, layer is self.shared
             for data, addr in out:
-                send(data, Peer(transport, addr[0], addr[1]))
+                send(data, Peer(transport, addr[0], addr[1], shared))
         self._arm(layer)
 
     def _arm(self, layer: TransactionLayer) -> None:
@@ -170,7 +183,7 @@ class Transactions:
 
     def server(self, event: RequestReceived, peer: Peer) -> ServerTransaction:
         assert event.key is not None
-        return ServerTransaction(event.key, event.request, peer, self.layers[peer.transport])
+        return ServerTransaction(event.key, event.request, peer, self._layer(peer))
 
     def respond(self, stx: ServerTransaction, response: Response) -> None:
         stx.last_status = response.status
@@ -227,3 +240,13 @@ class Transactions:
             if to == peer:
                 del self.client[key]
                 callback(None, TRANSPORT_ERROR)
+
+
+def _stray_ack(events: list[Event]) -> bool:
+    """An ACK that matched no transaction of its layer (its 2xx may be another's)."""
+    return (
+        len(events) == 1
+        and isinstance(events[0], RequestReceived)
+        and events[0].key is None
+        and events[0].request.method == "ACK"
+    )

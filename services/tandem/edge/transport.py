@@ -54,10 +54,18 @@ class Peer(NamedTuple):
     transport: str  # "udp", "tcp" or "tls"
     host: str
     port: int
+    # came in on the address the edge shares with other workers (SO_REUSEPORT): what
+    # answers it leaves from there (RFC 3581 4); every request leaves from the edge's own
+    shared: bool = False
 
     @property
     def addr(self) -> tuple[str, int]:
         return self.host, self.port
+
+    @property
+    def target(self) -> tuple[str, str, int]:
+        """Where a request to this peer goes (never by the shared address: no `shared`)."""
+        return self.transport, self.host, self.port
 
 
 Receive = Callable[[bytes, Peer], None]
@@ -65,15 +73,16 @@ TransportError = Callable[[Peer], None]
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, owner: Transports) -> None:
+    def __init__(self, owner: Transports, shared: bool) -> None:
         self.receive = owner.receive
         self.owner = owner
+        self.shared = shared
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if addr[1] == self.owner.probe_from[1] and addr[0] == self.owner.probe_from[0]:
             self.owner.probed()  # our own: no peer can send from our probe's port
             return
-        self.receive(data, Peer("udp", addr[0], addr[1]))
+        self.receive(data, Peer("udp", addr[0], addr[1], self.shared))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)
@@ -256,7 +265,14 @@ class _Stream(asyncio.Protocol):
 
 
 class Transports:
-    """The listeners of one edge, and sending to a peer over the transport it names."""
+    """The listeners of one edge, and sending to a peer over the transport it names.
+
+    With `own_port` the edge is one worker of several on `host:port`: its UDP, TCP and TLS
+    listeners there share the address (SO_REUSEPORT), so the kernel gives each new flow to
+    one worker by a hash of the sender's address and port, and it has UDP and TCP
+    listeners of its own on `own_port`, which its Via and Contact name. Its requests leave
+    from its own socket, so their responses and the dialogs' next requests come back to it.
+    """
 
     def __init__(
         self,
@@ -269,17 +285,21 @@ class Transports:
         tls_listen: tuple[str, int] | None = None,
         keepalive_s: float = KEEPALIVE_S,
         probed: Callable[[], None] = lambda: None,
+        own_port: int | None = None,
     ) -> None:
         """`probed` is called when a datagram of `probe()` has come through the UDP socket."""
         self.host = host
         self.port = port
+        self.own_port = own_port
         self.receive = receive
         self.error = error
         self.tls = tls if tls is not None else TlsContexts()  # no certificate: client only
         self.tls_listen = tls_listen
         self.keepalive_s = keepalive_s
-        self.udp: asyncio.DatagramTransport | None = None
+        self.udp: asyncio.DatagramTransport | None = None  # ours: what every request leaves by
+        self.shared: asyncio.DatagramTransport | None = None  # with own_port: the sip address
         self.tcp: asyncio.Server | None = None
+        self.own_tcp: asyncio.Server | None = None
         self.tls_server: asyncio.Server | None = None
         self.connections: dict[Peer, _Stream] = {}
         self.connecting: dict[Peer, list[bytes]] = {}
@@ -291,13 +311,47 @@ class Transports:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.udp, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self.host, self.port)
+        reuse_port = self.own_port is not None
+        self.udp = await self._udp(self.own_port or self.port, shared=False)
+        if reuse_port:
+            self.shared = await self._udp(self.port, shared=True)
+            self.own_tcp = await loop.create_server(
+                lambda: _Stream(self), self.host, self.own_port, reuse_address=True, backlog=1024
+            )
+        # on a shared address the kernel would hand the probe to any worker: ours it is
+        self._start_probe(self.udp.get_extra_info("socket"))
+        self.tcp = await loop.create_server(
+            lambda: _Stream(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            reuse_port=reuse_port,
+            backlog=1024,
         )
-        sock = self.udp.get_extra_info("socket")
+        if self.tls_listen is not None:
+            self.tls.server()  # refuse to start without a usable certificate
+            host, port = self.tls_listen
+            self.tls_server = await loop.create_server(
+                # the context is asked for per connection: it follows rotated files
+                lambda: _Stream(self, tls=self.tls.server()),
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=reuse_port,
+                backlog=1024,
+            )
+
+    async def _udp(self, port: int, shared: bool) -> asyncio.DatagramTransport:
+        udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Udp(self, shared), local_addr=(self.host, port), reuse_port=shared or None
+        )
+        sock = udp.get_extra_info("socket")
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):  # capped by net.core.[rw]mem_max
                 sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
+        return udp
+
+    def _start_probe(self, sock: socket.socket) -> None:
         bound = sock.getsockname()
         target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound[0], bound[0])
         probe = socket.socket(sock.family, socket.SOCK_DGRAM)
@@ -309,20 +363,6 @@ class Transports:
             probe.close()
         else:
             self._probe, self.probe_from = probe, probe.getsockname()[:2]
-        self.tcp = await loop.create_server(
-            lambda: _Stream(self), self.host, self.port, reuse_address=True, backlog=1024
-        )
-        if self.tls_listen is not None:
-            self.tls.server()  # refuse to start without a usable certificate
-            host, port = self.tls_listen
-            self.tls_server = await loop.create_server(
-                # the context is asked for per connection: it follows rotated files
-                lambda: _Stream(self, tls=self.tls.server()),
-                host,
-                port,
-                reuse_address=True,
-                backlog=1024,
-            )
 
     def probe(self) -> None:
         """A datagram to our own UDP socket, where it queues behind what the kernel holds:
@@ -334,6 +374,8 @@ class Transports:
     @property
     def listeners(self) -> list[str]:
         listeners = [f"udp:{self.host}:{self.port}", f"tcp:{self.host}:{self.port}"]
+        if self.own_port is not None:
+            listeners += [f"udp:{self.host}:{self.own_port}", f"tcp:{self.host}:{self.own_port}"]
         if self.tls_listen is not None:
             listeners.append(f"tls:{self.tls_listen[0]}:{self.tls_listen[1]}")
         return listeners
@@ -344,8 +386,9 @@ class Transports:
         """Send to a peer; a stream is opened when there is none (TLS: verified against
         `server_name`, else the peer's address, unless `verify` is false) and reused."""
         if peer.transport == "udp":
-            if self.udp is not None:
-                self.udp.sendto(data, peer.addr)
+            udp = self.shared if peer.shared else self.udp
+            if udp is not None:
+                udp.sendto(data, peer.addr)
             return
         connection = self.connections.get(peer)
         if connection is not None:
@@ -415,7 +458,7 @@ class Transports:
     async def stop(self) -> None:
         if self._probe is not None:
             self._probe.close()
-        for server in (self.udp, self.tcp, self.tls_server):
+        for server in (self.udp, self.shared, self.tcp, self.own_tcp, self.tls_server):
             if server is not None:
                 server.close()
         for connection in list(self.connections.values()):
