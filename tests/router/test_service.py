@@ -208,7 +208,7 @@ async def test_a_cold_router_reads_the_snapshot_and_verifies_it(
     verify = next(t for t in replica.service.tasks if t.get_name() == "verify-snapshot")
     await asyncio.wait_for(verify, 10)
     assert replica.service.policy_error is None
-    assert all("pattern" in vars(c) for c in replica.service.table.routes.values())  # warmed
+    assert all(c._pattern is not None for c in replica.service.table.routes.values())  # warm
 
 
 async def test_a_snapshot_route_that_fails_validation_is_taken_out_and_reported(
