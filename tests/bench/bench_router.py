@@ -287,6 +287,7 @@ async def over_nats(size: int) -> dict[str, float]:
                     best = latencies
             latencies = best
             reload_s = await live_reload(nc, f"http://127.0.0.1:{api}", policy)
+            settled_mb = rss_mb(cold.pid)  # its snapshot verified, its patterns compiled
             await nc.close()
         finally:
             for proc in routers:
@@ -299,6 +300,7 @@ async def over_nats(size: int) -> dict[str, float]:
         "ready_s": ready_s,
         "ready_cpu_s": ready_cpu_s,
         "router_mb": router_mb,
+        "settled_mb": settled_mb,
         "nats_p50_ms": percentile(latencies, 0.5),
         "nats_p99_ms": percentile(latencies, 0.99),
         "reload_s": reload_s,
@@ -371,7 +373,8 @@ def main() -> int:
             f"{local['cpu_p99_us']:>7.1f} {local['max_us']:>7.0f} "
             f"{local['routed']:>7.0%} | {remote['import_s']:>8.2f} {remote['ready_s']:>7.2f} "
             f"{remote['ready_cpu_s']:>6.2f} "
-            f"{remote['router_mb']:>7.0f} {remote['nats_p50_ms']:>11.3f} "
+            f"{remote['router_mb']:>7.0f} {remote['settled_mb']:>7.0f} "
+            f"{remote['nats_p50_ms']:>11.3f} "
             f"{remote['nats_p99_ms']:>11.3f} {remote['reload_s']:>8.3f}",
             flush=True,
         )
@@ -380,7 +383,8 @@ def main() -> int:
         "cpu p99: the decision's own CPU time (what a busy machine's preemption adds is the "
         "difference); import: PUT /v1/policy on a running router until it answers (every "
         "replica has it in force); ready: a second, cold `tandem router` from start to /readyz "
-        "with that policy in force (from the snapshot); rss: its memory; reload: from "
+        "with that policy in force (from the snapshot); rss: its memory then, rss end: after "
+        "the NATS rounds and the reload (its snapshot verified); reload: from "
         "PUT /v1/routes/{id} on its API until it answers by the edit. p99 figures are those of the quietest of "
         f"{ROUNDS} rounds. Load average {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} CPUs."
