@@ -89,7 +89,7 @@ demo: venv
 # speed and memory, measured (never asserted by a timed test); figures in the README
 BENCHES := tests.bench.bench_sip tests.bench.bench_router tests.bench.bench_callstate \
 	tests.bench.bench_limits tests.bench.bench_hold tests.bench.bench_cpu \
-	tests.bench.bench_calls
+	tests.bench.bench_calls tests.bench.bench_spans
 bench: venv system-deps
 	@for m in $(BENCHES); do echo "== $$m"; $(BIN)/python -m $$m || exit 1; done
 

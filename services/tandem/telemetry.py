@@ -1,6 +1,7 @@
 """Tracing and logging for every process: OpenTelemetry from the OTEL_* variables, one-line logs.
 
-Spans are exported by OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
+Spans are exported by OTLP/HTTP (`tandem.otlp`, batched by the SDK's processor, which reads
+the OTEL_BSP_* variables) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
 variable) is set, and not at all otherwise. The trace context crosses NATS as a W3C
 `traceparent` header.
 """
@@ -20,6 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from tandem import __version__
+from tandem.otlp import OTLPSpanExporter
 
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
@@ -33,8 +35,6 @@ def setup_tracing(service: str) -> TracerProvider:
     resource = Resource.create({"service.name": name, "service.version": __version__})
     provider = TracerProvider(resource=resource)
     if any(os.environ.get(var) for var in ENDPOINT_VARS):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
