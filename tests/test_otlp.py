@@ -8,9 +8,12 @@ import asyncio
 import gzip
 import http.server
 import logging
+import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -35,6 +38,7 @@ from tandem import otlp
 from tandem.http import ApiServer
 from tandem.traces import TraceStore, receiver_app
 from tests.conftest import free_port
+from tests.edge.certs import Ca
 
 EVERY_TYPE = {
     "str": "edge-a",
@@ -172,10 +176,8 @@ class Collector:
         return f"http://127.0.0.1:{self.port}"
 
 
-@pytest.fixture
-def collector() -> Iterator[Collector]:
-    state = Collector()
-
+@contextmanager
+def serve(state: Collector, tls: ssl.SSLContext | None = None) -> Iterator[Collector]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive
 
@@ -197,12 +199,22 @@ def collector() -> Iterator[Collector]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    with serve(Collector()) as state:
+        yield state
 
 
 @pytest.fixture
@@ -216,6 +228,9 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
         "OTEL_EXPORTER_OTLP_COMPRESSION",
         "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
@@ -259,6 +274,28 @@ def test_gzip_when_configured_and_the_traces_endpoint_as_given(
     [(path, headers, body)] = collector.received
     assert path == "/custom/path" and headers["content-encoding"] == "gzip"
     assert decoded(gzip.decompress(body)) == decoded(official(spans).SerializeToString())
+
+
+def test_https_with_the_configured_ca_and_client_certificate(
+    spans: list[ReadableSpan], environment: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = Ca(tmp_path)
+    server, client = ca.issue("collector", ["localhost"]), ca.issue("edge", ["edge"])
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(server.cert, server.key)
+    tls.load_verify_locations(ca.bundle)
+    tls.verify_mode = ssl.CERT_REQUIRED  # mutual: the edge's certificate too
+    with serve(Collector(), tls) as collector:
+        environment.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"https://localhost:{collector.port}")
+        environment.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(ca.bundle))
+        environment.setenv("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", str(client.cert))
+        environment.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", str(client.key))
+        exporter = otlp.OTLPSpanExporter()
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert exporter.export(spans[:1]) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert len(collector.received) == 2 and collector.peers[0] == collector.peers[1]
+        assert decoded(collector.received[0][2]) == decoded(official(spans).SerializeToString())
 
 
 def test_a_connection_the_collector_closed_is_opened_again(

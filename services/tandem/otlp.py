@@ -141,7 +141,7 @@ def _value(value: Any) -> bytes:
 # from span to span (an edge, a trunk, a status); the cache starts over when it is full,
 # so values seen once (a Call-ID) only cost their place until then. A value is looked up
 # in the cache of its exact type, so True, 1 and 1.0 never stand for one another.
-_CACHED = 8192
+_CACHED, _CACHED_PAIR = 8192, 160  # pairs, and bytes a pair: at most ~3 MB in all
 _strings: dict[tuple[str, Any], bytes] = {}
 _ints: dict[tuple[str, Any], bytes] = {}
 
@@ -168,7 +168,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         except (TypeError, ValueError) as error:
             log.error("span attribute %s not exported: %s", item[0], error)
             continue
-        if cache is not None:
+        if cache is not None and len(pair) <= _CACHED_PAIR:
             if len(cache) >= _CACHED:
                 cache.clear()
             cache[item] = pair
@@ -414,7 +414,7 @@ class OTLPSpanExporter(SpanExporter):
                 response.read()  # the whole of it, so the connection can carry the next
             except (OSError, http.client.HTTPException):
                 connection.close()
-                if fresh:
+                if fresh or time.monotonic() >= deadline:
                     raise
                 continue
             if response.will_close:
