@@ -267,7 +267,7 @@ def trial(target: Target, rate: int, workdir: Path, callee_port: int, timed: boo
             *("-trace_err", "-error_file", str(errors)),
             *(("-trace_logs", "-log_file", str(moments)) if timed else ()),
             # a socket per call: each call its own flow, which the kernel gives one worker
-            *(("-t", "un") if getattr(target, "workers", 0) else ()),
+            *(("-t", "un", "-max_socket", "10000") if getattr(target, "workers", 0) else ()),
         ),
         **common,
     ).run()
