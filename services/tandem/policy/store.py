@@ -20,11 +20,13 @@ import gc
 import hashlib
 import json
 import logging
+import sys
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -111,6 +113,7 @@ class PolicyState:
         self.raw: dict[str, bytes] = {}  # every policy key as stored now
         self.committed: dict[str, bytes] = {}  # as of the last commit
         self._parsed: dict[str, tuple[bytes, Parsed]] = {}  # the bytes parsed, and the object
+        self._shared = SharedValues()
 
     def put(self, key: str, value: bytes) -> None:
         if is_policy_key(key):
@@ -133,7 +136,8 @@ class PolicyState:
         if trusted:
             for key, value in entries.items():
                 if key.startswith("route."):
-                    self._parsed[key] = (value, Route.model_construct(**json.loads(value)))
+                    fields = json.loads(value)
+                    self._parsed[key] = (value, self._shared.route(fields, set(fields)))
 
     def policy(self) -> Policy:
         """The committed policy; ValueError (pydantic's included) if it is invalid."""
@@ -141,7 +145,7 @@ class PolicyState:
         for key, value in self.committed.items():
             cached = self._parsed.get(key)
             if cached is None or cached[0] != value:
-                cached = self._parsed[key] = (value, _parse(key, value))
+                cached = self._parsed[key] = (value, self._compact(_parse(key, value)))
             objects[key] = cached[1]
         usages = objects.get(USAGES_KEY, [])
         trunks = [v for k, v in objects.items() if k.startswith("trunk.")]
@@ -166,6 +170,51 @@ class PolicyState:
                 same = cached is not None and cached[1] is item
                 entries[key] = cached[0] if cached and same else item.model_dump_json().encode()
         return entries
+
+    def _compact(self, parsed: Parsed) -> Parsed:
+        if isinstance(parsed, Route):
+            return self._shared.route(dict(parsed), set(parsed.model_fields_set))
+        return parsed
+
+
+class SharedValues:
+    """One object for each value that many routes repeat: their usages, trunk lists, weights
+    and the set of fields given (ten names: a set of 728 bytes, otherwise once per route).
+
+    Routes are frozen and nothing changes their lists in place, so sharing is safe (a
+    cold router's 100,000 routes: 120 MB less). What it keeps grows with the distinct
+    values only.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[Any, ...], Any] = {}
+
+    def route(self, fields: dict[str, Any], given: set[str]) -> Route:
+        """A route of trusted (validated) fields, constructed without validating again."""
+        for name in ("pstn_usages", "trunks"):
+            items = fields.get(name)
+            if isinstance(items, list):
+                fields[name] = self._one((name, *items), [_text(i) for i in items])
+        weights = fields.get("weights")
+        if isinstance(weights, dict):
+            pairs = [(_text(t), w) for t, w in weights.items()]
+            fields["weights"] = self._one(("weights", *pairs), dict(pairs))
+        for name in ("spread", "description", "alternate_caller_id"):
+            if name in fields:
+                fields[name] = _text(fields[name])
+        given &= Route.model_fields.keys()  # as model_construct counts them: no extras
+        given = self._one(("fields", *sorted(given)), given)
+        return Route.model_construct(_fields_set=given, **fields)
+
+    def _one(self, key: tuple[Any, ...], value: Any) -> Any:
+        try:
+            return self._values.setdefault(key, value)
+        except TypeError:  # an unhashable item in a snapshot's route: `verify` refuses it
+            return value
+
+
+def _text(value: Any) -> Any:
+    return sys.intern(value) if type(value) is str else value
 
 
 def _parse(key: str, value: bytes) -> Parsed:
