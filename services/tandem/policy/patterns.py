@@ -17,7 +17,7 @@ import functools
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import re2
@@ -26,9 +26,9 @@ import regex  # type: ignore[import-untyped]
 BACKTRACK_TIMEOUT_S = 0.002  # a decision's budget is ~200 µs; one runaway pattern may not eat 10x
 MAX_PREFIXES = 64  # alternations expanded into index prefixes, beyond which the index gives up
 # bounded, so that memory does not grow with the policy: the router's table holds its own
-# patterns, and a pattern's engine is compiled again when it has left the cache
+# patterns, and an RE2 program is compiled again when it has left the cache
 PATTERN_CACHE = 1 << 14
-ENGINE_CACHE = 1 << 10  # ~2.7 KB an RE2 program
+RE2_CACHE = 1 << 10  # ~2 KB a program
 _REGEX_FLAGS = regex.VERSION0 | regex.ASCII  # \d is 0-9 on every engine, as RE2 reads it
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a refusal is expected (lookaround): no stderr noise from C++
@@ -52,12 +52,15 @@ class Pattern:
     engine: Literal["re2", "regex"]
     groups: int
     digits: tuple[str, int, int] | None = None  # '^prefix\d{m,n}$' as (prefix, m, n)
+    backtracking: Any = field(default=None, repr=False)  # `regex`'s compiled form, kept
 
     @property
     def compiled(self) -> Any:
-        """The engine's compiled form, from a bounded cache: 100,000 routes' RE2 programs
-        would hold 40 MB that the few in use do not need (a miss compiles in ~7 µs)."""
-        return _engine(self.text, self.engine)
+        """The engine's compiled form. RE2's comes from a bounded cache: 100,000 routes'
+        programs would hold 40 MB that the few in use do not need, and a miss compiles in
+        ~15 µs. `regex` takes ~200 µs (a decision's whole budget): each pattern keeps its own
+        (lookaround and the like are rare)."""
+        return self.backtracking if self.engine == "regex" else _re2(self.text)
 
     def search(self, number: str) -> _Match | None:
         if self.engine == "re2":
@@ -89,11 +92,9 @@ class Pattern:
             return []
 
 
-@functools.lru_cache(maxsize=ENGINE_CACHE)
-def _engine(pattern: str, engine: Literal["re2", "regex"]) -> Any:
-    if engine == "re2":
-        return re2.compile(pattern, _RE2_OPTIONS)
-    return regex.compile(pattern, _REGEX_FLAGS)
+@functools.lru_cache(maxsize=RE2_CACHE)
+def _re2(pattern: str) -> Any:
+    return re2.compile(pattern, _RE2_OPTIONS)
 
 
 @functools.lru_cache(maxsize=PATTERN_CACHE)  # config validation and the router share compilations
@@ -104,15 +105,16 @@ def compile_pattern(pattern: str) -> Pattern:
         digits, groups = shape
         return Pattern(pattern, "re2", groups, digits)
     try:
-        return Pattern(pattern, "re2", _engine(pattern, "re2").groups)
+        return Pattern(pattern, "re2", _re2(pattern).groups)
     except re2.error as exc:
         re2_reason = exc.args[0].decode() if isinstance(exc.args[0], bytes) else str(exc)
     try:
-        return Pattern(pattern, "regex", _engine(pattern, "regex").groups)
+        backtracking = regex.compile(pattern, _REGEX_FLAGS)
     except regex.error as exc:
         raise PatternError(
             f"invalid pattern {pattern!r}: {exc} (and RE2 says: {re2_reason})"
         ) from None
+    return Pattern(pattern, "regex", backtracking.groups, backtracking=backtracking)
 
 
 # '^' literal '\d' quantifier '$', the digits optionally in one group; literals are plain
