@@ -397,11 +397,14 @@ class SnapshotRef:
 
 def encode_snapshot(entries: dict[str, bytes]) -> bytes:
     """Each key as `key<TAB>length<LF>` then its value's bytes (in the policy's order), the
-    lot compressed."""
+    lot compressed. Compressed as it goes: joined first, 100,000 routes made 30 MB at once,
+    which a router that writes kept in its RSS."""
+    compressor = zlib.compressobj(1)
     parts = []
     for key, value in entries.items():
-        parts += [f"{key}\t{len(value)}\n".encode(), value]
-    return zlib.compress(b"".join(parts), 1)
+        parts.append(compressor.compress(f"{key}\t{len(value)}\n".encode() + value))
+    parts.append(compressor.flush())
+    return b"".join(parts)
 
 
 def decode_snapshot(blob: bytes) -> dict[str, bytes]:
