@@ -79,11 +79,10 @@ class CompiledTrunk:
 class CompiledRoute:
     """A voice route as the index files it: slotted, as a table holds 100,000 of them."""
 
-    __slots__ = ("_pattern", "config", "prefixes", "rank")
+    __slots__ = ("_pattern", "config", "prefixes")
 
     def __init__(self, config: Route, prefixes: tuple[str, ...] | None) -> None:
         self.config = config
-        self.rank = (config.priority, config.id)  # lower first; ids break ties on every replica
         self.prefixes = prefixes  # what the index files it under (None: every number)
         self._pattern: Pattern | None = None
 
@@ -94,6 +93,11 @@ class CompiledRoute:
         if self._pattern is None:
             self._pattern = compile_pattern(self.config.number_pattern)
         return self._pattern
+
+    @property
+    def rank(self) -> tuple[int, str]:
+        """Lower first; ids break ties the same on every replica."""
+        return self.config.priority, self.config.id
 
     @property
     def label(self) -> str:
@@ -118,11 +122,11 @@ def index_prefixes(pattern: str) -> tuple[str, ...] | None:
 class PrefixIndex:
     """Voice routes by the literal prefix their pattern needs ('' when it needs none).
 
-    Lists are never changed in place once built: a copy shares them with its original, so
-    a new policy can be indexed from the last one while that one keeps deciding.
+    Tuples (lists while a table is built): a copy shares them with its original, so a new
+    policy can be indexed from the last one while that one keeps deciding.
     """
 
-    by_prefix: dict[str, list[CompiledRoute]] = field(default_factory=dict)
+    by_prefix: dict[str, tuple[CompiledRoute, ...]] = field(default_factory=dict)
     longest: int = 0
 
     def copy(self) -> PrefixIndex:
@@ -130,12 +134,12 @@ class PrefixIndex:
 
     def add(self, route: CompiledRoute) -> None:
         for prefix in route.prefixes or ("",):
-            self.by_prefix[prefix] = [*self.by_prefix.get(prefix, ()), route]
+            self.by_prefix[prefix] = (*self.by_prefix.get(prefix, ()), route)
             self.longest = max(self.longest, len(prefix))
 
     def remove(self, route: CompiledRoute) -> None:
         for prefix in route.prefixes or ("",):
-            kept = [r for r in self.by_prefix.get(prefix, ()) if r is not route]
+            kept = tuple(r for r in self.by_prefix.get(prefix, ()) if r is not route)
             if kept:
                 self.by_prefix[prefix] = kept
             else:
@@ -195,12 +199,14 @@ class RoutingTable:
         if previous is not None and self._evolve(previous):
             return
         self.routes = {r.id: CompiledRoute.build(r) for r in policy.routes}
-        self.index = PrefixIndex()  # one for every usage: a number is looked up once
-        by_prefix = self.index.by_prefix
+        by_prefix: dict[str, list[CompiledRoute]] = {}
+        longest = 0
         for compiled in self.routes.values():  # appending in place: nothing shares these yet
             for prefix in compiled.prefixes or ("",):
                 by_prefix.setdefault(prefix, []).append(compiled)
-                self.index.longest = max(self.index.longest, len(prefix))
+                longest = max(longest, len(prefix))
+        # one for every usage (a number is looked up once); a tuple is 40 bytes less a prefix
+        self.index = PrefixIndex({p: tuple(routes) for p, routes in by_prefix.items()}, longest)
 
     def _evolve(self, previous: RoutingTable) -> bool:
         """Index only the routes that changed since the previous table (a live edit of one
