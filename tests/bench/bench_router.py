@@ -352,7 +352,7 @@ def main() -> int:
     header = (
         f"{'routes':>8} {'load s':>7} {'cpu s':>6} {'mem MB':>7} {'p50 µs':>7} {'p99 µs':>7} "
         f"{'cpu p99':>7} {'max µs':>7} "
-        f"{'routed':>7} | {'import s':>8} {'ready s':>7} {'cpu s':>6} {'rss MB':>7} "
+        f"{'routed':>7} | {'import s':>8} {'ready s':>7} {'cpu s':>6} {'rss MB':>7} {'rss end':>7} "
         f"{'NATS p50 ms':>11} {'NATS p99 ms':>11} {'reload s':>8}"
     )
     print(header)
