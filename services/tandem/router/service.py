@@ -388,6 +388,6 @@ class Service:
         except TimeoutError as exc:
             raise store.PolicyBusyError(str(exc)) from None
         finally:
-            release_freed_memory()  # the snapshot written (the policy's every key, joined)
+            release_freed_memory()  # what the write copied of the policy (its keys, the snapshot)
         await self.everywhere(revision)
         return policy
