@@ -106,6 +106,7 @@ class Target:
 
     name = ""
     address = ""
+    workers = 0  # tandem's --workers N: edge-pbx is N edges on its one address
 
     def start(self) -> None:
         raise NotImplementedError
@@ -166,7 +167,6 @@ class Kamailio(Target):
 class Tandem(Target):
     name = "tandem"
     anchored = False
-    workers = 0  # --workers N: edge-pbx is N edges on its one address (own_port each)
 
     def __init__(self, workdir: Path, callee_port: int) -> None:
         self.workdir = workdir
@@ -267,7 +267,7 @@ def trial(target: Target, rate: int, workdir: Path, callee_port: int, timed: boo
             *("-trace_err", "-error_file", str(errors)),
             *(("-trace_logs", "-log_file", str(moments)) if timed else ()),
             # a socket per call: each call its own flow, which the kernel gives one worker
-            *(("-t", "un", "-max_socket", "10000") if getattr(target, "workers", 0) else ()),
+            *(("-t", "un", "-max_socket", "10000") if target.workers else ()),
         ),
         **common,
     ).run()

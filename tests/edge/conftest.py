@@ -156,7 +156,7 @@ async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSys
         system.edge_c = edges[2] if edge_c else None
         system.closers = [*(edge.stop for edge in edges), router.stop]
         for phone in phones:
-            system.closers.append(_closer(phone))
+            system.closers.append(closer(phone))
         systems.append(system)
         return system
 
@@ -166,7 +166,9 @@ async def make_system(nc: Client, js: JetStreamContext) -> AsyncIterator[MakeSys
             await close()
 
 
-def _closer(phone: Phone) -> Callable[[], Awaitable[None]]:
+def closer(phone: Phone) -> Callable[[], Awaitable[None]]:
+    """What closes a phone when the system is torn down."""
+
     async def close() -> None:
         phone.close()
 

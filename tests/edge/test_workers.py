@@ -7,12 +7,11 @@ address leave from it (RFC 3581 4); requests leave from the worker's own port.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from tandem.sip import Response
 from tandem.sip.headers import Via
 from tests.conftest import sip_port
-from tests.edge.conftest import LOCAL, SAME_EDGE, MakeSystem, System
+from tests.edge.conftest import LOCAL, SAME_EDGE, MakeSystem, System, closer
 from tests.edge.phones import SDP, Phone
 
 CALLERS = 12  # gw1's calls, each from a socket of its own: both workers get some (1 - 2^-11)
@@ -45,7 +44,7 @@ async def test_calls_in_are_spread_and_each_dialog_comes_back_to_its_worker(
     gw3, taken, callers = system.gw3, [], []
     for _ in range(CALLERS):
         caller = await Phone.open("127.0.0.3")  # gw1, from a new port: a new flow
-        system.closers.append(_closer(caller))
+        system.closers.append(closer(caller))
         callers.append(caller)
         invite = caller.invite(("127.0.0.1", shared), SAME_EDGE)
         leg, addr = await gw3.request("INVITE")
@@ -100,10 +99,3 @@ async def test_a_leg_out_leaves_from_its_workers_own_port_and_the_callee_reaches
         bye, at = await pbx.request("BYE")
         pbx.answer(bye, 200, at)
     assert used == {"edge-b", "edge-c"}
-
-
-def _closer(phone: Phone) -> Callable[[], Awaitable[None]]:
-    async def close() -> None:
-        phone.close()
-
-    return close
