@@ -61,6 +61,7 @@ CALLED = "+14255551234"  # pbx-hq -> route redmond-local -> pstn-gw1
 READY_TIMEOUT_S = 60.0
 WHOLE_TIMEOUT_S = 90.0
 SETUP_MAX_S = 15.0  # uac_chaos.xml gives up on an answer after this long
+BYE_DELAY_S = 2.0  # a gateway leg's BYE comes this long after its hold at most
 SIPP_BUFFER = str(4 * 1024 * 1024)
 EVENTS_PER_CALL = 8
 STREAMS = [bus.CALLS_STREAM, bus.CDR_STREAM, *(f"KV_{b.bucket}" for b in bus.BUCKETS)]
@@ -596,6 +597,7 @@ def judge(
         )
 
     reports = []
+    counted: set[str] = set()  # the calls and legs a fault's report has counted lost or hanging
     for fault in faults:
         window = [c for c in calls.values() if fault.kill_at <= c.start <= fault.whole_at]
         up_at_kill = [
@@ -608,15 +610,20 @@ def judge(
             for c in calls.values()
             if fault.kill_at - profile.hold_s - SETUP_MAX_S <= c.start <= fault.whole_at
         ]
+        # a gateway leg answered more than its hold (and a BYE's delay) before the kill had
+        # ended by then; one the windows of two faults share belongs to the earlier
         hanging = [
             c
             for c in callee.values()
             if c.answered
             and not c.ok
-            and fault.kill_at - profile.hold_s - SETUP_MAX_S <= c.answered <= fault.whole_at
+            and fault.kill_at - profile.hold_s - BYE_DELAY_S <= c.answered <= fault.whole_at
             and not own(fault, c.call_id)
+            and c.call_id not in counted
         ]
         its_own = [c for c in up_at_kill if own(fault, c.call_id)]
+        lost = [c for c in up_at_kill if not c.ok and c not in its_own and c.call_id not in counted]
+        counted.update(c.call_id for c in hanging + lost)
         missing, duplicated = cdr_faults(touched)
         reports.append(
             Report(
@@ -624,7 +631,7 @@ def judge(
                 attempted=len(window),
                 failed=sum(not c.ok for c in window),
                 in_progress=len(up_at_kill),
-                lost=sum(not c.ok for c in up_at_kill if c not in its_own),
+                lost=len(lost),
                 hanging=len(hanging),
                 cdrs_missing=missing,
                 cdrs_duplicated=duplicated,
@@ -644,6 +651,11 @@ def judge(
         f"{c.call_id}: started {c.start:.3f}, answered {c.answered or '-'}, not ended cleanly"
         for c in calls.values()
         if c.start and not c.ok
+    ]
+    notes += [
+        f"gateway leg {c.call_id}: answered {c.answered:.3f}, never ended"
+        for c in callee.values()
+        if c.answered and not c.ok
     ]
     notes += [
         f"{c.call_id}: {per_call[c.call_id]} CDRs"

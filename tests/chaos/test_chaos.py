@@ -83,3 +83,20 @@ def test_the_judgement_counts_every_kind_of_harm() -> None:
     [report] = harness.judge([fault], calls, callee, cdrs, started, profile).reports
     assert (report.in_progress, report.own, report.lost) == (2, 1, 0)
     assert report.hanging == 0  # leg-a was the killed edge's too
+
+
+def test_a_call_harmed_by_one_fault_is_not_counted_again_by_the_next() -> None:
+    """Faults are 15 s apart in the short run: a leg the first left hanging is the first's."""
+    profile = Profile(rate=1, hold_s=4, warmup_s=0, down_s=1, settle_s=0, rounds=1)
+    nats = Fault("NATS server", "nats-2", kill_at=100.0, restart_at=105.0, whole_at=111.0)
+    router = Fault("router", "router-1", kill_at=115.0, restart_at=118.0, whole_at=120.0)
+    calls = {"lost": Leg("lost", start=98.0, answered=98.1)}
+    callee = {
+        "hung-by-nats": Leg("hung-by-nats", answered=99.0),
+        "hung-by-router": Leg("hung-by-router", answered=112.0),
+    }
+    cdrs = [pb.Cdr(sip_call_ids=["lost"])]
+    outcome = harness.judge([nats, router], calls, callee, cdrs, {"lost"}, profile)
+    first, second = outcome.reports
+    assert (first.lost, first.hanging) == (1, 1)
+    assert (second.lost, second.hanging) == (0, 1)
