@@ -596,8 +596,18 @@ def judge(
             per_call[c.call_id] > 1 for c in known
         )
 
+    def culprit(c: Leg) -> Fault | None:
+        """The fault that harmed a call or gateway leg not ended cleanly: of those disturbing
+        the system (kill to whole again) while it was up, the last killed."""
+        up_from = c.answered or c.start
+        up_to = c.answered + profile.hold_s + BYE_DELAY_S if c.answered else c.start + SETUP_MAX_S
+        return max(
+            (f for f in faults if f.kill_at <= up_to and f.whole_at >= up_from),
+            key=lambda f: f.kill_at,
+            default=None,
+        )
+
     reports = []
-    counted: set[str] = set()  # the calls and legs a fault's report has counted lost or hanging
     for fault in faults:
         window = [c for c in calls.values() if fault.kill_at <= c.start <= fault.whole_at]
         up_at_kill = [
@@ -610,20 +620,13 @@ def judge(
             for c in calls.values()
             if fault.kill_at - profile.hold_s - SETUP_MAX_S <= c.start <= fault.whole_at
         ]
-        # a gateway leg answered more than its hold (and a BYE's delay) before the kill had
-        # ended by then; one the windows of two faults share belongs to the earlier
+        its_own = [c for c in up_at_kill if own(fault, c.call_id)]
+        lost = [c for c in up_at_kill if not c.ok and c not in its_own and culprit(c) is fault]
         hanging = [
             c
             for c in callee.values()
-            if c.answered
-            and not c.ok
-            and fault.kill_at - profile.hold_s - BYE_DELAY_S <= c.answered <= fault.whole_at
-            and not own(fault, c.call_id)
-            and c.call_id not in counted
+            if c.answered and not c.ok and culprit(c) is fault and not own(fault, c.call_id)
         ]
-        its_own = [c for c in up_at_kill if own(fault, c.call_id)]
-        lost = [c for c in up_at_kill if not c.ok and c not in its_own and c.call_id not in counted]
-        counted.update(c.call_id for c in hanging + lost)
         missing, duplicated = cdr_faults(touched)
         reports.append(
             Report(

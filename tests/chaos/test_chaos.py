@@ -86,7 +86,8 @@ def test_the_judgement_counts_every_kind_of_harm() -> None:
 
 
 def test_a_call_harmed_by_one_fault_is_not_counted_again_by_the_next() -> None:
-    """Faults are 15 s apart in the short run: a leg the first left hanging is the first's."""
+    """Faults are 15 s apart in the short run, each call's window wider: a harmed call or leg
+    is the report's of the last fault killed while it was up, and only that one's."""
     profile = Profile(rate=1, hold_s=4, warmup_s=0, down_s=1, settle_s=0, rounds=1)
     nats = Fault("NATS server", "nats-2", kill_at=100.0, restart_at=105.0, whole_at=111.0)
     router = Fault("router", "router-1", kill_at=115.0, restart_at=118.0, whole_at=120.0)
@@ -100,3 +101,14 @@ def test_a_call_harmed_by_one_fault_is_not_counted_again_by_the_next() -> None:
     first, second = outcome.reports
     assert (first.lost, first.hanging) == (1, 1)
     assert (second.lost, second.hanging) == (0, 1)
+
+    # a leg answered while the callstate fault lasted, its BYE due as an edge was killed:
+    # the edge's own, not the callstate fault's hanging leg
+    callstate = Fault(
+        "callstate leader", "callstate-1", kill_at=100.0, restart_at=103.0, whole_at=112.0
+    )
+    edge = Fault("edge", "edge-pstn-2", kill_at=116.0, restart_at=119.0, whole_at=121.0, edge=True)
+    callee = {"on-edge": Leg("on-edge", answered=111.0)}
+    cdrs = [pb.Cdr(attempts=[pb.Attempt(sip_call_id="on-edge", edge="edge-pstn-2")])]
+    reports = harness.judge([callstate, edge], {}, callee, cdrs, set(), profile).reports
+    assert [r.hanging for r in reports] == [0, 0]
